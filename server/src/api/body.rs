@@ -1,0 +1,38 @@
+//! JSON request bodies with the contract's errors: 400 for anything unreadable, 413
+//! for a message over the configured maximum, both as `{"error": ...}`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use herald_shared::frames::RawJson;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// Parses a request body, turning every failure into a clear 400 (or 413).
+pub fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(|r| match r {
+        BytesRejection::FailedToBufferBody(e)
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+        {
+            ApiError::TooLarge("request body too large".into())
+        }
+        other => ApiError::BadRequest(other.body_text()),
+    })?;
+    if bytes.is_empty() {
+        return Err(ApiError::BadRequest(
+            "request body is empty; expected JSON".into(),
+        ));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
+}
+
+/// Enforces the per-message size limit (contract §4: 413).
+pub fn check_size(what: &str, value: &RawJson, max: usize) -> Result<(), ApiError> {
+    let len = value.get().len();
+    if len > max {
+        return Err(ApiError::TooLarge(format!(
+            "{what} is {len} bytes; the maximum is {max}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! The public listener's HTTP surface: backend API (contract §4), health (§5), and the
+//! WebSocket endpoint (§3, handled by [`crate::upgrade`]).
+//!
+//! Backend routes require the API key (checked before the body is read); every
+//! error, including unknown routes and wrong methods, is `{"error": ...}`.
+
+mod body;
+pub use body::parse as parse_body;
+pub mod error;
+mod groups;
+mod health;
+mod notifications;
+mod users;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use herald_shared::api::BATCH_MAX;
+use herald_shared::config::WS_PATH;
+
+use crate::node::Node;
+pub use error::ApiError;
+
+/// The public router: API, health, WebSocket upgrade.
+pub fn router(node: Arc<Node>) -> Router {
+    // A full batch of maximum-size messages, plus JSON framing per item.
+    let body_limit = BATCH_MAX * (node.config.max_message_bytes + 256) + 64 * 1024;
+    let api = Router::new()
+        .route("/notifications", post(notifications::create))
+        .route("/notifications/batch", post(notifications::create_batch))
+        .route("/groups/{group}/events", post(groups::publish_event))
+        .route("/users/{id}/notifications", get(users::list))
+        .route("/users/{id}/presence", get(users::presence))
+        .route_layer(middleware::from_fn_with_state(
+            node.clone(),
+            require_api_key,
+        ))
+        .layer(DefaultBodyLimit::max(body_limit));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route(WS_PATH, get(crate::upgrade::upgrade))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(node)
+}
+
+async fn require_api_key(
+    State(node): State<Arc<Node>>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if crate::auth::bearer(req.headers()).is_none() {
+        return Err(ApiError::Unauthorized(
+            "missing API key: Authorization: Bearer <HERALD_API_KEY>".into(),
+        ));
+    }
+    if !node.auth.is_api_key(req.headers()) {
+        return Err(ApiError::Unauthorized("wrong API key".into()));
+    }
+    Ok(next.run(req).await)
+}
+
+pub async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+pub async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "method {} not allowed on {}",
+        req.method(),
+        req.uri().path()
+    ))
+}

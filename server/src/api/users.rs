@@ -1,0 +1,103 @@
+//! `GET /api/v1/users/<id>/notifications` and `/presence`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use herald_shared::UserId;
+use herald_shared::api::{NotificationList, Presence};
+
+use super::error::ApiError;
+use crate::node::Node;
+use crate::store::ListQuery;
+
+/// Largest page the listing returns.
+pub const LIST_MAX: i64 = 1000;
+
+fn user(id: String) -> Result<UserId, ApiError> {
+    UserId::parse(id).map_err(|e| ApiError::BadRequest(format!("user id {e}")))
+}
+
+/// Reads `unread`, `limit` and `before`, refusing values it cannot use.
+fn list_query(q: &HashMap<String, String>) -> Result<ListQuery, ApiError> {
+    let unread_only = match q.get("unread").map(String::as_str) {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(v) => {
+            return Err(ApiError::BadRequest(format!(
+                "unread must be true or false (got {v:?})"
+            )));
+        }
+    };
+    let limit = match q.get("limit") {
+        None => 50,
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=LIST_MAX).contains(l))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("limit must be 1 to {LIST_MAX} (got {v:?})"))
+            })?,
+    };
+    let before = match q.get("before") {
+        None => None,
+        Some(v) => Some(v.parse::<i64>().ok().filter(|b| *b > 0).ok_or_else(|| {
+            ApiError::BadRequest(format!("before must be a positive id (got {v:?})"))
+        })?),
+    };
+    Ok(ListQuery {
+        unread_only,
+        before,
+        limit,
+    })
+}
+
+pub async fn list(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<NotificationList>, ApiError> {
+    let user = user(id)?;
+    let q = list_query(&q)?;
+    let notifications = node.store.list(&user, q).await?;
+    Ok(Json(NotificationList { notifications }))
+}
+
+pub async fn presence(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> Result<Json<Presence>, ApiError> {
+    let user = user(id)?;
+    let connections = node.hub.members(&user.group()) as u64;
+    Ok(Json(Presence {
+        user: user.into_string(),
+        online: connections > 0,
+        connections,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn listing_parameters() {
+        let d = list_query(&q(&[])).unwrap();
+        assert!(!d.unread_only && d.before.is_none() && d.limit == 50);
+        let p = list_query(&q(&[("unread", "true"), ("limit", "7"), ("before", "99")])).unwrap();
+        assert!(p.unread_only && p.before == Some(99) && p.limit == 7);
+        assert!(list_query(&q(&[("limit", "0")])).is_err());
+        assert!(list_query(&q(&[("limit", "1001")])).is_err());
+        assert!(list_query(&q(&[("limit", "x")])).is_err());
+        assert!(list_query(&q(&[("before", "-1")])).is_err());
+        assert!(list_query(&q(&[("unread", "yes")])).is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! Who may do what: client JWTs (contract §2), the backend API key and the admin token.
+//!
+//! Clients prove their user id with an HS256 JWT; backends and operators present a
+//! static bearer secret, compared in constant time so that response timing leaks
+//! nothing about it.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::http::HeaderMap;
+use herald_shared::{GroupName, UserId};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::secrets::Secrets;
+
+/// Claims of a client token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+}
+
+/// A verified client: its user, the extra groups it may join, when its token expires.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: UserId,
+    pub groups: Vec<GroupName>,
+    /// Unix seconds; the session closes with 1008 at this moment.
+    pub exp: u64,
+}
+
+impl Identity {
+    /// Whether the token allows joining `group` (its own personal group always).
+    pub fn may_join(&self, group: &GroupName) -> bool {
+        group.personal_user() == Some(self.user.as_str()) || self.groups.contains(group)
+    }
+}
+
+/// Why a client token was refused; the text is what the client reads in the 401 body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing token: pass ?token=<jwt> or Authorization: Bearer <jwt>")]
+    Missing,
+    #[error("malformed token")]
+    Malformed,
+    #[error("invalid token signature")]
+    BadSignature,
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token claims: {0}")]
+    BadClaims(String),
+}
+
+/// Verifies and issues tokens; compares bearer secrets.
+pub struct Auth {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    api_key: Vec<u8>,
+    admin_token: Vec<u8>,
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Auth {
+    pub fn new(secrets: &Secrets) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        // An expired token is expired: no grace period a stolen token could use.
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            encoding: EncodingKey::from_secret(secrets.jwt_secret.as_bytes()),
+            decoding: DecodingKey::from_secret(secrets.jwt_secret.as_bytes()),
+            validation,
+            api_key: secrets.api_key.as_bytes().to_vec(),
+            admin_token: secrets.admin_token.as_bytes().to_vec(),
+        }
+    }
+
+    /// Verifies a client token and validates the names it carries.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::MissingRequiredClaim(c) => {
+                    AuthError::BadClaims(format!("missing `{c}`"))
+                }
+                ErrorKind::Json(e) => AuthError::BadClaims(e.to_string()),
+                ErrorKind::InvalidAlgorithm => {
+                    AuthError::BadClaims("algorithm must be HS256".into())
+                }
+                _ => AuthError::Malformed,
+            })?;
+        let c = data.claims;
+        let user = UserId::parse(c.sub).map_err(|e| AuthError::BadClaims(format!("sub {e}")))?;
+        let groups = c
+            .groups
+            .unwrap_or_default()
+            .into_iter()
+            .map(|g| GroupName::parse(g).map_err(|e| AuthError::BadClaims(format!("group {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Identity {
+            user,
+            groups,
+            exp: c.exp,
+        })
+    }
+
+    /// Issues a client token valid for `ttl_s` seconds.
+    pub fn issue(&self, user: &UserId, groups: &[GroupName], ttl_s: u64) -> String {
+        let claims = Claims {
+            sub: user.to_string(),
+            exp: now_unix() + ttl_s,
+            groups: (!groups.is_empty()).then(|| groups.iter().map(|g| g.to_string()).collect()),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 encoding of plain claims cannot fail")
+    }
+
+    /// Whether the request carries the backend API key.
+    pub fn is_api_key(&self, headers: &HeaderMap) -> bool {
+        bearer(headers).is_some_and(|b| ct_eq(b.as_bytes(), &self.api_key))
+    }
+
+    /// Whether `presented` is the admin token.
+    pub fn is_admin_token(&self, presented: &str) -> bool {
+        ct_eq(presented.as_bytes(), &self.admin_token)
+    }
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    // Length is not secret (all generated secrets have the same length); contents are.
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// The `Authorization: Bearer <x>` value, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(secret: &str) -> Auth {
+        Auth::new(&Secrets {
+            jwt_secret: secret.into(),
+            api_key: "api".into(),
+            admin_token: "adm".into(),
+        })
+    }
+
+    fn sign(secret: &str, claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn issued_tokens_verify() {
+        let a = auth("s");
+        let user = UserId::parse("42").unwrap();
+        let org = GroupName::parse("org_5").unwrap();
+        let id = a
+            .verify(&a.issue(&user, std::slice::from_ref(&org), 60))
+            .unwrap();
+        assert_eq!(id.user, user);
+        assert!(id.may_join(&org));
+        assert!(id.may_join(&user.group()));
+        assert!(!id.may_join(&GroupName::parse("user_43").unwrap()));
+        assert!(!id.may_join(&GroupName::parse("broadcast").unwrap()));
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let a = auth("s");
+        let exp = now_unix() + 60;
+        assert_eq!(a.verify("nonsense").unwrap_err(), AuthError::Malformed);
+        let t = sign("other", &serde_json::json!({"sub": "42", "exp": exp}));
+        assert_eq!(a.verify(&t).unwrap_err(), AuthError::BadSignature);
+        let t = sign(
+            "s",
+            &serde_json::json!({"sub": "42", "exp": now_unix() - 1}),
+        );
+        assert_eq!(a.verify(&t).unwrap_err(), AuthError::Expired);
+        let t = sign("s", &serde_json::json!({"sub": "42"}));
+        assert!(matches!(a.verify(&t).unwrap_err(), AuthError::BadClaims(_)));
+        let t = sign("s", &serde_json::json!({"exp": exp}));
+        assert!(matches!(a.verify(&t).unwrap_err(), AuthError::BadClaims(_)));
+        let t = sign("s", &serde_json::json!({"sub": "no spaces", "exp": exp}));
+        assert!(matches!(a.verify(&t).unwrap_err(), AuthError::BadClaims(_)));
+        let t = sign(
+            "s",
+            &serde_json::json!({"sub": "42", "exp": exp, "groups": ["a/b"]}),
+        );
+        assert!(matches!(a.verify(&t).unwrap_err(), AuthError::BadClaims(_)));
+    }
+
+    #[test]
+    fn bearer_secrets_compare_exactly() {
+        let a = auth("s");
+        let mut h = HeaderMap::new();
+        assert!(!a.is_api_key(&h));
+        h.insert("authorization", "Bearer api".parse().unwrap());
+        assert!(a.is_api_key(&h));
+        h.insert("authorization", "Bearer apx".parse().unwrap());
+        assert!(!a.is_api_key(&h));
+        h.insert("authorization", "Basic api".parse().unwrap());
+        assert!(!a.is_api_key(&h));
+        assert!(a.is_admin_token("adm"));
+        assert!(!a.is_admin_token("ad"));
+    }
+}

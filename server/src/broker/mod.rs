@@ -1,0 +1,65 @@
+//! Carries published frames to every node whose connections want them.
+//!
+//! [`Broker`] is the seam between "a publish was accepted here" and "the hubs of the
+//! nodes with members of that group deliver it". The in-process [`MemoryBroker`]
+//! serves a single node; the Redis broker (cluster mode) implements the same trait
+//! with interest-based routing: a node subscribes to a group when its first local
+//! member joins and unsubscribes after the last one leaves, which is exactly what
+//! [`crate::hub::Hub::join`] and [`crate::hub::Hub::leave`] report.
+//!
+//! A broker carries copies only; the store holds the truth, so a broker that loses
+//! a message costs a catch-up from the store, never the notification.
+
+mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use herald_shared::GroupName;
+
+pub use memory::MemoryBroker;
+
+use crate::outbox::Delivery;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot be reached right now; the caller may retry.
+    #[error("broker disconnected: {0}")]
+    Disconnected(String),
+}
+
+/// Health as `/admin/status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerHealth {
+    /// No external broker (single node).
+    Off,
+    Up,
+    Down,
+}
+
+impl BrokerHealth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerHealth::Off => "off",
+            BrokerHealth::Up => "up",
+            BrokerHealth::Down => "down",
+        }
+    }
+}
+
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// `"memory"` or `"redis"`.
+    fn kind(&self) -> &'static str;
+
+    /// Sends `delivery` to every node with local members of `group`, this one included.
+    async fn publish(&self, group: &GroupName, delivery: Arc<Delivery>) -> Result<(), BrokerError>;
+
+    /// Called when `group` gets its first local member.
+    async fn subscribe(&self, group: &GroupName) -> Result<(), BrokerError>;
+
+    /// Called after `group` lost its last local member.
+    async fn unsubscribe(&self, group: &GroupName) -> Result<(), BrokerError>;
+
+    fn health(&self) -> BrokerHealth;
+}

@@ -1,0 +1,171 @@
+//! Flags and environment variables (contract §8), parsed once by clap.
+//!
+//! Every setting is both a flag and an environment variable, and every default makes
+//! a single node work with nothing configured. Secrets are *resolved* (generated or
+//! loaded from the data dir) by [`crate::secrets`], not here: this module only reads
+//! what the operator said.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use herald_shared::config as names;
+
+/// `herald-server [OPTIONS] [COMMAND]`: with no command, serve.
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald-server",
+    version,
+    about = "Herald real-time notification node"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node (the default).
+    Serve,
+    /// Print a client JWT signed with the configured secret.
+    Token {
+        /// The user id (the token's `sub`).
+        #[arg(long)]
+        user: String,
+        /// Extra groups the user may subscribe to, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+/// Everything a node needs to know before it starts.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Public listener: WebSockets, backend API, health.
+    #[arg(long, env = names::LISTEN, default_value = names::DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Admin listener: metrics, status, drain, tuning.
+    #[arg(long, env = names::ADMIN_LISTEN, default_value = names::DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: SocketAddr,
+
+    /// Node id shown everywhere (default: host name plus a short random suffix).
+    #[arg(long, env = names::NODE_ID)]
+    pub node_id: Option<String>,
+
+    /// `sqlite://...` or `postgres://...` (default: SQLite in the data dir).
+    #[arg(long, env = names::DATABASE_URL)]
+    pub database_url: Option<String>,
+
+    /// Redis for cluster mode; unset means the in-process broker (single node).
+    #[arg(long, env = names::REDIS_URL)]
+    pub redis_url: Option<String>,
+
+    /// HS256 secret for client tokens (generated on a single node when unset).
+    #[arg(long, env = names::JWT_SECRET, hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Bearer key for the backend API (generated on a single node when unset).
+    #[arg(long, env = names::API_KEY, hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Bearer token for the admin API (generated on a single node when unset).
+    #[arg(long, env = names::ADMIN_TOKEN, hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Where the embedded SQLite file and generated secrets live.
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = names::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// Allowed `Origin`s for upgrades, comma separated; empty allows any origin.
+    #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Most connections this node accepts (default: the open-file limit minus a reserve).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// File descriptors kept back from connections for the store, Redis, listeners, logs.
+    #[arg(long, env = "HERALD_FD_RESERVE", default_value_t = 256)]
+    pub fd_reserve: usize,
+
+    /// Frames a connection's outbound queue may hold before it is closed with 1013.
+    #[arg(long, env = "HERALD_QUEUE_CAPACITY", default_value_t = 1500)]
+    pub queue_capacity: usize,
+
+    /// Age (ms) the oldest queued frame may reach before the connection is closed with 1013.
+    #[arg(long, env = "HERALD_QUEUE_EXPIRY_MS", default_value_t = 10_000)]
+    pub queue_expiry_ms: u64,
+
+    /// Largest client text frame in bytes; larger closes with 1009.
+    #[arg(long, env = "HERALD_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Largest notification message or event payload in bytes; larger is a 413.
+    #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Client frames allowed per second (token bucket rate).
+    #[arg(long, env = "HERALD_CLIENT_RATE", default_value_t = 20)]
+    pub client_rate: u32,
+
+    /// Client frames allowed in a burst (token bucket size).
+    #[arg(long, env = "HERALD_CLIENT_BURST", default_value_t = 40)]
+    pub client_burst: u32,
+
+    /// Seconds between server pings; a client silent for three of these is dropped.
+    #[arg(long, env = "HERALD_HEARTBEAT_S", default_value_t = 25)]
+    pub heartbeat_s: u64,
+
+    /// Drain window used on SIGTERM, in seconds.
+    #[arg(long, env = "HERALD_SHUTDOWN_DRAIN_S", default_value_t = 5)]
+    pub shutdown_drain_s: u64,
+
+    /// Database pool size.
+    #[arg(long, env = "HERALD_DB_POOL", default_value_t = 16)]
+    pub db_pool: u32,
+}
+
+impl Config {
+    /// Parses a config from flags alone (environment variables still apply), as tests do.
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            config: Config,
+        }
+        let args = std::iter::once(std::ffi::OsString::from("herald-server"))
+            .chain(args.into_iter().map(Into::into));
+        Only::try_parse_from(args).map(|o| o.config)
+    }
+
+    pub fn queue_expiry(&self) -> Duration {
+        Duration::from_millis(self.queue_expiry_ms)
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_s.max(1))
+    }
+
+    /// The store URL, defaulting to a SQLite file in the data dir.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}/herald.db", self.data_dir.display()))
+    }
+
+    /// Cluster mode: Redis between nodes, secrets must be given, not generated.
+    pub fn cluster_mode(&self) -> bool {
+        self.redis_url.is_some()
+    }
+}

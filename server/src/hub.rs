@@ -1,0 +1,217 @@
+//! Routes each delivered frame to this node's connections; owns the group index and
+//! the registry of open connections, never the sockets.
+//!
+//! The index is sharded by group name so that joins, leaves and deliveries to
+//! unrelated groups do not contend. A delivery holds one shard's lock while it pushes
+//! the same `Arc<Delivery>` into each member's [`Outbox`]: pushes never wait, so the
+//! lock is held for microseconds even for a broadcast to thousands of connections.
+//! Whether the node must (un)subscribe at the broker is the caller's business: `join`
+//! and `leave` report the first and last local member.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
+
+use herald_shared::GroupName;
+
+use crate::outbox::{Delivery, Outbox, Push};
+
+const SHARDS: usize = 64;
+
+type Members = Vec<Arc<Outbox>>;
+
+pub struct Hub {
+    hasher: RandomState,
+    shards: Box<[Mutex<HashMap<GroupName, Members>>]>,
+    /// Every open connection (including those still in their handshake), for drain
+    /// and shutdown.
+    registry: Mutex<HashMap<u64, Arc<Outbox>>>,
+}
+
+/// What a delivery reached.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reach {
+    pub queued: usize,
+    pub overflowed: usize,
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            registry: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn shard(&self, group: &GroupName) -> &Mutex<HashMap<GroupName, Members>> {
+        let h = self.hasher.hash_one(group.as_str()) as usize;
+        &self.shards[h % SHARDS]
+    }
+
+    /// Adds a connection to the registry; returns the number of open connections.
+    pub fn register(&self, outbox: Arc<Outbox>) -> usize {
+        let mut r = self.registry.lock().expect("hub registry");
+        r.insert(outbox.id, outbox);
+        r.len()
+    }
+
+    pub fn unregister(&self, id: u64) {
+        self.registry.lock().expect("hub registry").remove(&id);
+    }
+
+    /// Open connections on this node.
+    pub fn connections(&self) -> usize {
+        self.registry.lock().expect("hub registry").len()
+    }
+
+    /// A snapshot of every open connection's outbox.
+    pub fn all(&self) -> Vec<Arc<Outbox>> {
+        self.registry
+            .lock()
+            .expect("hub registry")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Adds `outbox` to `group`; true when it is the group's first local member.
+    pub fn join(&self, group: &GroupName, outbox: &Arc<Outbox>) -> bool {
+        let mut shard = self.shard(group).lock().expect("hub shard");
+        let members = shard.entry(group.clone()).or_default();
+        if members.iter().any(|m| m.id == outbox.id) {
+            return false;
+        }
+        members.push(outbox.clone());
+        members.len() == 1
+    }
+
+    /// Removes connection `id` from `group`; true when it was the last local member.
+    pub fn leave(&self, group: &GroupName, id: u64) -> bool {
+        let mut shard = self.shard(group).lock().expect("hub shard");
+        let Some(members) = shard.get_mut(group) else {
+            return false;
+        };
+        let Some(pos) = members.iter().position(|m| m.id == id) else {
+            return false;
+        };
+        members.swap_remove(pos);
+        if members.is_empty() {
+            shard.remove(group);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Local members of `group`.
+    pub fn members(&self, group: &GroupName) -> usize {
+        self.shard(group)
+            .lock()
+            .expect("hub shard")
+            .get(group)
+            .map_or(0, Vec::len)
+    }
+
+    /// Groups with at least one local member (what a broker must be subscribed to).
+    pub fn groups(&self) -> Vec<GroupName> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .expect("hub shard")
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Queues `delivery` for every local member of `group`.
+    pub fn deliver(&self, group: &GroupName, delivery: &Arc<Delivery>) -> Reach {
+        let shard = self.shard(group).lock().expect("hub shard");
+        let mut reach = Reach::default();
+        if let Some(members) = shard.get(group) {
+            for m in members {
+                match m.push(delivery.clone()) {
+                    Push::Queued => reach.queued += 1,
+                    Push::Overflowed => reach.overflowed += 1,
+                    Push::Closed => {}
+                }
+            }
+        }
+        reach
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn outbox() -> Arc<Outbox> {
+        Outbox::new(10, Duration::from_secs(10), Arc::new(Metrics::new()))
+    }
+
+    #[test]
+    fn first_and_last_member_are_reported() {
+        let hub = Hub::new();
+        let g = GroupName::parse("org_5").unwrap();
+        let (a, b) = (outbox(), outbox());
+        assert!(hub.join(&g, &a));
+        assert!(!hub.join(&g, &b));
+        assert!(!hub.join(&g, &a), "joining twice is a no-op");
+        assert_eq!(hub.members(&g), 2);
+        assert!(!hub.leave(&g, a.id));
+        assert!(!hub.leave(&g, a.id), "leaving twice is a no-op");
+        assert!(hub.leave(&g, b.id));
+        assert_eq!(hub.members(&g), 0);
+        assert!(hub.groups().is_empty());
+    }
+
+    #[test]
+    fn one_delivery_reaches_each_member_once_with_shared_bytes() {
+        let hub = Hub::new();
+        let g = GroupName::parse("user_42").unwrap();
+        let other = GroupName::parse("user_43").unwrap();
+        let (a, b, c) = (outbox(), outbox(), outbox());
+        hub.join(&g, &a);
+        hub.join(&g, &b);
+        hub.join(&other, &c);
+        let d = Delivery::new("{}".into(), Some(1));
+        assert_eq!(
+            hub.deliver(&g, &d),
+            Reach {
+                queued: 2,
+                overflowed: 0
+            }
+        );
+        let fa = a.take(10).frames;
+        let fb = b.take(10).frames;
+        assert_eq!(fa.len(), 1);
+        assert!(
+            Arc::ptr_eq(&fa[0], &fb[0]),
+            "recipients share one serialisation"
+        );
+        assert!(c.take(10).frames.is_empty());
+    }
+
+    #[test]
+    fn registry_counts_connections() {
+        let hub = Hub::new();
+        let (a, b) = (outbox(), outbox());
+        assert_eq!(hub.register(a.clone()), 1);
+        assert_eq!(hub.register(b.clone()), 2);
+        hub.unregister(a.id);
+        assert_eq!(hub.connections(), 1);
+        assert_eq!(hub.all()[0].id, b.id);
+    }
+}

@@ -1,0 +1,43 @@
+//! Herald node: real-time notifications over WebSocket, with a backend API to publish
+//! them and an admin plane to run the node.
+//!
+//! # The path of a notification
+//!
+//! `api` (HTTP POST, API key) → `publish` (per-user order lock) → `store` (commit,
+//! id assigned) → `broker` (one serialised frame per publish) → `hub` (group → local
+//! connections) → `outbox` (bounded per-connection queue) → `session` (batched write
+//! to the socket).
+//!
+//! # Layout
+//! - [`server`]: `run`/`serve`: builds a [`node::Node`] and serves both listeners; ordered shutdown.
+//! - [`config`]: flags and environment (clap). [`secrets`]: generated or given secrets.
+//! - [`auth`]: client JWTs, API key, admin token.
+//! - [`api`]: backend routes, health, errors. [`upgrade`]: the WebSocket handshake and connect seam.
+//! - [`session`]: one task per socket: opening frames, client commands, deliveries.
+//! - [`publish`]: store-then-broker, in per-user id order.
+//! - [`broker`]: the `Broker` trait and the in-process broker.
+//! - [`hub`]: local routing index. [`outbox`]: per-connection queue and slow-consumer policy.
+//! - [`store`]: the `Store` trait, SQLite and PostgreSQL.
+//! - [`lifecycle`]: serving/draining/drained and the paced drain.
+//! - [`admin`]: metrics, status, drain. [`metrics`]: the registry. [`limits`]: fd budget.
+
+pub mod admin;
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod hub;
+pub mod lifecycle;
+pub mod limits;
+pub mod metrics;
+pub mod node;
+pub mod outbox;
+pub mod publish;
+pub mod secrets;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod upgrade;
+
+pub use config::Config;
+pub use server::{ServerError, build, run, serve};

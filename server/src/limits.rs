@@ -1,0 +1,48 @@
+//! The process's file-descriptor budget, which bounds how many sockets a node holds.
+//!
+//! Every WebSocket is one descriptor. A node that runs out accepts nothing at all
+//! (not even health checks), so it refuses upgrades with 503 well before the limit:
+//! capacity is the soft RLIMIT_NOFILE minus a reserve for the store pool, Redis,
+//! listeners and logs, or the configured maximum if that is lower.
+
+/// The soft open-file limit (what `accept` runs into).
+pub fn fd_limit() -> u64 {
+    rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(soft, _hard)| soft)
+        .unwrap_or(1024)
+}
+
+/// Descriptors open now (entries of `/proc/self/fd`).
+pub fn fd_open() -> u64 {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as u64)
+        .unwrap_or(0)
+}
+
+/// How many connections a node with `fd_limit` descriptors may accept.
+pub fn capacity(fd_limit: u64, reserve: usize, configured: Option<usize>) -> usize {
+    let by_fds = (fd_limit as usize).saturating_sub(reserve);
+    configured.map_or(by_fds, |c| c.min(by_fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_keeps_a_reserve() {
+        assert_eq!(capacity(20_000, 256, None), 19_744);
+        assert_eq!(capacity(20_000, 256, Some(5_000)), 5_000);
+        assert_eq!(capacity(20_000, 256, Some(50_000)), 19_744);
+        assert_eq!(capacity(100, 256, None), 0);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        assert!(fd_limit() >= 64);
+        let open = fd_open();
+        let _f = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(fd_open() > open.saturating_sub(1));
+        assert!(open > 2, "stdin, stdout, stderr at least");
+    }
+}

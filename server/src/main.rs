@@ -1,0 +1,92 @@
+//! `herald-server`: parses flags, binds the listeners, prints how to use a fresh
+//! single node, and runs until SIGTERM or Ctrl-C.
+
+use anyhow::Context;
+use clap::Parser;
+use herald_server::auth::Auth;
+use herald_server::config::{Cli, Command, Config};
+use herald_server::secrets;
+use herald_shared::{GroupName, UserId};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token { user, groups, ttl }) => print_token(&cli.config, &user, &groups, ttl),
+        Some(Command::Serve) | None => serve(cli.config).await,
+    }
+}
+
+fn print_token(cfg: &Config, user: &str, groups: &[String], ttl: u64) -> anyhow::Result<()> {
+    let resolved = secrets::resolve(cfg).context("resolving the JWT secret")?;
+    let user = UserId::parse(user).map_err(|e| anyhow::anyhow!("--user {e}"))?;
+    let groups = groups
+        .iter()
+        .filter(|g| !g.is_empty())
+        .map(|g| GroupName::parse(g.as_str()).map_err(|e| anyhow::anyhow!("--groups {g:?}: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    println!(
+        "{}",
+        Auth::new(&resolved.secrets).issue(&user, &groups, ttl)
+    );
+    Ok(())
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let public = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding public listener {}", cfg.listen))?;
+    let admin = TcpListener::bind(cfg.admin_listen)
+        .await
+        .with_context(|| format!("binding admin listener {}", cfg.admin_listen))?;
+    let resolved = secrets::resolve(&cfg).context("resolving secrets")?;
+    if let Some(path) = &resolved.generated_in {
+        print_banner(&cfg, &resolved.secrets, path);
+    }
+    herald_server::run(cfg, public, admin, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// What a first-time user needs to try the node at once.
+fn print_banner(cfg: &Config, s: &secrets::Secrets, path: &std::path::Path) {
+    let token = Auth::new(s).issue(&UserId::parse("42").expect("valid"), &[], 24 * 3600);
+    let http = format!("http://{}", cfg.listen);
+    let ws = format!("ws://{}", cfg.listen);
+    println!(
+        "\nHerald single node (secrets kept in {path})\n\
+         \n  API key:      {api}\n  Admin token:  {admin}\n  Client token: {token}   (user 42, 24 h)\n\
+         \nConnect as user 42 (any WebSocket client, e.g. websocat):\n  websocat '{ws}/ws/notifications/?token={token}'\n\
+         \nPublish to user 42:\n  curl -s -X POST {http}/api/v1/notifications -H 'Authorization: Bearer {api}' \\\n       -H 'Content-Type: application/json' -d '{{\"user\":\"42\",\"message\":{{\"text\":\"hello\"}}}}'\n\
+         \nMore tokens: herald-server token --user <id> [--groups org_5] [--ttl 3600]\n",
+        path = path.display(),
+        api = s.api_key,
+        admin = s.admin_token,
+    );
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

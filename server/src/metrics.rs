@@ -1,0 +1,274 @@
+//! Prometheus metrics: one registry per node, every handle resolved once at start-up.
+//!
+//! Hot-path code holds `Arc<Metrics>` and touches plain atomics (counters, gauges) or
+//! one histogram per observation; no metric is ever looked up by name per message.
+//! Counters are registered without `_total`: prometheus-client appends it.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Latency buckets from 50 µs to 10 s at 1, 1.5, 2, 3, 5, 7 per decade (at most
+/// 1.67x apart), so p50 and p99 resolve to within a bucket anywhere between 100 µs
+/// and 5 s, with readable `le` labels.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    const STEPS: [f64; 6] = [1.0, 1.5, 2.0, 3.0, 5.0, 7.0];
+    (-5..=1)
+        .flat_map(|exp| STEPS.iter().map(move |s| s * 10f64.powi(exp)))
+        .filter(|b| (5e-5..=10.0).contains(b))
+        // Round away float noise (0.30000000000000004) so labels read cleanly.
+        .map(|b| (b * 1e6).round() / 1e6)
+}
+
+fn histogram() -> Histogram {
+    Histogram::new(latency_buckets())
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
+}
+
+/// Every metric of a node.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// Upgrades accepted since start (`websocket_connections_total`).
+    pub connections_accepted: Counter,
+    /// Open connections now (`herald_connections`).
+    pub connections: Gauge,
+    /// Upgrades refused, by HTTP status (401, 403, 503).
+    pub upgrades_refused: Family<CodeLabel, Counter>,
+    /// Closes by WebSocket close code.
+    pub disconnects: Family<CodeLabel, Counter>,
+    /// Client frame handling time (`websocket_message_duration_seconds`).
+    pub message_duration: Histogram,
+    /// Publish accepted to frame written (`herald_delivery_latency_seconds`).
+    pub delivery_latency: Histogram,
+    /// Frames written to sockets that carried a notification or event.
+    pub delivered: Counter,
+    /// Notifications stored and events accepted, by kind.
+    pub published: Family<KindLabel, Counter>,
+    pub slow_consumer_disconnects: Counter,
+    /// Frames queued across all connections now.
+    pub queue_depth: Gauge,
+    /// Configured capacity of one connection's queue.
+    pub queue_capacity: Gauge,
+    /// Connections that resumed with `after`, and notifications they were replayed.
+    pub resumes: Counter,
+    pub resume_replayed: Counter,
+    pub draining: Gauge,
+    pub fd_open: Gauge,
+    pub fd_limit: Gauge,
+    /// Connection capacity of this node (configured, or fd limit minus reserve).
+    pub capacity: Gauge,
+    /// Store operations that failed, and store latency, by operation.
+    pub store_errors: Family<OpLabel, Counter>,
+    pub store_latency: Family<OpLabel, Histogram>,
+    /// Broker operations that failed, by operation.
+    pub broker_errors: Family<OpLabel, Counter>,
+    /// Client frames refused by the rate limiter.
+    pub rate_limited: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let m = Self {
+            registry: Mutex::new(Registry::default()),
+            connections_accepted: Counter::default(),
+            connections: Gauge::default(),
+            upgrades_refused: Family::default(),
+            disconnects: Family::default(),
+            message_duration: histogram(),
+            delivery_latency: histogram(),
+            delivered: Counter::default(),
+            published: Family::default(),
+            slow_consumer_disconnects: Counter::default(),
+            queue_depth: Gauge::default(),
+            queue_capacity: Gauge::default(),
+            resumes: Counter::default(),
+            resume_replayed: Counter::default(),
+            draining: Gauge::default(),
+            fd_open: Gauge::default(),
+            fd_limit: Gauge::default(),
+            capacity: Gauge::default(),
+            store_errors: Family::default(),
+            store_latency: Family::new_with_constructor(histogram),
+            broker_errors: Family::default(),
+            rate_limited: Counter::default(),
+        };
+        {
+            let mut r = m.registry.lock().expect("fresh lock");
+            r.register(
+                "websocket_connections",
+                "WebSocket upgrades accepted",
+                m.connections_accepted.clone(),
+            );
+            r.register(
+                "herald_connections",
+                "Open WebSocket connections",
+                m.connections.clone(),
+            );
+            r.register(
+                "herald_upgrades_refused",
+                "Upgrades refused, by HTTP status",
+                m.upgrades_refused.clone(),
+            );
+            r.register(
+                "herald_disconnects",
+                "Connections closed, by close code",
+                m.disconnects.clone(),
+            );
+            r.register(
+                "websocket_message_duration_seconds",
+                "Client frame handling time",
+                m.message_duration.clone(),
+            );
+            r.register(
+                "herald_delivery_latency_seconds",
+                "Publish accepted to frame written",
+                m.delivery_latency.clone(),
+            );
+            r.register(
+                "herald_messages_delivered",
+                "Notification and event frames written to clients",
+                m.delivered.clone(),
+            );
+            r.register(
+                "herald_published",
+                "Notifications stored and events accepted, by kind",
+                m.published.clone(),
+            );
+            r.register(
+                "herald_slow_consumer_disconnects",
+                "Connections closed with 1013",
+                m.slow_consumer_disconnects.clone(),
+            );
+            r.register(
+                "herald_queue_depth",
+                "Frames queued for clients across all connections",
+                m.queue_depth.clone(),
+            );
+            r.register(
+                "herald_queue_capacity",
+                "Frames one connection's queue may hold",
+                m.queue_capacity.clone(),
+            );
+            r.register(
+                "herald_resumes",
+                "Connections that resumed with after",
+                m.resumes.clone(),
+            );
+            r.register(
+                "herald_resume_replayed",
+                "Notifications replayed to resuming connections",
+                m.resume_replayed.clone(),
+            );
+            r.register(
+                "herald_draining",
+                "1 while draining or drained",
+                m.draining.clone(),
+            );
+            r.register(
+                "herald_fd_open",
+                "Open file descriptors of the process",
+                m.fd_open.clone(),
+            );
+            r.register(
+                "herald_fd_limit",
+                "Soft open-file limit of the process",
+                m.fd_limit.clone(),
+            );
+            r.register(
+                "herald_connection_capacity",
+                "Connections this node accepts",
+                m.capacity.clone(),
+            );
+            r.register(
+                "herald_store_errors",
+                "Store operations that failed",
+                m.store_errors.clone(),
+            );
+            r.register(
+                "herald_store_latency_seconds",
+                "Store operation latency",
+                m.store_latency.clone(),
+            );
+            r.register(
+                "herald_broker_errors",
+                "Broker operations that failed",
+                m.broker_errors.clone(),
+            );
+            r.register(
+                "herald_rate_limited",
+                "Client frames refused by the rate limiter",
+                m.rate_limited.clone(),
+            );
+        }
+        m
+    }
+
+    /// The registry in Prometheus text format (typed so prometheus-parse reads it).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let r = self.registry.lock().expect("metrics lock");
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &r)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Records a closed connection with its close code.
+    pub fn closed(&self, code: u16) {
+        self.disconnects.get_or_create(&CodeLabel { code }).inc();
+        if code == herald_shared::close::TRY_AGAIN_LATER {
+            self.slow_consumer_disconnects.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cover_100us_to_5s_finely() {
+        let b: Vec<f64> = latency_buckets().collect();
+        assert_eq!(b.first(), Some(&5e-5));
+        assert_eq!(b.last(), Some(&10.0));
+        for w in b.windows(2) {
+            assert!(w[1] / w[0] <= 1.67 && w[1] > w[0], "{w:?}");
+        }
+    }
+
+    #[test]
+    fn counters_get_total_suffix() {
+        let m = Metrics::new();
+        m.connections_accepted.inc();
+        let text = m.encode();
+        assert!(text.contains("websocket_connections_total 1"), "{text}");
+        assert!(
+            text.contains("herald_delivery_latency_seconds_bucket{le=\"0.0003\"}"),
+            "{text}"
+        );
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,105 @@
+//! The node's shared state: one `Arc<Node>` handed to every handler and session.
+//!
+//! Cloning the handle is shallow. Each field is owned by the module named after it;
+//! `Node` only wires them together and answers the questions several modules ask
+//! (may this node take another connection? is it ready?).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use herald_shared::GroupName;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Auth;
+use crate::broker::{Broker, BrokerHealth};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::publish::Publisher;
+use crate::store::Store;
+
+pub struct Node {
+    pub id: String,
+    pub config: Config,
+    pub auth: Auth,
+    pub store: Arc<dyn Store>,
+    pub broker: Arc<dyn Broker>,
+    pub hub: Arc<Hub>,
+    pub publisher: Publisher,
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Lifecycle,
+    /// Most connections this node accepts (see [`crate::limits`]).
+    pub capacity: usize,
+    pub fd_limit: u64,
+    pub started: Instant,
+    /// Last result of the store health probe; readiness reads it without a query.
+    pub store_up: AtomicBool,
+    /// Every session task, so shutdown can wait for them (axum's graceful shutdown
+    /// does not wait for upgraded connections).
+    pub sessions: TaskTracker,
+}
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+impl Node {
+    /// Ready for new clients: serving, store reachable, broker not down.
+    pub fn is_ready(&self) -> bool {
+        self.lifecycle.is_serving()
+            && self.store_up.load(Ordering::Relaxed)
+            && self.broker.health() != BrokerHealth::Down
+    }
+
+    /// Whether one more connection fits.
+    pub fn has_room(&self) -> bool {
+        self.hub.connections() < self.capacity
+    }
+
+    /// Runs the broker unsubscribe for a group that lost its last local member.
+    pub fn unsubscribe_later(self: &Arc<Self>, group: GroupName) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            // Re-check: a member may have joined since the leave.
+            if node.hub.members(&group) == 0 {
+                if let Err(e) = node.broker.unsubscribe(&group).await {
+                    tracing::warn!(%group, error = %e, "unsubscribe failed");
+                }
+            }
+        });
+    }
+
+    /// Probes the store every second, so readiness reflects it without a query per
+    /// health check.
+    pub fn spawn_store_probe(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let node = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(n) = node.upgrade() else { return };
+                let up = matches!(
+                    tokio::time::timeout(Duration::from_secs(2), n.store.ping()).await,
+                    Ok(Ok(()))
+                );
+                if n.store_up.swap(up, Ordering::Relaxed) != up {
+                    if up {
+                        tracing::info!("store reachable again");
+                    } else {
+                        tracing::warn!("store unreachable: readiness now 503");
+                    }
+                }
+                drop(n);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    }
+}
+
+/// Default node id: host name plus a short random suffix.
+pub fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "herald".to_owned());
+    format!("{host}-{:04x}", rand::random::<u16>())
+}

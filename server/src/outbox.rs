@@ -1,0 +1,276 @@
+//! One connection's outbound queue: bounded by count and by age, never blocking the
+//! publisher.
+//!
+//! Publishers (the hub, on behalf of the broker) push shared frames without awaiting;
+//! the connection's session task drains them. The slow-consumer policy is the
+//! seed's: a queue that holds `capacity` frames (1500) or whose oldest frame is older
+//! than `expiry` (10 s) marks its connection for closing with 1013. The queued frames
+//! are dropped at once (freeing memory); the client resumes with `after` and the
+//! store replays what it missed, so nothing stored is lost. The lock is a std mutex:
+//! it is never held across an await, and each critical section is a few pointer moves.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::Notify;
+
+use crate::metrics::Metrics;
+
+/// A frame ready for the wire, shared by every recipient on this node: serialised
+/// once per publish, cloned by reference count per connection.
+#[derive(Debug)]
+pub struct Delivery {
+    pub frame: Utf8Bytes,
+    /// The notification's id, for de-duplication at the connect seam and resume.
+    pub notification_id: Option<i64>,
+    /// When the publish was accepted (Unix µs), for the delivery latency histogram.
+    pub accepted_us: u64,
+}
+
+impl Delivery {
+    pub fn new(frame: String, notification_id: Option<i64>) -> Arc<Self> {
+        Self::with_time(frame, notification_id, unix_micros())
+    }
+
+    pub fn with_time(frame: String, notification_id: Option<i64>, accepted_us: u64) -> Arc<Self> {
+        Arc::new(Self {
+            frame: Utf8Bytes::from(frame),
+            notification_id,
+            accepted_us,
+        })
+    }
+}
+
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Why the node is closing a connection, decided outside its session task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Queue overflowed or aged: 1013, queued frames discarded.
+    SlowConsumer,
+    /// Drain: 1012 after the queued frames are written.
+    Draining,
+    /// Process exit after the drain window: 1012 as well (reconnect elsewhere).
+    Shutdown,
+}
+
+/// What happened to a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// This push overflowed the queue: the connection is now closing with 1013.
+    Overflowed,
+    /// The connection was already closing; the frame was dropped.
+    Closed,
+}
+
+struct Queued {
+    delivery: Arc<Delivery>,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Queued>,
+    close: Option<CloseReason>,
+}
+
+pub struct Outbox {
+    /// Node-local connection number (hub and registry key).
+    pub id: u64,
+    state: Mutex<State>,
+    wake: Notify,
+    capacity: usize,
+    expiry: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// What the session should do next, taken from the outbox in one lock.
+pub struct Batch {
+    pub frames: Vec<Arc<Delivery>>,
+    pub close: Option<CloseReason>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Outbox {
+    pub fn new(capacity: usize, expiry: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            capacity: capacity.max(1),
+            expiry,
+            metrics,
+        })
+    }
+
+    /// Queues a frame without waiting; enforces the slow-consumer policy.
+    pub fn push(&self, delivery: Arc<Delivery>) -> Push {
+        let mut s = self.state.lock().expect("outbox lock");
+        if s.close.is_some() {
+            return Push::Closed;
+        }
+        let now = Instant::now();
+        let aged = s
+            .queue
+            .front()
+            .is_some_and(|f| now.duration_since(f.at) > self.expiry);
+        if s.queue.len() >= self.capacity || aged {
+            s.close = Some(CloseReason::SlowConsumer);
+            self.metrics.queue_depth.dec_by(s.queue.len() as i64);
+            s.queue = VecDeque::new();
+            drop(s);
+            self.wake.notify_one();
+            return Push::Overflowed;
+        }
+        let was_empty = s.queue.is_empty();
+        s.queue.push_back(Queued { delivery, at: now });
+        drop(s);
+        self.metrics.queue_depth.inc();
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Push::Queued
+    }
+
+    /// Asks the session to close; the first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        let mut s = self.state.lock().expect("outbox lock");
+        if s.close.is_none() {
+            s.close = Some(reason);
+            if reason == CloseReason::SlowConsumer {
+                self.metrics.queue_depth.dec_by(s.queue.len() as i64);
+                s.queue = VecDeque::new();
+            }
+        }
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    /// Takes up to `max` queued frames, and the close request if there is one.
+    ///
+    /// Fails the age rule here too: a session that could not write for longer than
+    /// the expiry must not keep a connection whose oldest frame is already stale.
+    pub fn take(&self, max: usize) -> Batch {
+        let mut s = self.state.lock().expect("outbox lock");
+        if s.close.is_none()
+            && s.queue
+                .front()
+                .is_some_and(|f| f.at.elapsed() > self.expiry)
+        {
+            s.close = Some(CloseReason::SlowConsumer);
+            self.metrics.queue_depth.dec_by(s.queue.len() as i64);
+            s.queue = VecDeque::new();
+        }
+        let n = s.queue.len().min(max);
+        let frames: Vec<_> = s.queue.drain(..n).map(|q| q.delivery).collect();
+        if s.queue.is_empty() && s.queue.capacity() > 64 {
+            // A burst grew the ring; give the memory back while idle.
+            s.queue = VecDeque::new();
+        }
+        let close = s.close;
+        drop(s);
+        self.metrics.queue_depth.dec_by(n as i64);
+        Batch { frames, close }
+    }
+
+    /// Resolves when something was pushed or a close was requested since the last take.
+    pub async fn ready(&self) {
+        self.wake.notified().await
+    }
+
+    /// Frames waiting now.
+    pub fn depth(&self) -> usize {
+        self.state.lock().expect("outbox lock").queue.len()
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let n = self.state.get_mut().map(|s| s.queue.len()).unwrap_or(0);
+        self.metrics.queue_depth.dec_by(n as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(i: i64) -> Arc<Delivery> {
+        Delivery::new(format!("{{\"n\":{i}}}"), Some(i))
+    }
+
+    #[test]
+    fn overflow_closes_and_frees() {
+        let m = Arc::new(Metrics::new());
+        let o = Outbox::new(3, Duration::from_secs(10), m.clone());
+        for i in 0..3 {
+            assert_eq!(o.push(d(i)), Push::Queued);
+        }
+        assert_eq!(m.queue_depth.get(), 3);
+        assert_eq!(o.push(d(3)), Push::Overflowed);
+        assert_eq!(o.push(d(4)), Push::Closed);
+        assert_eq!(m.queue_depth.get(), 0);
+        let b = o.take(100);
+        assert!(b.frames.is_empty());
+        assert_eq!(b.close, Some(CloseReason::SlowConsumer));
+    }
+
+    #[test]
+    fn aged_queue_closes_on_push_and_on_take() {
+        let m = Arc::new(Metrics::new());
+        let o = Outbox::new(100, Duration::from_millis(20), m.clone());
+        assert_eq!(o.push(d(1)), Push::Queued);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(o.push(d(2)), Push::Overflowed);
+
+        let o = Outbox::new(100, Duration::from_millis(20), m.clone());
+        o.push(d(1));
+        std::thread::sleep(Duration::from_millis(30));
+        let b = o.take(10);
+        assert_eq!(b.close, Some(CloseReason::SlowConsumer));
+        assert!(b.frames.is_empty());
+        assert_eq!(m.queue_depth.get(), 0);
+    }
+
+    #[test]
+    fn take_is_fifo_and_bounded() {
+        let m = Arc::new(Metrics::new());
+        let o = Outbox::new(100, Duration::from_secs(10), m.clone());
+        for i in 0..5 {
+            o.push(d(i));
+        }
+        let b = o.take(3);
+        let ids: Vec<_> = b
+            .frames
+            .iter()
+            .map(|f| f.notification_id.unwrap())
+            .collect();
+        assert_eq!(ids, vec![0, 1, 2]);
+        assert_eq!(o.depth(), 2);
+        assert_eq!(m.queue_depth.get(), 2);
+        drop(o);
+        assert_eq!(m.queue_depth.get(), 0);
+    }
+
+    #[test]
+    fn drain_close_keeps_queued_frames() {
+        let m = Arc::new(Metrics::new());
+        let o = Outbox::new(10, Duration::from_secs(10), m);
+        o.push(d(1));
+        o.close(CloseReason::Draining);
+        o.close(CloseReason::SlowConsumer);
+        let b = o.take(10);
+        assert_eq!(b.frames.len(), 1);
+        assert_eq!(b.close, Some(CloseReason::Draining));
+    }
+}

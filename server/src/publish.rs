@@ -1,0 +1,118 @@
+//! Accepting a publish: store it, then hand one serialised frame to the broker.
+//!
+//! Order matters twice here. The store commits *before* the broker sees the frame, so
+//! a client can never receive a notification that a later read (resume, listing)
+//! would not find. And each user's notifications reach the broker in id order: the
+//! insert and the hand-off happen under a per-user lock (striped, so unrelated users
+//! rarely share one), so two concurrent publishes to one user cannot overtake each
+//! other between commit and publish. Sessions rely on that order.
+
+use std::sync::Arc;
+
+use herald_shared::api::NewNotification;
+use herald_shared::frames::{RawJson, encode_event, encode_notification};
+use herald_shared::{GroupName, Notification, UserId};
+use tokio::sync::Mutex;
+
+use crate::broker::Broker;
+use crate::metrics::{KindLabel, Metrics, OpLabel};
+use crate::outbox::Delivery;
+use crate::store::{Store, StoreError};
+
+/// Stripes of the per-user order lock.
+const ORDER_STRIPES: usize = 1024;
+
+pub struct Publisher {
+    store: Arc<dyn Store>,
+    broker: Arc<dyn Broker>,
+    metrics: Arc<Metrics>,
+    order: Box<[Mutex<()>]>,
+    hasher: std::hash::RandomState,
+}
+
+impl Publisher {
+    pub fn new(store: Arc<dyn Store>, broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            broker,
+            metrics,
+            order: (0..ORDER_STRIPES).map(|_| Mutex::new(())).collect(),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    fn stripe(&self, user: &UserId) -> usize {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(user.as_str()) as usize % ORDER_STRIPES
+    }
+
+    /// Stores `items` in one transaction and publishes each to its user's group.
+    ///
+    /// Returns once every frame is with the broker. A broker failure after the commit
+    /// is logged and counted, not returned: the notification is stored, and clients
+    /// get it from the store when they resume.
+    pub async fn notify(&self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {
+        let mut stripes: Vec<usize> = items.iter().map(|i| self.stripe(&i.user)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        // Ascending acquisition order: no two publishers can deadlock.
+        let mut guards = Vec::with_capacity(stripes.len());
+        for s in stripes {
+            guards.push(self.order[s].lock().await);
+        }
+
+        let started = std::time::Instant::now();
+        let stored = self.store.insert(items).await.inspect_err(|_| {
+            self.metrics
+                .store_errors
+                .get_or_create(&OpLabel { op: "insert" })
+                .inc();
+        })?;
+        self.metrics
+            .store_latency
+            .get_or_create(&OpLabel { op: "insert" })
+            .observe(started.elapsed().as_secs_f64());
+
+        for (n, item) in stored.iter().zip(items) {
+            let delivery = Delivery::new(encode_notification(n), Some(n.id));
+            if let Err(e) = self.broker.publish(&item.user.group(), delivery).await {
+                self.metrics
+                    .broker_errors
+                    .get_or_create(&OpLabel { op: "publish" })
+                    .inc();
+                tracing::warn!(error = %e, id = n.id, "stored notification not published; clients will resume it");
+            }
+        }
+        self.metrics
+            .published
+            .get_or_create(&KindLabel {
+                kind: "notification",
+            })
+            .inc_by(stored.len() as u64);
+        drop(guards);
+        Ok(stored)
+    }
+
+    /// Publishes an ephemeral event to every member of `group`, on every node.
+    pub async fn event(
+        &self,
+        group: &GroupName,
+        payload: &RawJson,
+    ) -> Result<(), crate::broker::BrokerError> {
+        let delivery = Delivery::new(encode_event(group.as_str(), &payload.0), None);
+        self.broker
+            .publish(group, delivery)
+            .await
+            .inspect_err(|_| {
+                self.metrics
+                    .broker_errors
+                    .get_or_create(&OpLabel { op: "publish" })
+                    .inc();
+            })?;
+        self.metrics
+            .published
+            .get_or_create(&KindLabel { kind: "event" })
+            .inc();
+        Ok(())
+    }
+}

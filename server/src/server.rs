@@ -1,0 +1,148 @@
+//! Provides [`run`]: wires a node together, serves its two listeners, and shuts it
+//! down in order when the given future resolves.
+//!
+//! Shutdown order: drain (readiness 503, paced 1012 closes over the configured
+//! window), close whatever is left, stop both listeners, then wait for every session
+//! task; axum's own graceful shutdown does not wait for upgraded connections, so the
+//! node tracks them itself.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Auth;
+use crate::broker::{Broker, MemoryBroker};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::node::{Node, default_node_id};
+use crate::outbox::CloseReason;
+use crate::publish::Publisher;
+use crate::{admin, api, limits, secrets, store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretsError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Builds the node's shared state from `cfg` (connecting to the store, retrying
+/// while it is unreachable).
+pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
+    let secrets = secrets::resolve(&cfg)?.secrets;
+    if cfg.redis_url.is_some() {
+        return Err(ServerError::Config(
+            "REDIS_URL is set, but this build has no Redis broker yet; unset it to run a single node".into(),
+        ));
+    }
+    let metrics = Arc::new(Metrics::new());
+    let fd_limit = limits::fd_limit();
+    let capacity = limits::capacity(fd_limit, cfg.fd_reserve, cfg.max_connections);
+    metrics.fd_limit.set(fd_limit as i64);
+    metrics.capacity.set(capacity as i64);
+    metrics.queue_capacity.set(cfg.queue_capacity as i64);
+
+    let store = store::connect(&cfg.database_url(), cfg.db_pool).await?;
+    let hub = Arc::new(Hub::new());
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone()));
+    let publisher = Publisher::new(store.clone(), broker.clone(), metrics.clone());
+    let id = cfg.node_id.clone().unwrap_or_else(default_node_id);
+    tracing::info!(node = %id, store = store.kind(), broker = broker.kind(), capacity, fd_limit, "node ready");
+    Ok(Arc::new(Node {
+        id,
+        auth: Auth::new(&secrets),
+        lifecycle: Lifecycle::new(hub.clone(), metrics.clone()),
+        config: cfg,
+        store,
+        broker,
+        hub,
+        publisher,
+        metrics,
+        capacity,
+        fd_limit,
+        started: Instant::now(),
+        store_up: AtomicBool::new(true),
+        sessions: TaskTracker::new(),
+    }))
+}
+
+/// Runs a node on the given listeners until `shutdown` resolves, then drains and
+/// returns once every connection is closed.
+pub async fn run(
+    cfg: Config,
+    public: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let admin_addr = admin_listener.local_addr()?;
+    if !admin_addr.ip().is_loopback() && cfg.admin_token.as_deref().unwrap_or("").is_empty() {
+        return Err(ServerError::Config(format!(
+            "admin listener {admin_addr} is not loopback: set HERALD_ADMIN_TOKEN to expose it"
+        )));
+    }
+    let node = build(cfg).await?;
+    serve(node, public, admin_listener, shutdown).await
+}
+
+/// Serves an already built node (tests use this to reach the node's state).
+pub async fn serve(
+    node: Arc<Node>,
+    public: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let probe = node.spawn_store_probe();
+    let stop = CancellationToken::new();
+
+    let public = public.tap_io(|tcp| {
+        // Frames are small and latency matters; Nagle would hold them back.
+        let _ = tcp.set_nodelay(true);
+    });
+    let public_srv = tokio::spawn(
+        axum::serve(public, api::router(node.clone()))
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
+    let admin_srv = tokio::spawn(
+        axum::serve(admin_listener, admin::router(node.clone()))
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
+
+    shutdown.await;
+    let window = Duration::from_secs(node.config.shutdown_drain_s);
+    tracing::info!(window_s = window.as_secs(), "shutdown requested: draining");
+    node.lifecycle.drain(window);
+    node.lifecycle
+        .wait_drained(window + Duration::from_secs(5))
+        .await;
+    for outbox in node.hub.all() {
+        outbox.close(CloseReason::Shutdown);
+    }
+    stop.cancel();
+    node.sessions.close();
+    if tokio::time::timeout(Duration::from_secs(10), node.sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some sessions did not end within 10 s of shutdown");
+    }
+    probe.abort();
+    let _ = public_srv.await;
+    let _ = admin_srv.await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! Client frames and their replies (contract §3): ping, mark_read, mark_all_read,
+//! subscribe, unsubscribe.
+//!
+//! Each handler returns the one reply frame to send; none closes the connection
+//! (bad input gets an `error` frame and the connection stays open).
+
+use herald_shared::{ClientFrame, ErrorCode, GroupName, ServerFrame};
+
+use crate::auth::Identity;
+use crate::metrics::OpLabel;
+use crate::node::Node;
+use crate::store::StoreError;
+use crate::upgrade::Registration;
+
+/// Most ids one `mark_read` may carry.
+pub const MARK_READ_MAX: usize = 1000;
+/// Most groups one connection may be in, its own included.
+pub const GROUPS_MAX: usize = 100;
+
+pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerFrame {
+    ServerFrame::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+fn store_error(node: &Node, op: &'static str, e: StoreError) -> ServerFrame {
+    node.metrics
+        .store_errors
+        .get_or_create(&OpLabel { op })
+        .inc();
+    tracing::warn!(error = %e, op, "store failed during a client command");
+    error(ErrorCode::Internal, "the store is unavailable; try again")
+}
+
+/// Handles one parsed client frame.
+pub async fn handle(
+    node: &Node,
+    ident: &Identity,
+    reg: &mut Registration,
+    frame: ClientFrame,
+) -> ServerFrame {
+    match frame {
+        ClientFrame::Ping => ServerFrame::Pong,
+        ClientFrame::MarkRead { ids } => {
+            if ids.len() > MARK_READ_MAX {
+                return error(
+                    ErrorCode::BadRequest,
+                    format!("mark_read takes at most {MARK_READ_MAX} ids"),
+                );
+            }
+            match node.store.mark_read(&ident.user, &ids).await {
+                Ok((ids, unread_count)) => ServerFrame::MarkedRead {
+                    ids: Some(ids),
+                    all: false,
+                    unread_count,
+                },
+                Err(e) => store_error(node, "mark_read", e),
+            }
+        }
+        ClientFrame::MarkAllRead => match node.store.mark_all_read(&ident.user).await {
+            Ok(unread_count) => ServerFrame::MarkedRead {
+                ids: None,
+                all: true,
+                unread_count,
+            },
+            Err(e) => store_error(node, "mark_all_read", e),
+        },
+        ClientFrame::Subscribe { group } => {
+            let group = match GroupName::parse(group) {
+                Ok(g) => g,
+                Err(e) => return error(ErrorCode::BadRequest, format!("group name {e}")),
+            };
+            if !ident.may_join(&group) {
+                return error(
+                    ErrorCode::Forbidden,
+                    format!("token does not allow group {group}"),
+                );
+            }
+            if !reg.groups.contains(&group) && reg.groups.len() >= GROUPS_MAX {
+                return error(
+                    ErrorCode::BadRequest,
+                    format!("at most {GROUPS_MAX} groups per connection"),
+                );
+            }
+            match reg.join(group.clone()).await {
+                Ok(()) => ServerFrame::Subscribed {
+                    group: group.into_string(),
+                },
+                Err(e) => error(ErrorCode::Internal, format!("subscribe failed: {e}")),
+            }
+        }
+        ClientFrame::Unsubscribe { group } => {
+            let group = match GroupName::parse(group) {
+                Ok(g) => g,
+                Err(e) => return error(ErrorCode::BadRequest, format!("group name {e}")),
+            };
+            if group == ident.user.group() {
+                return error(
+                    ErrorCode::BadRequest,
+                    "a connection always stays in its own user group",
+                );
+            }
+            reg.leave(&group);
+            ServerFrame::Unsubscribed {
+                group: group.into_string(),
+            }
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! One task per WebSocket: sends the opening frames, then multiplexes client frames,
+//! queued deliveries, heartbeats and token expiry until the connection ends.
+//!
+//! A single task owns the socket (no split, no second task), which keeps an idle
+//! connection down to its socket buffers, its outbox and one timer. Deliveries are
+//! written in batches: every frame waiting in the outbox is fed, then flushed once.
+//! Every write is bounded by the queue expiry; a client that cannot take frames that
+//! fast is a slow consumer and is closed with 1013.
+
+mod commands;
+mod handshake;
+mod ratelimit;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use herald_shared::close;
+use herald_shared::{ClientFrame, ErrorCode, ServerFrame};
+use tokio::time::{Instant, sleep_until, timeout};
+
+use crate::auth::{Identity, now_unix};
+use crate::node::Node;
+use crate::outbox::{CloseReason, unix_micros};
+use crate::upgrade::Registration;
+use handshake::Seam;
+use ratelimit::{RateLimiter, Verdict};
+
+/// Frames taken from the outbox per write batch.
+const BATCH: usize = 64;
+/// How long the node waits for the client's answer to its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// A client silent for this many heartbeats is gone.
+const SILENT_HEARTBEATS: u32 = 3;
+
+/// How a session ended.
+#[derive(Debug)]
+enum End {
+    /// The node closes with this code and reason.
+    Close(u16, &'static str),
+    /// The client closed (with its code, 1005 when it gave none).
+    Peer(u16),
+    /// The transport failed or the peer vanished (recorded as 1006).
+    Gone,
+}
+
+pub struct Session {
+    node: Arc<Node>,
+    ident: Identity,
+    reg: Registration,
+    after: Option<i64>,
+    seam: Seam,
+}
+
+impl Session {
+    pub fn new(node: Arc<Node>, ident: Identity, reg: Registration, after: Option<i64>) -> Self {
+        Self {
+            node,
+            ident,
+            reg,
+            after,
+            seam: Seam::default(),
+        }
+    }
+
+    /// Serves the connection to its end, then records how it ended.
+    pub async fn run(mut self, mut ws: WebSocket) {
+        let end = self.serve(&mut ws).await;
+        let code = match end {
+            End::Close(code, reason) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                };
+                if let Ok(Ok(())) = timeout(CLOSE_GRACE, ws.send(Message::Close(Some(frame)))).await
+                {
+                    // Let the client answer, so it (not the node) holds TIME_WAIT.
+                    let _ = timeout(CLOSE_GRACE, async {
+                        while let Some(Ok(m)) = ws.recv().await {
+                            if matches!(m, Message::Close(_)) {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                }
+                code
+            }
+            End::Peer(code) => code,
+            End::Gone => 1006,
+        };
+        self.node.metrics.closed(code);
+    }
+
+    async fn serve(&mut self, ws: &mut WebSocket) -> End {
+        let node = self.node.clone();
+        let expiry = node.config.queue_expiry();
+        let welcome = ServerFrame::Welcome {
+            user: self.ident.user.to_string(),
+            node: node.id.clone(),
+            connection: format!("{}-{}", node.id, self.reg.outbox.id),
+            heartbeat_s: node.config.heartbeat_s,
+        };
+        if send(ws, &welcome, expiry).await.is_err() {
+            return End::Gone;
+        }
+        match handshake::opening(&node, &self.ident.user, self.after).await {
+            Ok(opening) => {
+                if opening.replayed > 0 || self.after.is_some() {
+                    node.metrics.resumes.inc();
+                    node.metrics.resume_replayed.inc_by(opening.replayed as u64);
+                }
+                for f in &opening.frames {
+                    if send(ws, f, expiry).await.is_err() {
+                        return End::Gone;
+                    }
+                }
+                self.seam = opening.seam;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "opening snapshot failed");
+                let _ = send(
+                    ws,
+                    &commands::error(ErrorCode::Internal, "store unavailable"),
+                    expiry,
+                )
+                .await;
+                return End::Close(close::INTERNAL, "store unavailable; reconnect with after");
+            }
+        }
+
+        let heartbeat = node.config.heartbeat();
+        let ttl = Duration::from_secs(self.ident.exp.saturating_sub(now_unix()).min(365 * 86_400));
+        let expires_at = Instant::now() + ttl;
+        let mut next_ping = Instant::now() + heartbeat;
+        let mut last_heard = Instant::now();
+        let mut limiter = RateLimiter::new(
+            node.config.client_rate,
+            node.config.client_burst,
+            std::time::Instant::now(),
+        );
+        let timer = sleep_until(next_ping.min(expires_at));
+        tokio::pin!(timer);
+
+        loop {
+            tokio::select! {
+                _ = self.reg.outbox.ready() => {
+                    if let Some(end) = self.write_deliveries(ws, expiry).await {
+                        return end;
+                    }
+                }
+                msg = ws.recv() => {
+                    last_heard = Instant::now();
+                    let end = match msg {
+                        None => Some(End::Gone),
+                        Some(Err(e)) => Some(read_error(e)),
+                        Some(Ok(Message::Text(text))) => {
+                            self.client_frame(ws, &mut limiter, text.as_str(), expiry).await
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            Some(End::Close(close::UNSUPPORTED_DATA, "binary frames are not supported; send JSON text"))
+                        }
+                        Some(Ok(Message::Close(f))) => Some(End::Peer(f.map_or(1005, |f| f.code))),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                    };
+                    if let Some(end) = end {
+                        return end;
+                    }
+                }
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if now >= expires_at {
+                        return End::Close(close::POLICY, "token expired; reconnect with a new token and after");
+                    }
+                    if now >= next_ping {
+                        if now.duration_since(last_heard) > heartbeat * SILENT_HEARTBEATS {
+                            return End::Gone;
+                        }
+                        if timeout(expiry, ws.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
+                            return End::Gone;
+                        }
+                        next_ping = now + heartbeat;
+                    }
+                    timer.as_mut().reset(next_ping.min(expires_at));
+                }
+            }
+        }
+    }
+
+    /// Writes every queued delivery (batched, one flush per batch) and reports a
+    /// close request from the outbox once the queue is empty.
+    async fn write_deliveries(&mut self, ws: &mut WebSocket, expiry: Duration) -> Option<End> {
+        loop {
+            let batch = self.reg.outbox.take(BATCH);
+            let full = batch.frames.len() == BATCH;
+            let mut written = Vec::with_capacity(batch.frames.len());
+            for d in batch.frames {
+                if let Some(id) = d.notification_id {
+                    if !self.seam.admit(id) {
+                        continue;
+                    }
+                }
+                written.push(d);
+            }
+            if !written.is_empty() {
+                let write = async {
+                    for d in &written {
+                        ws.feed(Message::Text(d.frame.clone())).await?;
+                    }
+                    ws.flush().await
+                };
+                match timeout(expiry, write).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Some(End::Gone),
+                    Err(_) => {
+                        return Some(End::Close(
+                            close::TRY_AGAIN_LATER,
+                            "slow consumer; reconnect with after",
+                        ));
+                    }
+                }
+                let now = unix_micros();
+                let m = &self.node.metrics;
+                m.delivered.inc_by(written.len() as u64);
+                for d in &written {
+                    m.delivery_latency
+                        .observe(now.saturating_sub(d.accepted_us) as f64 / 1e6);
+                }
+            }
+            match batch.close {
+                Some(CloseReason::SlowConsumer) => {
+                    return Some(End::Close(
+                        close::TRY_AGAIN_LATER,
+                        "slow consumer; reconnect with after",
+                    ));
+                }
+                Some(CloseReason::Draining | CloseReason::Shutdown) if !full => {
+                    return Some(End::Close(
+                        close::SERVICE_RESTART,
+                        "node draining; reconnect to another node with jitter and after",
+                    ));
+                }
+                _ if full => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// Handles one client text frame: rate limit, parse, command, reply.
+    async fn client_frame(
+        &mut self,
+        ws: &mut WebSocket,
+        limiter: &mut RateLimiter,
+        text: &str,
+        expiry: Duration,
+    ) -> Option<End> {
+        let started = std::time::Instant::now();
+        let reply = match limiter.check(started) {
+            Verdict::Abusive => {
+                return Some(End::Close(close::POLICY, "rate limit exceeded repeatedly"));
+            }
+            Verdict::Limited => {
+                self.node.metrics.rate_limited.inc();
+                commands::error(ErrorCode::RateLimited, "too many frames; slow down")
+            }
+            Verdict::Allowed => match ClientFrame::parse(text) {
+                Ok(frame) => commands::handle(&self.node, &self.ident, &mut self.reg, frame).await,
+                Err(why) => commands::error(ErrorCode::BadRequest, why),
+            },
+        };
+        let sent = send(ws, &reply, expiry).await;
+        self.node
+            .metrics
+            .message_duration
+            .observe(started.elapsed().as_secs_f64());
+        sent.err()
+    }
+}
+
+/// Sends one frame now, bounded by the queue expiry.
+async fn send(ws: &mut WebSocket, frame: &ServerFrame, expiry: Duration) -> Result<(), End> {
+    match timeout(expiry, ws.send(Message::Text(frame.to_json().into()))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Gone),
+        Err(_) => Err(End::Close(
+            close::TRY_AGAIN_LATER,
+            "slow consumer; reconnect with after",
+        )),
+    }
+}
+
+/// Maps a read error to how the session ends: an oversized frame is the client's
+/// fault and gets 1009; anything else means the transport is gone.
+fn read_error(e: axum::Error) -> End {
+    match e.into_inner().downcast::<tungstenite::Error>() {
+        Ok(err) if matches!(*err, tungstenite::Error::Capacity(_)) => {
+            End::Close(close::TOO_BIG, "frame too large")
+        }
+        _ => End::Gone,
+    }
+}

@@ -1,0 +1,179 @@
+//! Durable state: notifications and their read flags (and, from the admin plane, the
+//! audit log).
+//!
+//! [`Store`] has two real implementations, chosen by `DATABASE_URL`: [`SqliteStore`]
+//! (the embedded single-node default) and [`PgStore`] (clusters). The store is the
+//! source of truth; the broker only carries copies, so anything a broker loses is
+//! recovered from here by id (`after`).
+//!
+//! Every query is a range scan on `(user_id, id)`: the 50 newest unread walk the
+//! partial index of unread rows backwards, `after X` walks the user's index forwards.
+//! Neither sorts and neither reads another user's rows.
+
+mod postgres;
+mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, Utc};
+use herald_shared::api::NewNotification;
+use herald_shared::{Notification, UserId};
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// What went wrong, in the terms callers branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached (refused, timed out, pool exhausted). The API
+    /// answers 503; nothing was written.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else the database said.
+    #[error("store error: {0}")]
+    Db(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+            sqlx::Error::Database(ref d) if is_unavailable_code(d.code().as_deref()) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            other => StoreError::Db(other.to_string()),
+        }
+    }
+}
+
+/// PostgreSQL SQLSTATEs meaning "the server is going away or refuses us", and
+/// SQLite's busy/locked codes (5, 6).
+fn is_unavailable_code(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            "57P01"
+                | "57P02"
+                | "57P03"
+                | "53300"
+                | "08000"
+                | "08003"
+                | "08006"
+                | "3D000"
+                | "5"
+                | "6"
+        )
+    )
+}
+
+/// A page request for the user listing API.
+#[derive(Debug, Clone, Copy)]
+pub struct ListQuery {
+    pub unread_only: bool,
+    /// Only ids strictly below this one.
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+/// The notifications a connecting client is sent first.
+#[derive(Debug, Clone, Default)]
+pub struct UnreadSnapshot {
+    pub unread_count: i64,
+    /// Newest first.
+    pub newest: Vec<Notification>,
+}
+
+/// Durable notification state. Implementations must be safe to share across tasks.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"sqlite"` or `"postgres"`, for logs and status.
+    fn kind(&self) -> &'static str;
+
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Stores all of `items` in one transaction, returning them with their ids in
+    /// the same order. Ids increase in that order.
+    async fn insert(&self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError>;
+
+    /// The unread count and up to `limit` newest unread notifications.
+    async fn unread(&self, user: &UserId, limit: i64) -> Result<UnreadSnapshot, StoreError>;
+
+    /// Up to `limit` notifications with id greater than `after`, oldest first.
+    async fn after(
+        &self,
+        user: &UserId,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError>;
+
+    /// A page of the user's notifications, newest first.
+    async fn list(&self, user: &UserId, q: ListQuery) -> Result<Vec<Notification>, StoreError>;
+
+    /// Marks those of `ids` that belong to `user` as read; returns them (ascending)
+    /// and the user's remaining unread count. Other users' ids are left alone.
+    async fn mark_read(&self, user: &UserId, ids: &[i64]) -> Result<(Vec<i64>, i64), StoreError>;
+
+    /// Marks every notification of `user` read; returns the unread count (0).
+    async fn mark_all_read(&self, user: &UserId) -> Result<i64, StoreError>;
+}
+
+/// Opens the store named by `url`, runs its migrations, and retries with backoff
+/// while the database is unreachable (start-up must not fail on a slow database).
+pub async fn connect(url: &str, pool_size: u32) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt: Result<std::sync::Arc<dyn Store>, StoreError> =
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                PgStore::connect(url, pool_size)
+                    .await
+                    .map(|s| std::sync::Arc::new(s) as _)
+            } else if url.starts_with("sqlite:") {
+                SqliteStore::connect(url, pool_size)
+                    .await
+                    .map(|s| std::sync::Arc::new(s) as _)
+            } else {
+                return Err(StoreError::Db(format!(
+                    "DATABASE_URL must start with sqlite:// or postgres:// (got {url:?})"
+                )));
+            };
+        match attempt {
+            Err(StoreError::Unavailable(why)) => {
+                tracing::warn!(%why, retry_in = ?delay, "store unreachable at start-up; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Creation time as stored: UTC, millisecond precision (what clients see).
+pub(crate) fn now_ms() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(3)
+}
+
+/// `2026-11-25T19:21:08.123Z`.
+pub(crate) fn format_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn times_have_milliseconds_and_z() {
+        let t = Utc.timestamp_millis_opt(1_764_098_468_123).unwrap();
+        assert_eq!(format_time(t), "2025-11-25T19:21:08.123Z");
+        let t = Utc.timestamp_millis_opt(1_764_098_468_000).unwrap();
+        assert_eq!(format_time(t), "2025-11-25T19:21:08.000Z");
+    }
+}

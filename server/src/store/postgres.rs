@@ -1,0 +1,186 @@
+//! The cluster store: PostgreSQL through a sqlx pool.
+//!
+//! Messages are stored as `json` (validated, kept byte-for-byte, unlike `jsonb`
+//! which reorders keys) and read back as text, so they go to clients untouched.
+//! Migrations run under sqlx's advisory lock, so nodes starting together against
+//! one database take turns instead of failing.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use herald_shared::api::NewNotification;
+use herald_shared::frames::RawJson;
+use herald_shared::{Notification, UserId};
+use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+
+use super::{ListQuery, Store, StoreError, UnreadSnapshot, format_time, now_ms};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str, pool_size: u32) -> Result<Self, StoreError> {
+        let opts: PgConnectOptions = url
+            .parse()
+            .map_err(|e| StoreError::Db(format!("bad postgres url: {e}")))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size.max(1))
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_with(opts.application_name("herald"))
+            .await?;
+        MIGRATOR.run(&pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(inner) => StoreError::from(inner),
+            other => StoreError::Db(format!("postgres migrations: {other}")),
+        })?;
+        Ok(Self { pool })
+    }
+
+    /// The pool, for modules that keep their own tables here (audit log).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn row_to_notification(r: &PgRow) -> Result<Notification, StoreError> {
+    let message: String = r.try_get("message")?;
+    let created: DateTime<Utc> = r.try_get("created_at")?;
+    Ok(Notification {
+        id: r.try_get("id")?,
+        user: r.try_get("user_id")?,
+        message: RawJson::parse(message)
+            .map_err(|e| StoreError::Db(format!("stored message: {e}")))?,
+        created_at: format_time(created),
+        read: r.try_get("read")?,
+    })
+}
+
+fn rows(rs: Vec<PgRow>) -> Result<Vec<Notification>, StoreError> {
+    rs.iter().map(row_to_notification).collect()
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert(&self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {
+        let created = now_ms();
+        let users: Vec<&str> = items.iter().map(|i| i.user.as_str()).collect();
+        let messages: Vec<&str> = items.iter().map(|i| i.message.get()).collect();
+        // One statement is one transaction. Rows are inserted, and ids drawn from the
+        // identity sequence, in array order, so sorted ids line up with `items`.
+        let mut ids: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO notifications (user_id, message, created_at) \
+             SELECT u, m::json, $3 FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS t(u, m, o) \
+             ORDER BY o RETURNING id",
+        )
+        .bind(&users)
+        .bind(&messages)
+        .bind(created)
+        .fetch_all(&self.pool)
+        .await?;
+        ids.sort_unstable();
+        Ok(items
+            .iter()
+            .zip(ids)
+            .map(|(item, id)| Notification {
+                id,
+                user: item.user.to_string(),
+                message: item.message.clone(),
+                created_at: format_time(created),
+                read: false,
+            })
+            .collect())
+    }
+
+    async fn unread(&self, user: &UserId, limit: i64) -> Result<UnreadSnapshot, StoreError> {
+        // One statement, one snapshot: the count agrees with the page. With no unread
+        // rows there is no row to carry the count, and the count is 0.
+        let rs = sqlx::query(
+            "SELECT id, user_id, message::text AS message, created_at, read, \
+               (SELECT count(*) FROM notifications WHERE user_id = $1 AND NOT read) AS unread_count \
+             FROM notifications WHERE user_id = $1 AND NOT read ORDER BY id DESC LIMIT $2",
+        )
+        .bind(user.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let unread_count = match rs.first() {
+            Some(r) => r.try_get("unread_count")?,
+            None => 0,
+        };
+        Ok(UnreadSnapshot {
+            unread_count,
+            newest: rows(rs)?,
+        })
+    }
+
+    async fn after(
+        &self,
+        user: &UserId,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let rs = sqlx::query(
+            "SELECT id, user_id, message::text AS message, created_at, read FROM notifications \
+             WHERE user_id = $1 AND id > $2 ORDER BY id ASC LIMIT $3",
+        )
+        .bind(user.as_str())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows(rs)
+    }
+
+    async fn list(&self, user: &UserId, q: ListQuery) -> Result<Vec<Notification>, StoreError> {
+        let rs = sqlx::query(
+            "SELECT id, user_id, message::text AS message, created_at, read FROM notifications \
+             WHERE user_id = $1 AND id < $2 AND (NOT $3 OR NOT read) ORDER BY id DESC LIMIT $4",
+        )
+        .bind(user.as_str())
+        .bind(q.before.unwrap_or(i64::MAX))
+        .bind(q.unread_only)
+        .bind(q.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows(rs)
+    }
+
+    async fn mark_read(&self, user: &UserId, ids: &[i64]) -> Result<(Vec<i64>, i64), StoreError> {
+        let mut marked: Vec<i64> = sqlx::query_scalar(
+            "UPDATE notifications SET read = true WHERE user_id = $1 AND id = ANY($2) RETURNING id",
+        )
+        .bind(user.as_str())
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        marked.sort_unstable();
+        let unread: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM notifications WHERE user_id = $1 AND NOT read",
+        )
+        .bind(user.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((marked, unread))
+    }
+
+    async fn mark_all_read(&self, user: &UserId) -> Result<i64, StoreError> {
+        sqlx::query("UPDATE notifications SET read = true WHERE user_id = $1 AND NOT read")
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(0)
+    }
+}

@@ -1,0 +1,209 @@
+//! `GET /ws/notifications/`: everything decided before a socket exists.
+//!
+//! Origin (403), token (401), `after` (400), node state and capacity (503 with
+//! `Retry-After`), then the connect seam: the connection joins its user's group
+//! *before* the 101 response goes out, so every notification published after the
+//! upgrade is already queued for it while its session loads `initial_state`.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use herald_shared::GroupName;
+use serde::Deserialize;
+
+use crate::api::ApiError;
+use crate::auth::{AuthError, Identity};
+use crate::metrics::CodeLabel;
+use crate::node::Node;
+use crate::outbox::Outbox;
+use crate::session::Session;
+
+/// Read buffer per connection: client frames are small; a larger one grows on demand.
+const READ_BUFFER: usize = 2048;
+/// Frames are batched up to this many bytes before a write (a flush writes at once).
+const WRITE_BUFFER: usize = 8 * 1024;
+/// Past this, a socket that cannot drain fails the write instead of buffering more.
+const MAX_WRITE_BUFFER: usize = 1 << 20;
+
+#[derive(Debug, Deserialize)]
+pub struct UpgradeParams {
+    token: Option<String>,
+    after: Option<String>,
+}
+
+pub async fn upgrade(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    params: Result<Query<UpgradeParams>, QueryRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match prepare(&node, &headers, params, ws).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let resp = e.into_response();
+            node.metrics
+                .upgrades_refused
+                .get_or_create(&CodeLabel {
+                    code: resp.status().as_u16(),
+                })
+                .inc();
+            resp
+        }
+    }
+}
+
+async fn prepare(
+    node: &Arc<Node>,
+    headers: &HeaderMap,
+    params: Result<Query<UpgradeParams>, QueryRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    check_origin(node, headers)?;
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let ident = identify(node, headers, params.token.as_deref())
+        .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    let after = match params.after.as_deref() {
+        None => None,
+        Some(a) => Some(a.parse::<i64>().ok().filter(|a| *a >= 0).ok_or_else(|| {
+            ApiError::BadRequest(format!("after must be a notification id (got {a:?})"))
+        })?),
+    };
+    let ws = ws.map_err(|r| ApiError::Other(r.status(), r.body_text()))?;
+    if !node.lifecycle.is_serving() {
+        return Err(ApiError::Unavailable(
+            format!(
+                "node is {}; connect to another node",
+                node.lifecycle.state().as_str()
+            ),
+            5,
+        ));
+    }
+    if !node.has_room() {
+        return Err(ApiError::Unavailable(
+            "node at connection capacity".into(),
+            1,
+        ));
+    }
+
+    let registration = Registration::new(node, &ident).await;
+    node.metrics.connections_accepted.inc();
+    let cfg = &node.config;
+    let node = node.clone();
+    Ok(ws
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(cfg.max_frame_bytes)
+        .max_frame_size(cfg.max_frame_bytes)
+        .on_upgrade(move |socket: WebSocket| {
+            let tracker = node.sessions.clone();
+            tracker.track_future(async move {
+                Session::new(node, ident, registration, after)
+                    .run(socket)
+                    .await;
+            })
+        }))
+}
+
+fn check_origin(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    let allowed = &node.config.allowed_origins;
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    // Browsers always send Origin; a client without one is not a browser page, so
+    // cross-site WebSocket hijacking does not apply to it.
+    match headers
+        .get(header::ORIGIN)
+        .map(|o| o.to_str().unwrap_or(""))
+    {
+        None => Ok(()),
+        Some(o) if allowed.iter().any(|a| a == o) => Ok(()),
+        Some(o) => Err(ApiError::Forbidden(format!("origin {o:?} is not allowed"))),
+    }
+}
+
+fn identify(
+    node: &Node,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Identity, AuthError> {
+    let token = query_token
+        .filter(|t| !t.is_empty())
+        .or_else(|| crate::auth::bearer(headers))
+        .ok_or(AuthError::Missing)?;
+    node.auth.verify(token)
+}
+
+/// A connection's place in the hub, from before the upgrade until its session ends.
+///
+/// Dropping it (session over, or upgrade never completed) leaves every group and
+/// the registry, so no path can leak a member.
+pub struct Registration {
+    node: Arc<Node>,
+    pub outbox: Arc<Outbox>,
+    pub groups: Vec<GroupName>,
+}
+
+impl Registration {
+    async fn new(node: &Arc<Node>, ident: &Identity) -> Self {
+        let outbox = Outbox::new(
+            node.config.queue_capacity,
+            node.config.queue_expiry(),
+            node.metrics.clone(),
+        );
+        node.hub.register(outbox.clone());
+        node.metrics.connections.inc();
+        let mut reg = Self {
+            node: node.clone(),
+            outbox,
+            groups: Vec::new(),
+        };
+        // A failed subscribe is logged, not fatal: the store still has everything,
+        // and the broker resubscribes what the hub holds when it reconnects.
+        let _ = reg.join(ident.user.group()).await;
+        reg
+    }
+
+    /// Joins `group`, subscribing at the broker for the first local member.
+    pub async fn join(&mut self, group: GroupName) -> Result<(), crate::broker::BrokerError> {
+        if self.groups.contains(&group) {
+            return Ok(());
+        }
+        let first = self.node.hub.join(&group, &self.outbox);
+        self.groups.push(group.clone());
+        if first {
+            if let Err(e) = self.node.broker.subscribe(&group).await {
+                tracing::warn!(%group, error = %e, "subscribe failed");
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves `group` (never the personal group, which the caller guards).
+    pub fn leave(&mut self, group: &GroupName) {
+        if let Some(pos) = self.groups.iter().position(|g| g == group) {
+            self.groups.swap_remove(pos);
+            if self.node.hub.leave(group, self.outbox.id) {
+                self.node.unsubscribe_later(group.clone());
+            }
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        for g in std::mem::take(&mut self.groups) {
+            if self.node.hub.leave(&g, self.outbox.id) {
+                self.node.unsubscribe_later(g);
+            }
+        }
+        self.node.hub.unregister(self.outbox.id);
+        self.node.metrics.connections.dec();
+    }
+}

@@ -1,0 +1,60 @@
+//! Backend API bodies (contract §4).
+//!
+//! Requests deserialise with validation built in (a [`UserId`] that parses is valid),
+//! so the server's handlers only see well-formed input.
+
+use serde::{Deserialize, Serialize};
+
+use crate::frames::{Notification, RawJson};
+use crate::ids::UserId;
+
+/// Most notifications one batch request may create.
+pub const BATCH_MAX: usize = 1000;
+
+/// `POST /api/v1/notifications`, and one item of a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewNotification {
+    pub user: UserId,
+    pub message: RawJson,
+}
+
+/// `POST /api/v1/notifications/batch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub notifications: Vec<NewNotification>,
+}
+
+/// A list of notifications: the batch answer and the user listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotificationList {
+    pub notifications: Vec<Notification>,
+}
+
+/// `POST /api/v1/groups/<group>/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventRequest {
+    pub payload: RawJson,
+}
+
+/// The 202 answer to an event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub accepted: bool,
+}
+
+/// `GET /api/v1/users/<id>/presence`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Presence {
+    pub user: String,
+    pub online: bool,
+    pub connections: u64,
+}
+
+/// Every error answer of the node, HTTP or upgrade: `{"error": "..."}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,23 @@
+//! Configuration names and defaults (contract §8), shared so that the console, the
+//! bench and the docs name settings exactly as the server reads them.
+
+pub const LISTEN: &str = "HERALD_LISTEN";
+pub const ADMIN_LISTEN: &str = "HERALD_ADMIN_LISTEN";
+pub const NODE_ID: &str = "HERALD_NODE_ID";
+pub const DATABASE_URL: &str = "DATABASE_URL";
+pub const REDIS_URL: &str = "REDIS_URL";
+pub const JWT_SECRET: &str = "HERALD_JWT_SECRET";
+pub const API_KEY: &str = "HERALD_API_KEY";
+pub const ADMIN_TOKEN: &str = "HERALD_ADMIN_TOKEN";
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9091";
+/// Where a single node keeps its SQLite file and generated secrets.
+pub const DEFAULT_DATA_DIR: &str = "./herald-data";
+
+/// The WebSocket endpoint.
+pub const WS_PATH: &str = "/ws/notifications/";
+/// Newest unread notifications sent in `initial_state`.
+pub const INITIAL_STATE_LIMIT: i64 = 50;
+/// Most notifications in one `missed` frame.
+pub const MISSED_LIMIT: i64 = 1000;
