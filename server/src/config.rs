@@ -120,8 +120,13 @@ pub struct Config {
     pub client_burst: u32,
 
     /// Seconds between server pings; a client silent for three of these is dropped.
-    #[arg(long, env = "HERALD_HEARTBEAT_S", default_value_t = 25)]
+    #[arg(long, env = "HERALD_HEARTBEAT_S", default_value_t = 25,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub heartbeat_s: u64,
+
+    /// Require the admin token for `/metrics` too (default: open to scrapers).
+    #[arg(long, env = "HERALD_METRICS_REQUIRE_TOKEN", default_value_t = false)]
+    pub metrics_require_token: bool,
 
     /// Drain window used on SIGTERM, in seconds.
     #[arg(long, env = "HERALD_SHUTDOWN_DRAIN_S", default_value_t = 5)]
@@ -154,7 +159,7 @@ impl Config {
     }
 
     pub fn heartbeat(&self) -> Duration {
-        Duration::from_secs(self.heartbeat_s.max(1))
+        Duration::from_secs(self.heartbeat_s)
     }
 
     /// The store URL, defaulting to a SQLite file in the data dir.

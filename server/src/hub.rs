@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 
-use herald_shared::GroupName;
+use herald_shared::{GroupName, UserId};
 
 use crate::outbox::{Delivery, Outbox, Push};
 
@@ -23,9 +23,16 @@ type Members = Vec<Arc<Outbox>>;
 pub struct Hub {
     hasher: RandomState,
     shards: Box<[Mutex<HashMap<GroupName, Members>>]>,
-    /// Every open connection (including those still in their handshake), for drain
-    /// and shutdown.
-    registry: Mutex<HashMap<u64, Arc<Outbox>>>,
+    registry: Mutex<Registry>,
+}
+
+/// Every open connection (including those still in their handshake), for capacity,
+/// drain and shutdown, and the count per user, for presence. Presence counts the
+/// user's own connections, not everyone subscribed to its `user_<id>` group.
+#[derive(Default)]
+struct Registry {
+    conns: HashMap<u64, Arc<Outbox>>,
+    users: HashMap<UserId, u32>,
 }
 
 /// What a delivery reached.
@@ -40,7 +47,7 @@ impl Hub {
         Self {
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            registry: Mutex::new(HashMap::new()),
+            registry: Mutex::new(Registry::default()),
         }
     }
 
@@ -49,30 +56,45 @@ impl Hub {
         &self.shards[h % SHARDS]
     }
 
-    /// Adds a connection to the registry; returns the number of open connections.
-    pub fn register(&self, outbox: Arc<Outbox>) -> usize {
+    /// Adds `user`'s connection to the registry unless `capacity` connections are
+    /// open already (checked and added under one lock, so bursts cannot overshoot).
+    pub fn register(&self, outbox: Arc<Outbox>, user: &UserId, capacity: usize) -> bool {
         let mut r = self.registry.lock().expect("hub registry");
-        r.insert(outbox.id, outbox);
-        r.len()
+        if r.conns.len() >= capacity {
+            return false;
+        }
+        r.conns.insert(outbox.id, outbox);
+        *r.users.entry(user.clone()).or_default() += 1;
+        true
     }
 
-    pub fn unregister(&self, id: u64) {
-        self.registry.lock().expect("hub registry").remove(&id);
+    pub fn unregister(&self, id: u64, user: &UserId) {
+        let mut r = self.registry.lock().expect("hub registry");
+        if r.conns.remove(&id).is_some() {
+            if let Some(n) = r.users.get_mut(user) {
+                *n -= 1;
+                if *n == 0 {
+                    r.users.remove(user);
+                }
+            }
+        }
     }
 
     /// Open connections on this node.
     pub fn connections(&self) -> usize {
-        self.registry.lock().expect("hub registry").len()
+        self.registry.lock().expect("hub registry").conns.len()
+    }
+
+    /// Open connections of `user` on this node.
+    pub fn user_connections(&self, user: &UserId) -> usize {
+        let r = self.registry.lock().expect("hub registry");
+        r.users.get(user).map_or(0, |n| *n as usize)
     }
 
     /// A snapshot of every open connection's outbox.
     pub fn all(&self) -> Vec<Arc<Outbox>> {
-        self.registry
-            .lock()
-            .expect("hub registry")
-            .values()
-            .cloned()
-            .collect()
+        let r = self.registry.lock().expect("hub registry");
+        r.conns.values().cloned().collect()
     }
 
     /// Adds `outbox` to `group`; true when it is the group's first local member.
@@ -186,7 +208,7 @@ mod tests {
         hub.join(&g, &a);
         hub.join(&g, &b);
         hub.join(&other, &c);
-        let d = Delivery::new("{}".into(), Some(1));
+        let d = Delivery::event("{}".into());
         assert_eq!(
             hub.deliver(&g, &d),
             Reach {
@@ -205,13 +227,21 @@ mod tests {
     }
 
     #[test]
-    fn registry_counts_connections() {
+    fn registry_counts_connections_per_user_up_to_capacity() {
         let hub = Hub::new();
-        let (a, b) = (outbox(), outbox());
-        assert_eq!(hub.register(a.clone()), 1);
-        assert_eq!(hub.register(b.clone()), 2);
-        hub.unregister(a.id);
+        let u = UserId::parse("42").unwrap();
+        let v = UserId::parse("43").unwrap();
+        let (a, b, c) = (outbox(), outbox(), outbox());
+        assert!(hub.register(a.clone(), &u, 2));
+        assert!(hub.register(b.clone(), &u, 2));
+        assert!(!hub.register(c.clone(), &v, 2), "full");
+        assert_eq!(hub.user_connections(&u), 2);
+        assert_eq!(hub.user_connections(&v), 0);
+        hub.unregister(a.id, &u);
+        hub.unregister(a.id, &u);
         assert_eq!(hub.connections(), 1);
+        assert_eq!(hub.user_connections(&u), 1);
         assert_eq!(hub.all()[0].id, b.id);
+        assert!(hub.register(c, &v, 2));
     }
 }

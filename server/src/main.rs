@@ -47,6 +47,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let admin = TcpListener::bind(cfg.admin_listen)
         .await
         .with_context(|| format!("binding admin listener {}", cfg.admin_listen))?;
+    herald_server::server::check_admin_bind(&cfg, admin.local_addr()?)?;
     let resolved = secrets::resolve(&cfg).context("resolving secrets")?;
     if let Some(path) = &resolved.generated_in {
         print_banner(&cfg, &resolved.secrets, path);

@@ -51,11 +51,6 @@ impl Node {
             && self.broker.health() != BrokerHealth::Down
     }
 
-    /// Whether one more connection fits.
-    pub fn has_room(&self) -> bool {
-        self.hub.connections() < self.capacity
-    }
-
     /// Runs the broker unsubscribe for a group that lost its last local member.
     pub fn unsubscribe_later(self: &Arc<Self>, group: GroupName) {
         let node = self.clone();

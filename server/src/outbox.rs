@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
+use herald_shared::UserId;
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
@@ -24,21 +25,45 @@ use crate::metrics::Metrics;
 #[derive(Debug)]
 pub struct Delivery {
     pub frame: Utf8Bytes,
-    /// The notification's id, for de-duplication at the connect seam and resume.
-    pub notification_id: Option<i64>,
+    /// Set on notification frames, for de-duplication at the connect seam.
+    pub notification: Option<NotificationTag>,
     /// When the publish was accepted (Unix µs), for the delivery latency histogram.
     pub accepted_us: u64,
 }
 
+/// Which notification a frame carries: its id and owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationTag {
+    pub id: i64,
+    pub user: UserId,
+}
+
 impl Delivery {
-    pub fn new(frame: String, notification_id: Option<i64>) -> Arc<Self> {
-        Self::with_time(frame, notification_id, unix_micros())
+    /// A `notification` frame for `user`'s notification `id`, accepted now.
+    pub fn notification(frame: String, id: i64, user: &UserId) -> Arc<Self> {
+        Self::with_time(
+            frame,
+            Some(NotificationTag {
+                id,
+                user: user.clone(),
+            }),
+            unix_micros(),
+        )
     }
 
-    pub fn with_time(frame: String, notification_id: Option<i64>, accepted_us: u64) -> Arc<Self> {
+    /// An `event` frame, accepted now.
+    pub fn event(frame: String) -> Arc<Self> {
+        Self::with_time(frame, None, unix_micros())
+    }
+
+    pub fn with_time(
+        frame: String,
+        notification: Option<NotificationTag>,
+        accepted_us: u64,
+    ) -> Arc<Self> {
         Arc::new(Self {
             frame: Utf8Bytes::from(frame),
-            notification_id,
+            notification,
             accepted_us,
         })
     }
@@ -206,7 +231,7 @@ mod tests {
     use super::*;
 
     fn d(i: i64) -> Arc<Delivery> {
-        Delivery::new(format!("{{\"n\":{i}}}"), Some(i))
+        Delivery::notification(format!("{{\"n\":{i}}}"), i, &UserId::parse("42").unwrap())
     }
 
     #[test]
@@ -253,7 +278,7 @@ mod tests {
         let ids: Vec<_> = b
             .frames
             .iter()
-            .map(|f| f.notification_id.unwrap())
+            .map(|f| f.notification.as_ref().unwrap().id)
             .collect();
         assert_eq!(ids, vec![0, 1, 2]);
         assert_eq!(o.depth(), 2);

@@ -10,8 +10,9 @@
 use std::sync::Arc;
 
 use herald_shared::api::NewNotification;
-use herald_shared::frames::{RawJson, encode_event, encode_notification};
+use herald_shared::frames::{encode_event, encode_notification};
 use herald_shared::{GroupName, Notification, UserId};
+use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 
 use crate::broker::Broker;
@@ -74,7 +75,7 @@ impl Publisher {
             .observe(started.elapsed().as_secs_f64());
 
         for (n, item) in stored.iter().zip(items) {
-            let delivery = Delivery::new(encode_notification(n), Some(n.id));
+            let delivery = Delivery::notification(encode_notification(n), n.id, &item.user);
             if let Err(e) = self.broker.publish(&item.user.group(), delivery).await {
                 self.metrics
                     .broker_errors
@@ -97,9 +98,9 @@ impl Publisher {
     pub async fn event(
         &self,
         group: &GroupName,
-        payload: &RawJson,
+        payload: &RawValue,
     ) -> Result<(), crate::broker::BrokerError> {
-        let delivery = Delivery::new(encode_event(group.as_str(), &payload.0), None);
+        let delivery = Delivery::event(encode_event(group.as_str(), payload));
         self.broker
             .publish(group, delivery)
             .await

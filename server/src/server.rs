@@ -87,14 +87,33 @@ pub async fn run(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let admin_addr = admin_listener.local_addr()?;
+    check_admin_bind(&cfg, admin_listener.local_addr()?)?;
+    // While the store is still being reached (with retries), the public listener
+    // already answers: /healthz 200 (the process runs), everything else 503. The
+    // listening socket is shared, so no connection is refused at the hand-over.
+    let std_listener = public.into_std()?;
+    let early = TcpListener::from_std(std_listener.try_clone()?)?;
+    let public = TcpListener::from_std(std_listener)?;
+    let starting = CancellationToken::new();
+    let early_srv = tokio::spawn(
+        axum::serve(early, api::starting_router())
+            .with_graceful_shutdown(starting.clone().cancelled_owned())
+            .into_future(),
+    );
+    let built = build(cfg).await;
+    starting.cancel();
+    let _ = early_srv.await;
+    serve(built?, public, admin_listener, shutdown).await
+}
+
+/// The admin listener may face the network only behind an explicit admin token.
+pub fn check_admin_bind(cfg: &Config, admin_addr: std::net::SocketAddr) -> Result<(), ServerError> {
     if !admin_addr.ip().is_loopback() && cfg.admin_token.as_deref().unwrap_or("").is_empty() {
         return Err(ServerError::Config(format!(
             "admin listener {admin_addr} is not loopback: set HERALD_ADMIN_TOKEN to expose it"
         )));
     }
-    let node = build(cfg).await?;
-    serve(node, public, admin_listener, shutdown).await
+    Ok(())
 }
 
 /// Serves an already built node (tests use this to reach the node's state).

@@ -13,7 +13,7 @@ use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use herald_shared::GroupName;
+use herald_shared::{GroupName, UserId};
 use serde::Deserialize;
 
 use crate::api::ApiError;
@@ -27,8 +27,12 @@ use crate::session::Session;
 const READ_BUFFER: usize = 2048;
 /// Frames are batched up to this many bytes before a write (a flush writes at once).
 const WRITE_BUFFER: usize = 8 * 1024;
-/// Past this, a socket that cannot drain fails the write instead of buffering more.
-const MAX_WRITE_BUFFER: usize = 1 << 20;
+/// The write buffer must take the largest frame the node sends: a full `missed`
+/// frame of maximum-size messages. It only grows that far for a connection that is
+/// actually sent one; a socket that cannot drain is caught by the queue expiry.
+fn max_write_buffer(cfg: &crate::config::Config) -> usize {
+    herald_shared::config::MISSED_LIMIT as usize * (cfg.max_message_bytes + 512) + 64 * 1024
+}
 
 #[derive(Debug, Deserialize)]
 pub struct UpgradeParams {
@@ -83,21 +87,16 @@ async fn prepare(
             5,
         ));
     }
-    if !node.has_room() {
-        return Err(ApiError::Unavailable(
-            "node at connection capacity".into(),
-            1,
-        ));
-    }
-
-    let registration = Registration::new(node, &ident).await;
+    let registration = Registration::new(node, &ident)
+        .await
+        .ok_or_else(|| ApiError::Unavailable("node at connection capacity".into(), 1))?;
     node.metrics.connections_accepted.inc();
     let cfg = &node.config;
     let node = node.clone();
     Ok(ws
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_write_buffer_size(max_write_buffer(cfg))
         .max_message_size(cfg.max_frame_bytes)
         .max_frame_size(cfg.max_frame_bytes)
         .on_upgrade(move |socket: WebSocket| {
@@ -145,28 +144,37 @@ fn identify(
 /// the registry, so no path can leak a member.
 pub struct Registration {
     node: Arc<Node>,
+    user: UserId,
     pub outbox: Arc<Outbox>,
     pub groups: Vec<GroupName>,
 }
 
 impl Registration {
-    async fn new(node: &Arc<Node>, ident: &Identity) -> Self {
+    /// Registers a connection of `ident`'s user and joins its personal group; `None`
+    /// when the node is at capacity.
+    async fn new(node: &Arc<Node>, ident: &Identity) -> Option<Self> {
         let outbox = Outbox::new(
             node.config.queue_capacity,
             node.config.queue_expiry(),
             node.metrics.clone(),
         );
-        node.hub.register(outbox.clone());
+        if !node
+            .hub
+            .register(outbox.clone(), &ident.user, node.capacity)
+        {
+            return None;
+        }
         node.metrics.connections.inc();
         let mut reg = Self {
             node: node.clone(),
+            user: ident.user.clone(),
             outbox,
             groups: Vec::new(),
         };
         // A failed subscribe is logged, not fatal: the store still has everything,
         // and the broker resubscribes what the hub holds when it reconnects.
         let _ = reg.join(ident.user.group()).await;
-        reg
+        Some(reg)
     }
 
     /// Joins `group`, subscribing at the broker for the first local member.
@@ -203,7 +211,7 @@ impl Drop for Registration {
                 self.node.unsubscribe_later(g);
             }
         }
-        self.node.hub.unregister(self.outbox.id);
+        self.node.hub.unregister(self.outbox.id, &self.user);
         self.node.metrics.connections.dec();
     }
 }

@@ -4,23 +4,27 @@
 //! so the server's handlers only see well-formed input.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
-use crate::frames::{Notification, RawJson};
+use crate::frames::Notification;
 use crate::ids::UserId;
 
 /// Most notifications one batch request may create.
 pub const BATCH_MAX: usize = 1000;
 
 /// `POST /api/v1/notifications`, and one item of a batch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// `message` is the backend's JSON text exactly as sent (validated, never re-encoded):
+/// that is what the store keeps and every client receives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewNotification {
     pub user: UserId,
-    pub message: RawJson,
+    pub message: Box<RawValue>,
 }
 
 /// `POST /api/v1/notifications/batch`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     pub notifications: Vec<NewNotification>,
@@ -32,11 +36,11 @@ pub struct NotificationList {
     pub notifications: Vec<Notification>,
 }
 
-/// `POST /api/v1/groups/<group>/events`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `POST /api/v1/groups/<group>/events`; `payload` kept exactly as sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventRequest {
-    pub payload: RawJson,
+    pub payload: Box<RawValue>,
 }
 
 /// The 202 answer to an event.

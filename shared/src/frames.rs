@@ -26,13 +26,14 @@ pub struct Notification {
 
 /// JSON text with value semantics: cloned and compared as its bytes.
 ///
-/// Messages and payloads are opaque to Herald; keeping them as text means one parse
-/// at the edge (to validate and compact) and byte copies afterwards.
+/// Messages and payloads are opaque to Herald. The node takes them from the backend
+/// as `RawValue` (exact bytes, see [`crate::api`]) and from the store as text, and
+/// only ever copies them.
 ///
-/// Deserialising goes through `serde_json::Value` (with key order preserved) rather
-/// than `RawValue`, because `RawValue` cannot be read from inside an internally
-/// tagged enum such as [`ServerFrame`]: clients must be able to parse every frame.
-/// The cost is that a backend's whitespace is not kept; keys, order and values are.
+/// *Deserialising* a `RawJson` (what clients do when they parse a [`ServerFrame`])
+/// goes through `serde_json::Value` with key order preserved, because `RawValue`
+/// cannot be read from inside an internally tagged enum. A client parsing frames
+/// with this crate therefore sees compacted text; the bytes on the wire are exact.
 #[derive(Debug, Serialize)]
 #[serde(transparent)]
 pub struct RawJson(pub Box<RawValue>);
@@ -166,8 +167,9 @@ pub fn encode_event(group: &str, payload: &RawValue) -> String {
 }
 
 /// Every frame a client may send. Anything else is answered with `bad_request`.
+/// Unknown extra fields are ignored, so newer clients can talk to older nodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     Ping,
     MarkRead { ids: Vec<i64> },

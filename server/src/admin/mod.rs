@@ -27,14 +27,18 @@ use crate::node::{Node, VERSION};
 pub const DRAIN_WINDOW_MAX_S: u64 = 3600;
 
 pub fn router(node: Arc<Node>) -> Router {
-    let guarded = Router::new()
+    let mut guarded = Router::new()
         .route("/admin/status", get(status))
         .route("/admin/drain", post(drain))
-        .route("/admin/undrain", post(undrain))
-        .route_layer(middleware::from_fn_with_state(node.clone(), require_admin));
-    Router::new()
-        .route("/metrics", get(metrics))
-        .merge(guarded)
+        .route("/admin/undrain", post(undrain));
+    let mut open = Router::new();
+    if node.config.metrics_require_token {
+        guarded = guarded.route("/metrics", get(metrics));
+    } else {
+        open = open.route("/metrics", get(metrics));
+    }
+    let guarded = guarded.route_layer(middleware::from_fn_with_state(node.clone(), require_admin));
+    open.merge(guarded)
         .fallback(crate::api::not_found)
         .method_not_allowed_fallback(crate::api::method_not_allowed)
         .with_state(node)

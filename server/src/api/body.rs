@@ -3,8 +3,8 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use herald_shared::frames::RawJson;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 
 use super::error::ApiError;
 
@@ -27,7 +27,7 @@ pub fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result
 }
 
 /// Enforces the per-message size limit (contract §4: 413).
-pub fn check_size(what: &str, value: &RawJson, max: usize) -> Result<(), ApiError> {
+pub fn check_size(what: &str, value: &RawValue, max: usize) -> Result<(), ApiError> {
     let len = value.get().len();
     if len > max {
         return Err(ApiError::TooLarge(format!(

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use herald_shared::GroupName;
@@ -16,9 +17,10 @@ use crate::node::Node;
 
 pub async fn publish_event(
     State(node): State<Arc<Node>>,
-    Path(group): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let Path(group) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let group =
         GroupName::parse(group).map_err(|e| ApiError::BadRequest(format!("group name {e}")))?;
     let req: EventRequest = parse(body)?;

@@ -50,6 +50,17 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
+/// What the public listener answers while the node is still starting (store not
+/// reached yet): alive, not ready.
+pub fn starting_router() -> Router {
+    async fn starting() -> ApiError {
+        ApiError::Unavailable("node is starting".into(), 1)
+    }
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .fallback(starting)
+}
+
 async fn require_api_key(
     State(node): State<Arc<Node>>,
     req: Request,

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use herald_shared::UserId;
 use herald_shared::api::{NotificationList, Presence};
@@ -15,7 +16,8 @@ use crate::store::ListQuery;
 /// Largest page the listing returns.
 pub const LIST_MAX: i64 = 1000;
 
-fn user(id: String) -> Result<UserId, ApiError> {
+fn user(path: Result<Path<String>, PathRejection>) -> Result<UserId, ApiError> {
+    let Path(id) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     UserId::parse(id).map_err(|e| ApiError::BadRequest(format!("user id {e}")))
 }
 
@@ -55,10 +57,10 @@ fn list_query(q: &HashMap<String, String>) -> Result<ListQuery, ApiError> {
 
 pub async fn list(
     State(node): State<Arc<Node>>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<NotificationList>, ApiError> {
-    let user = user(id)?;
+    let user = user(path)?;
     let q = list_query(&q)?;
     let notifications = node.store.list(&user, q).await?;
     Ok(Json(NotificationList { notifications }))
@@ -66,10 +68,10 @@ pub async fn list(
 
 pub async fn presence(
     State(node): State<Arc<Node>>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Presence>, ApiError> {
-    let user = user(id)?;
-    let connections = node.hub.members(&user.group()) as u64;
+    let user = user(path)?;
+    let connections = node.hub.user_connections(&user) as u64;
     Ok(Json(Presence {
         user: user.into_string(),
         online: connections > 0,

@@ -64,10 +64,15 @@ impl Session {
         }
     }
 
-    /// Serves the connection to its end, then records how it ended.
+    /// Serves the connection to its end, records how it ended, then completes the
+    /// closing handshake.
     pub async fn run(mut self, mut ws: WebSocket) {
         let end = self.serve(&mut ws).await;
-        let code = match end {
+        self.node.metrics.closed(match &end {
+            End::Close(code, _) | End::Peer(code) => *code,
+            End::Gone => 1006,
+        });
+        match end {
             End::Close(code, reason) => {
                 let frame = CloseFrame {
                     code,
@@ -85,12 +90,14 @@ impl Session {
                     })
                     .await;
                 }
-                code
             }
-            End::Peer(code) => code,
-            End::Gone => 1006,
-        };
-        self.node.metrics.closed(code);
+            // The protocol layer queued the echo of the client's close frame when it
+            // read it; write it out before the socket goes.
+            End::Peer(_) => {
+                let _ = timeout(CLOSE_GRACE, ws.flush()).await;
+            }
+            End::Gone => {}
+        }
     }
 
     async fn serve(&mut self, ws: &mut WebSocket) -> End {
@@ -196,8 +203,10 @@ impl Session {
             let full = batch.frames.len() == BATCH;
             let mut written = Vec::with_capacity(batch.frames.len());
             for d in batch.frames {
-                if let Some(id) = d.notification_id {
-                    if !self.seam.admit(id) {
+                // Only the user's own notifications can repeat its opening frames;
+                // another user's (a subscribed `user_<x>` group) must not close the seam.
+                if let Some(tag) = &d.notification {
+                    if tag.user == self.ident.user && !self.seam.admit(tag.id) {
                         continue;
                     }
                 }

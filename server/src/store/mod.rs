@@ -47,13 +47,18 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(ref d) if is_unavailable_code(d.code().as_deref()) => {
                 StoreError::Unavailable(e.to_string())
             }
+            sqlx::Error::Database(ref d) => StoreError::Db(format!(
+                "{e} (SQLSTATE {})",
+                d.code().as_deref().unwrap_or("none")
+            )),
             other => StoreError::Db(other.to_string()),
         }
     }
 }
 
-/// PostgreSQL SQLSTATEs meaning "the server is going away or refuses us", and
-/// SQLite's busy/locked codes (5, 6).
+/// PostgreSQL SQLSTATEs meaning "the server is going away or refuses us" (admin
+/// shutdown, crash, starting up, too many connections, connection failures, the
+/// database missing or not accepting connections), and SQLite's busy/locked (5, 6).
 fn is_unavailable_code(code: Option<&str>) -> bool {
     matches!(
         code,
@@ -63,9 +68,12 @@ fn is_unavailable_code(code: Option<&str>) -> bool {
                 | "57P03"
                 | "53300"
                 | "08000"
+                | "08001"
                 | "08003"
+                | "08004"
                 | "08006"
                 | "3D000"
+                | "55000"
                 | "5"
                 | "6"
         )

@@ -97,7 +97,7 @@ impl Store for PgStore {
             .map(|(item, id)| Notification {
                 id,
                 user: item.user.to_string(),
-                message: item.message.clone(),
+                message: RawJson(item.message.clone()),
                 created_at: format_time(created),
                 read: false,
             })

@@ -101,7 +101,7 @@ impl Store for SqliteStore {
             out.push(Notification {
                 id,
                 user: item.user.to_string(),
-                message: item.message.clone(),
+                message: RawJson(item.message.clone()),
                 created_at: format_time(created),
                 read: false,
             });

@@ -1,0 +1,220 @@
+//! Contract §3, bad input on an open connection: error frames that keep it open,
+//! and the close codes 1003, 1008, 1009 and 1013.
+
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use herald_shared::{ErrorCode, ServerFrame};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::{self, API_KEY, Db, start, start_with};
+
+async fn expect_error(c: &mut common::Client, want: ErrorCode) -> String {
+    match c.frame().await {
+        ServerFrame::Error { code, message } if code == want => message,
+        other => panic!("expected {want:?}, got {other:?}"),
+    }
+}
+
+/// Invalid JSON, unknown types, missing and ill-typed fields each get `bad_request`,
+/// and the connection stays open.
+#[tokio::test]
+async fn malformed_frames_get_bad_request_and_stay_open() {
+    let s = start(Db::Sqlite).await;
+    let (mut c, _) = s.connect("42").await;
+    for bad in [
+        "not json",
+        "[1,2]",
+        r#"{"type":"fly"}"#,
+        r#"{"no_type":true}"#,
+        r#"{"type":"mark_read"}"#,
+        r#"{"type":"mark_read","ids":"1"}"#,
+        r#"{"type":"mark_read","ids":[1,"2"]}"#,
+        r#"{"type":"subscribe"}"#,
+        r#"{"type":"subscribe","group":5}"#,
+    ] {
+        c.send_text(bad).await;
+        let msg = expect_error(&mut c, ErrorCode::BadRequest).await;
+        assert!(!msg.is_empty(), "{bad}: the error says why");
+    }
+    c.send_json(json!({"type": "ping"})).await;
+    assert_eq!(c.raw().await, json!({"type": "pong"}));
+}
+
+/// A text frame over the configured maximum closes with 1009.
+#[tokio::test]
+async fn oversized_frame_closes_with_1009() {
+    let s = start_with(Db::Sqlite, &["--max-frame-bytes", "1024"]).await;
+    let (mut c, _) = s.connect("42").await;
+    // Just under the limit is served (unknown fields are ignored).
+    c.send_text(&format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(900)))
+        .await;
+    assert_eq!(c.frame().await, ServerFrame::Pong);
+    c.send_text(&format!(
+        r#"{{"type":"ping","pad":"{}"}}"#,
+        "x".repeat(2000)
+    ))
+    .await;
+    assert_eq!(c.close_code().await, 1009);
+
+    // The default maximum is 64 KiB.
+    let s = start(Db::Sqlite).await;
+    let (mut c, _) = s.connect("42").await;
+    c.send_text(&"x".repeat(60 * 1024)).await;
+    expect_error(&mut c, ErrorCode::BadRequest).await;
+    c.send_text(&"x".repeat(65 * 1024)).await;
+    assert_eq!(c.close_code().await, 1009);
+}
+
+/// A binary frame closes with 1003.
+#[tokio::test]
+async fn binary_frame_closes_with_1003() {
+    let s = start(Db::Sqlite).await;
+    let (mut c, _) = s.connect("42").await;
+    c.ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    assert_eq!(c.close_code().await, 1003);
+}
+
+/// Past the rate (20/s, burst 40) frames get `rate_limited`; a client that keeps
+/// going is closed with 1008.
+#[tokio::test]
+async fn frame_floods_are_limited_then_closed_with_1008() {
+    let s = start(Db::Sqlite).await;
+    let (mut c, _) = s.connect("42").await;
+    for _ in 0..200 {
+        if c.ws
+            .send(Message::text(r#"{"type":"ping"}"#))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (closed, frames) = c.closed().await;
+    assert_eq!(closed.clone_code(), Some(1008), "{closed:?}");
+    let pongs = frames
+        .iter()
+        .filter(|f| matches!(f, ServerFrame::Pong))
+        .count();
+    let limited = frames
+        .iter()
+        .filter(|f| {
+            matches!(
+                f,
+                ServerFrame::Error {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }
+            )
+        })
+        .count();
+    // The burst (plus what refilled while sending) is served, then refusals.
+    assert!((40..60).contains(&pongs), "pongs {pongs}");
+    assert!(limited >= 30, "rate_limited frames {limited}");
+}
+
+/// A client whose queue overflows is closed with 1013, and resuming with `after`
+/// gets every notification it did not receive: nothing stored is lost.
+#[tokio::test]
+async fn queue_overflow_closes_with_1013_and_resume_loses_nothing() {
+    let s = start_with(Db::Sqlite, &["--queue-capacity", "5"]).await;
+    let (mut c, _) = s.connect("42").await;
+    let items: Vec<_> = (0..300)
+        .map(|i| json!({"user": "42", "message": {"n": i}}))
+        .collect();
+    let r = common::api()
+        .post(s.http("/api/v1/notifications/batch"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"notifications": items}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let all: Vec<i64> = r.json::<serde_json::Value>().await.unwrap()["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_i64().unwrap())
+        .collect();
+
+    let (closed, frames) = c.closed().await;
+    assert_eq!(closed.clone_code(), Some(1013), "{closed:?}");
+    let mut got: Vec<i64> = frames
+        .iter()
+        .map(|f| match f {
+            ServerFrame::Notification { notification } => notification.id,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert!(
+        got.len() < all.len(),
+        "the queue overflowed before everything was sent"
+    );
+    let last = got.last().copied().unwrap_or(0);
+    let (mut c, _) = s.connect_with("42", &[], Some(last)).await;
+    match c.frame().await {
+        ServerFrame::Missed { notifications, .. } => got.extend(notifications.iter().map(|n| n.id)),
+        other => panic!("expected missed, got {other:?}"),
+    }
+    assert_eq!(got, all, "received + replayed = everything, once, in order");
+    assert_eq!(s.node.metrics.slow_consumer_disconnects.get(), 1);
+}
+
+/// A client that stops reading until its oldest queued frame is older than the
+/// expiry is dropped as a slow consumer; it then resumes without loss.
+#[tokio::test]
+async fn stalled_reader_is_dropped_after_expiry_and_resumes() {
+    let s = start_with(
+        Db::Sqlite,
+        &["--queue-expiry-ms", "300", "--max-message-bytes", "65536"],
+    )
+    .await;
+    let (mut c, _) = s.connect("42").await;
+    // Big messages fill the socket buffers quickly; the client reads nothing meanwhile.
+    let big = "y".repeat(60_000);
+    let mut all = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while s.node.metrics.slow_consumer_disconnects.get() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never detected as slow"
+        );
+        let items: Vec<_> = (0..20)
+            .map(|_| json!({"user": "42", "message": big}))
+            .collect();
+        let r = common::api()
+            .post(s.http("/api/v1/notifications/batch"))
+            .bearer_auth(API_KEY)
+            .json(&json!({"notifications": items}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let v: serde_json::Value = r.json().await.unwrap();
+        all.extend(
+            v["notifications"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["id"].as_i64().unwrap()),
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Now read what did arrive, then resume.
+    let (_, frames) = c.closed().await;
+    let mut got: Vec<i64> = frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Notification { notification } => Some(notification.id),
+            _ => None,
+        })
+        .collect();
+    let last = got.last().copied().unwrap_or(0);
+    let (mut c, _) = s.connect_with("42", &[], Some(last)).await;
+    match c.frame().await {
+        ServerFrame::Missed { notifications, .. } => got.extend(notifications.iter().map(|n| n.id)),
+        other => panic!("expected missed, got {other:?}"),
+    }
+    assert_eq!(got, all);
+}

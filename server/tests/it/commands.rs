@@ -1,0 +1,174 @@
+//! Contract §3, client frames: ping, mark_read, mark_all_read, subscribe, unsubscribe.
+
+use std::time::Duration;
+
+use herald_shared::{ErrorCode, ServerFrame};
+use serde_json::json;
+
+use crate::both_stores;
+use crate::common::{self, API_KEY, Db, start};
+
+both_stores!(
+    ping_gets_pong,
+    mark_read_touches_only_own_ids,
+    mark_all_read_zeroes_the_count
+);
+
+/// `ping` is answered with `pong`.
+async fn ping_gets_pong(db: Db) {
+    let s = start(db).await;
+    let (mut c, _) = s.connect("42").await;
+    c.send_json(json!({"type": "ping"})).await;
+    assert_eq!(c.raw().await, json!({"type": "pong"}));
+}
+
+/// `mark_read` marks the user's own ids, answers with them and the new unread count,
+/// and silently leaves another user's ids alone.
+async fn mark_read_touches_only_own_ids(db: Db) {
+    let s = start(db).await;
+    let mine: Vec<i64> = {
+        let mut v = Vec::new();
+        for i in 0..3 {
+            v.push(s.notify("42", json!(i)).await.id);
+        }
+        v
+    };
+    let theirs = s.notify("43", json!("not yours")).await.id;
+    let (mut c, _) = s.connect("42").await;
+    c.send_json(json!({"type": "mark_read", "ids": [mine[0], theirs, mine[2], 999_999]}))
+        .await;
+    assert_eq!(
+        c.raw().await,
+        json!({"type": "marked_read", "ids": [mine[0], mine[2]], "unread_count": 1})
+    );
+    // The other user's notification is still unread.
+    let list: serde_json::Value = common::api()
+        .get(s.http("/api/v1/users/43/notifications?unread=true"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["notifications"][0]["id"], theirs);
+    assert_eq!(list["notifications"][0]["read"], false);
+    // Marking again is harmless and reports the same ids.
+    c.send_json(json!({"type": "mark_read", "ids": [mine[0]]}))
+        .await;
+    assert_eq!(
+        c.raw().await,
+        json!({"type": "marked_read", "ids": [mine[0]], "unread_count": 1})
+    );
+}
+
+/// `mark_all_read` answers `{"all": true, "unread_count": 0}` and a reconnect sees none.
+async fn mark_all_read_zeroes_the_count(db: Db) {
+    let s = start(db).await;
+    for i in 0..5 {
+        s.notify("42", json!(i)).await;
+    }
+    let (mut c, initial) = s.connect("42").await;
+    assert_eq!(initial.len(), 5);
+    c.send_json(json!({"type": "mark_all_read"})).await;
+    assert_eq!(
+        c.raw().await,
+        json!({"type": "marked_read", "all": true, "unread_count": 0})
+    );
+    let token = s.token("42", &[], 60);
+    let mut c = common::Client::connect(&s.ws_url(&format!("?token={token}")))
+        .await
+        .unwrap();
+    c.frame().await;
+    assert_eq!(
+        c.raw().await,
+        json!({"type": "initial_state", "unread_count": 0, "notifications": []})
+    );
+}
+
+async fn event(s: &common::TestServer, group: &str, payload: serde_json::Value) {
+    let r = common::api()
+        .post(s.http(&format!("/api/v1/groups/{group}/events")))
+        .bearer_auth(API_KEY)
+        .json(&json!({"payload": payload}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}
+
+/// Subscribing to a group the token allows gets `subscribed` and its events;
+/// unsubscribing stops them; a group the token does not name is `forbidden`.
+#[tokio::test]
+async fn subscribe_follows_the_token() {
+    let s = start(Db::Sqlite).await;
+    let (mut c, _) = s.connect_with("42", &["org_5"], None).await;
+    c.send_json(json!({"type": "subscribe", "group": "org_5"}))
+        .await;
+    assert_eq!(
+        c.raw().await,
+        json!({"type": "subscribed", "group": "org_5"})
+    );
+    event(&s, "org_5", json!({"deploy": "done"})).await;
+    assert_eq!(
+        c.raw().await,
+        json!({"type": "event", "group": "org_5", "payload": {"deploy": "done"}})
+    );
+
+    for forbidden in ["org_6", "user_43", "broadcast"] {
+        c.send_json(json!({"type": "subscribe", "group": forbidden}))
+            .await;
+        match c.frame().await {
+            ServerFrame::Error { code, message } => {
+                assert_eq!(code, ErrorCode::Forbidden);
+                assert!(message.contains(forbidden));
+            }
+            other => panic!("expected forbidden, got {other:?}"),
+        }
+    }
+    event(&s, "org_6", json!(1)).await;
+    c.silent_for(Duration::from_millis(200)).await;
+
+    c.send_json(json!({"type": "unsubscribe", "group": "org_5"}))
+        .await;
+    assert_eq!(
+        c.raw().await,
+        json!({"type": "unsubscribed", "group": "org_5"})
+    );
+    event(&s, "org_5", json!(2)).await;
+    c.silent_for(Duration::from_millis(300)).await;
+    // The personal group is always joined; events to it arrive as well.
+    event(&s, "user_42", json!({"ping": 1})).await;
+    assert_eq!(
+        c.raw().await,
+        json!({"type": "event", "group": "user_42", "payload": {"ping": 1}})
+    );
+}
+
+/// Invalid group names are `bad_request`, and so is leaving one's own user group.
+#[tokio::test]
+async fn subscribe_validates_names() {
+    let s = start(Db::Sqlite).await;
+    let (mut c, _) = s.connect("42").await;
+    for frame in [
+        json!({"type": "subscribe", "group": "no spaces"}),
+        json!({"type": "subscribe", "group": ""}),
+        json!({"type": "subscribe", "group": "x".repeat(101)}),
+        json!({"type": "unsubscribe", "group": "user_42"}),
+    ] {
+        c.send_json(frame.clone()).await;
+        match c.frame().await {
+            ServerFrame::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            } => {}
+            other => panic!("{frame}: expected bad_request, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        s.node
+            .hub
+            .members(&herald_shared::GroupName::parse("user_42").unwrap()),
+        1
+    );
+}

@@ -1,0 +1,306 @@
+//! Contract §2-3: authentication, origin, capacity, and the opening frames.
+
+use std::time::Duration;
+
+use herald_shared::ServerFrame;
+use serde_json::json;
+
+use crate::both_stores;
+use crate::common::{self, API_KEY, Client, Db, JWT_SECRET, refused, start, start_with};
+
+both_stores!(
+    welcome_then_initial_state_newest_unread_first,
+    resume_sends_missed_oldest_first_read_or_not,
+    missed_is_truncated_past_1000,
+    live_notifications_reach_every_connection_of_the_user_only,
+);
+
+/// The first frame is `welcome` with the user, node, connection and heartbeat; the
+/// second is `initial_state` with the unread count and the 50 newest unread.
+async fn welcome_then_initial_state_newest_unread_first(db: Db) {
+    let s = start(db).await;
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(s.notify("42", json!({"n": i})).await.id);
+    }
+    s.notify("7", json!("someone else")).await;
+    // Five of the newest are read already: they must not be in initial_state.
+    let (mut c, _) = s.connect("42").await;
+    c.send_json(json!({"type": "mark_read", "ids": &ids[55..60]}))
+        .await;
+    assert!(matches!(
+        c.frame().await,
+        ServerFrame::MarkedRead {
+            unread_count: 55,
+            ..
+        }
+    ));
+
+    let token = s.token("42", &[], 60);
+    let mut c = Client::connect(&s.ws_url(&format!("?token={token}")))
+        .await
+        .unwrap();
+    match c.frame().await {
+        ServerFrame::Welcome {
+            user,
+            node,
+            connection,
+            heartbeat_s,
+        } => {
+            assert_eq!(user, "42");
+            assert_eq!(node, s.node.id);
+            assert!(!connection.is_empty());
+            assert_eq!(heartbeat_s, 25);
+        }
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    match c.frame().await {
+        ServerFrame::InitialState {
+            unread_count,
+            notifications,
+        } => {
+            assert_eq!(unread_count, 55);
+            let got: Vec<i64> = notifications.iter().map(|n| n.id).collect();
+            let want: Vec<i64> = ids[5..55].iter().rev().copied().collect();
+            assert_eq!(got, want, "50 newest unread, newest first");
+            assert!(notifications.iter().all(|n| n.user == "42" && !n.read));
+        }
+        other => panic!("expected initial_state, got {other:?}"),
+    }
+    c.silent_for(Duration::from_millis(300)).await;
+}
+
+/// With `after`, a third frame `missed` carries every notification newer than it,
+/// read or not, oldest first.
+async fn resume_sends_missed_oldest_first_read_or_not(db: Db) {
+    let s = start(db).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(s.notify("42", json!({"n": i})).await.id);
+    }
+    let (mut c, _) = s.connect("42").await;
+    c.send_json(json!({"type": "mark_read", "ids": [ids[8]]}))
+        .await;
+    c.frame().await;
+
+    let (mut c, initial) = s.connect_with("42", &[], Some(ids[5])).await;
+    assert_eq!(initial.len(), 9);
+    match c.frame().await {
+        ServerFrame::Missed {
+            notifications,
+            truncated,
+        } => {
+            assert!(!truncated);
+            let got: Vec<i64> = notifications.iter().map(|n| n.id).collect();
+            assert_eq!(got, ids[6..].to_vec());
+            assert!(notifications[2].read, "read ones are replayed too");
+        }
+        other => panic!("expected missed, got {other:?}"),
+    }
+    // `after` of 0 replays everything; without `after` there is no missed frame.
+    let (mut c, _) = s.connect_with("42", &[], Some(0)).await;
+    assert!(
+        matches!(c.frame().await, ServerFrame::Missed { notifications, .. } if notifications.len() == 10)
+    );
+    let (mut c, _) = s.connect("42").await;
+    c.silent_for(Duration::from_millis(300)).await;
+}
+
+/// More than 1000 missed notifications: the oldest 1000 and `truncated: true`.
+async fn missed_is_truncated_past_1000(db: Db) {
+    let s = start(db).await;
+    for chunk in [0..1000, 1000..1001] {
+        let items: Vec<_> = chunk.map(|i| json!({"user": "42", "message": i})).collect();
+        let r = common::api()
+            .post(s.http("/api/v1/notifications/batch"))
+            .bearer_auth(API_KEY)
+            .json(&json!({"notifications": items}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let (mut c, _) = s.connect_with("42", &[], Some(0)).await;
+    match c.raw().await {
+        v => {
+            assert_eq!(v["type"], "missed");
+            assert_eq!(v["truncated"], true);
+            let ns = v["notifications"].as_array().unwrap();
+            assert_eq!(ns.len(), 1000);
+            assert_eq!(ns[0]["message"], 0);
+            assert_eq!(ns[999]["message"], 999);
+        }
+    }
+}
+
+/// A new notification reaches each open connection of its user once, and no one else.
+async fn live_notifications_reach_every_connection_of_the_user_only(db: Db) {
+    let s = start(db).await;
+    let (mut a, _) = s.connect("42").await;
+    let (mut b, _) = s.connect("42").await;
+    let (mut other, _) = s.connect("43").await;
+    let n = s.notify("42", json!({"text": "hi", "z": 1, "a": 2})).await;
+    for c in [&mut a, &mut b] {
+        let got = c.notifications(1).await;
+        assert_eq!(got[0], n);
+        assert_eq!(got[0].message.get(), r#"{"text":"hi","z":1,"a":2}"#);
+    }
+    for c in [&mut a, &mut b, &mut other] {
+        c.silent_for(Duration::from_millis(300)).await;
+    }
+}
+
+/// Missing, malformed, wrongly signed and expired tokens get 401 with a JSON error;
+/// the header form of the token works like the query form.
+#[tokio::test]
+async fn bad_tokens_are_refused_with_401() {
+    let s = start(Db::Sqlite).await;
+    let (code, body, _) = refused(&s.ws_url(""), &[]).await;
+    assert_eq!(code, 401);
+    assert!(
+        body["error"].as_str().unwrap().contains("missing"),
+        "{body}"
+    );
+
+    let (code, body, _) = refused(&s.ws_url("?token=abc.def"), &[]).await;
+    assert_eq!(
+        (code, body["error"].as_str().unwrap()),
+        (401, "malformed token")
+    );
+
+    let claims = json!({"sub": "42", "exp": herald_server::auth::now_unix() + 60});
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"not-the-secret"),
+    )
+    .unwrap();
+    let (code, body, _) = refused(&s.ws_url(&format!("?token={forged}")), &[]).await;
+    assert_eq!(
+        (code, body["error"].as_str().unwrap()),
+        (401, "invalid token signature")
+    );
+
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "42", "exp": herald_server::auth::now_unix() - 5}),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let (code, body, _) = refused(&s.ws_url(&format!("?token={expired}")), &[]).await;
+    assert_eq!(
+        (code, body["error"].as_str().unwrap()),
+        (401, "token expired")
+    );
+
+    let no_sub = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"exp": herald_server::auth::now_unix() + 60}),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let (code, _, _) = refused(&s.ws_url(&format!("?token={no_sub}")), &[]).await;
+    assert_eq!(code, 401);
+
+    // Header form.
+    let token = s.token("42", &[], 60);
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        s.ws_url(""),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut c = Client::connect_request(req)
+        .await
+        .expect("bearer header accepted");
+    assert!(matches!(c.frame().await, ServerFrame::Welcome { .. }));
+    assert_eq!(
+        s.node
+            .metrics
+            .upgrades_refused
+            .get_or_create(&herald_server::metrics::CodeLabel { code: 401 })
+            .get(),
+        5
+    );
+}
+
+/// `after` that is not a notification id is a 400, before any upgrade.
+#[tokio::test]
+async fn bad_after_is_refused_with_400() {
+    let s = start(Db::Sqlite).await;
+    let token = s.token("42", &[], 60);
+    for bad in ["abc", "-1", "1.5"] {
+        let (code, body, _) = refused(&s.ws_url(&format!("?token={token}&after={bad}")), &[]).await;
+        assert_eq!(code, 400, "after={bad}");
+        assert!(body["error"].as_str().unwrap().contains("after"));
+    }
+}
+
+/// With allowed origins configured, a foreign `Origin` gets 403; a listed one, or
+/// none (not a browser), is accepted.
+#[tokio::test]
+async fn foreign_origins_are_refused_with_403() {
+    let s = start_with(
+        Db::Sqlite,
+        &[
+            "--allowed-origins",
+            "https://app.example,https://admin.example",
+        ],
+    )
+    .await;
+    let url = s.ws_url(&format!("?token={}", s.token("42", &[], 60)));
+    let (code, body, _) = refused(&url, &[("origin", "https://evil.example")]).await;
+    assert_eq!(code, 403);
+    assert!(body["error"].as_str().unwrap().contains("evil"));
+    for origin in ["https://app.example", "https://admin.example"] {
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                url.as_str(),
+            )
+            .unwrap();
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        Client::connect_request(req)
+            .await
+            .expect("listed origin accepted");
+    }
+    Client::connect(&url).await.expect("no origin accepted");
+}
+
+/// A token that expires while connected closes the connection with 1008.
+#[tokio::test]
+async fn token_expiry_while_connected_closes_with_1008() {
+    let s = start(Db::Sqlite).await;
+    let token = s.token("42", &[], 2);
+    let mut c = Client::connect(&s.ws_url(&format!("?token={token}")))
+        .await
+        .unwrap();
+    let (closed, frames) = c.closed().await;
+    assert_eq!(frames.len(), 2, "welcome and initial_state first");
+    match closed {
+        common::Closed::Code(1008, reason) => assert!(reason.contains("expired")),
+        other => panic!("expected 1008, got {other:?}"),
+    }
+}
+
+/// At capacity, a new upgrade gets 503 with Retry-After instead of an accept error.
+#[tokio::test]
+async fn full_node_refuses_upgrades_with_503() {
+    let s = start_with(Db::Sqlite, &["--max-connections", "2"]).await;
+    let (_a, _) = s.connect("1").await;
+    let (_b, _) = s.connect("2").await;
+    let url = s.ws_url(&format!("?token={}", s.token("3", &[], 60)));
+    let (code, body, headers) = refused(&url, &[]).await;
+    assert_eq!(code, 503);
+    assert!(body["error"].as_str().unwrap().contains("capacity"));
+    assert!(headers.contains_key("retry-after"));
+    drop(_a);
+    // The freed slot is usable again once the closed session is cleaned up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if Client::connect(&url).await.is_ok() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

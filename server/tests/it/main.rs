@@ -1,0 +1,15 @@
+//! Integration tests: the real server on loopback, real WebSocket and HTTP clients,
+//! SQLite in a temporary directory and PostgreSQL in a database created per test.
+//!
+//! One test binary (this one) keeps link times down; each module covers one part of
+//! the contract in `docs/PROTOCOL.md`.
+
+mod common;
+
+mod api;
+mod bad_input;
+mod commands;
+mod connect;
+mod lifecycle;
+mod seam;
+mod startup;
