@@ -132,6 +132,14 @@ pub struct Config {
     #[arg(long, env = "HERALD_SHUTDOWN_DRAIN_S", default_value_t = 5)]
     pub shutdown_drain_s: u64,
 
+    /// OS tuning profile file (default: the one built in, ops/tuning/profile.conf).
+    #[arg(long, env = "HERALD_TUNING_PROFILE")]
+    pub tuning_profile: Option<PathBuf>,
+
+    /// Where sysctls are read and written (another root stands in for tests).
+    #[arg(long, env = "HERALD_SYSCTL_ROOT", default_value = "/proc/sys")]
+    pub sysctl_root: PathBuf,
+
     /// Database pool size.
     #[arg(long, env = "HERALD_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,

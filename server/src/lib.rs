@@ -19,7 +19,8 @@
 //! - [`hub`]: local routing index. [`outbox`]: per-connection queue and slow-consumer policy.
 //! - [`store`]: the `Store` trait, SQLite and PostgreSQL.
 //! - [`lifecycle`]: serving/draining/drained and the paced drain.
-//! - [`admin`]: metrics, status, drain. [`metrics`]: the registry. [`limits`]: fd budget.
+//! - [`admin`]: metrics, status, drain, tuning, audit. [`metrics`]: the registry.
+//! - [`tuning`]: the OS tuning profile against the host. [`limits`]: fd budget.
 
 pub mod admin;
 pub mod api;
@@ -37,6 +38,7 @@ pub mod secrets;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod tuning;
 pub mod upgrade;
 
 pub use config::Config;

@@ -83,12 +83,13 @@ impl Lifecycle {
         }
         self.state.store(1, Ordering::Release);
         self.metrics.draining.set(1);
+        // Taken now: status answers with the real count the moment drain returns.
+        let conns = self.hub.all();
+        let n = conns.len();
+        self.remaining.store(n, Ordering::Relaxed);
         let (state, remaining, hub) =
             (self.state.clone(), self.remaining.clone(), self.hub.clone());
         *task = Some(tokio::spawn(async move {
-            let conns = hub.all();
-            let n = conns.len();
-            remaining.store(n, Ordering::Relaxed);
             tracing::info!(
                 connections = n,
                 window_s = window.as_secs_f64(),

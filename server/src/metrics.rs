@@ -40,6 +40,11 @@ pub struct KindLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabel {
     pub op: &'static str,
 }
@@ -51,6 +56,12 @@ pub struct Metrics {
     pub connections_accepted: Counter,
     /// Open connections now (`herald_connections`).
     pub connections: Gauge,
+    /// Connections by state: `opening` (upgraded, opening frames not yet sent) and
+    /// `open`.
+    /// (Both are children of `connections_by_state`, resolved once: updating them is
+    /// a plain atomic operation, no label lookup per connection.)
+    pub connections_opening: Gauge,
+    pub connections_open: Gauge,
     /// Upgrades refused, by HTTP status (401, 403, 503).
     pub upgrades_refused: Family<CodeLabel, Counter>,
     /// Closes by WebSocket close code.
@@ -87,10 +98,20 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        let by_state = Family::<StateLabel, Gauge>::default();
+        // One statement each: the family's guard must be gone before the next call.
+        let opening = by_state
+            .get_or_create(&StateLabel { state: "opening" })
+            .clone();
+        let open = by_state
+            .get_or_create(&StateLabel { state: "open" })
+            .clone();
         let m = Self {
             registry: Mutex::new(Registry::default()),
             connections_accepted: Counter::default(),
             connections: Gauge::default(),
+            connections_opening: opening,
+            connections_open: open,
             upgrades_refused: Family::default(),
             disconnects: Family::default(),
             message_duration: histogram(),
@@ -122,6 +143,11 @@ impl Metrics {
                 "herald_connections",
                 "Open WebSocket connections",
                 m.connections.clone(),
+            );
+            r.register(
+                "herald_connections_by_state",
+                "Open WebSocket connections by state (opening, open)",
+                by_state,
             );
             r.register(
                 "herald_upgrades_refused",

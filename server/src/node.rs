@@ -5,7 +5,7 @@
 //! (may this node take another connection? is it ready?).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use herald_shared::GroupName;
@@ -19,6 +19,7 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::store::Store;
+use crate::tuning::{Host, Profile};
 
 pub struct Node {
     pub id: String,
@@ -30,9 +31,13 @@ pub struct Node {
     pub publisher: Publisher,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Lifecycle,
-    /// Most connections this node accepts (see [`crate::limits`]).
-    pub capacity: usize,
-    pub fd_limit: u64,
+    /// Most connections this node accepts (see [`crate::limits`]); recomputed when
+    /// the tuning profile raises the open-file limit.
+    pub capacity: AtomicUsize,
+    pub fd_limit: AtomicU64,
+    /// The OS tuning profile and the host it is compared with.
+    pub profile: Profile,
+    pub host: Host,
     pub started: Instant,
     /// Last result of the store health probe; readiness reads it without a query.
     pub store_up: AtomicBool,
@@ -44,6 +49,28 @@ pub struct Node {
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 impl Node {
+    pub fn capacity(&self) -> usize {
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    pub fn fd_limit(&self) -> u64 {
+        self.fd_limit.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads the open-file limit (after tuning raised it) and the capacity it allows.
+    pub fn refresh_limits(&self) {
+        let fd_limit = crate::limits::fd_limit();
+        let capacity = crate::limits::capacity(
+            fd_limit,
+            self.config.fd_reserve,
+            self.config.max_connections,
+        );
+        self.fd_limit.store(fd_limit, Ordering::Relaxed);
+        self.capacity.store(capacity, Ordering::Relaxed);
+        self.metrics.fd_limit.set(fd_limit as i64);
+        self.metrics.capacity.set(capacity as i64);
+    }
+
     /// Ready for new clients: serving, store reachable, broker not down.
     pub fn is_ready(&self) -> bool {
         self.lifecycle.is_serving()

@@ -62,17 +62,7 @@ impl Publisher {
             guards.push(self.order[s].lock().await);
         }
 
-        let started = std::time::Instant::now();
-        let stored = self.store.insert(items).await.inspect_err(|_| {
-            self.metrics
-                .store_errors
-                .get_or_create(&OpLabel { op: "insert" })
-                .inc();
-        })?;
-        self.metrics
-            .store_latency
-            .get_or_create(&OpLabel { op: "insert" })
-            .observe(started.elapsed().as_secs_f64());
+        let stored = self.store.insert(items).await?;
 
         for (n, item) in stored.iter().zip(items) {
             let delivery = Delivery::notification(encode_notification(n), n.id, &item.user);

@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant};
 
 use axum::serve::ListenerExt;
@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::node::{Node, default_node_id};
 use crate::outbox::CloseReason;
 use crate::publish::Publisher;
+use crate::tuning::{Host, Profile};
 use crate::{admin, api, limits, secrets, store};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,14 +49,22 @@ pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
             "REDIS_URL is set, but this build has no Redis broker yet; unset it to run a single node".into(),
         ));
     }
+    let profile = Profile::load(cfg.tuning_profile.as_deref()).map_err(ServerError::Config)?;
+    let host = Host {
+        sysctl_root: cfg.sysctl_root.clone(),
+    };
     let metrics = Arc::new(Metrics::new());
     let fd_limit = limits::fd_limit();
     let capacity = limits::capacity(fd_limit, cfg.fd_reserve, cfg.max_connections);
     metrics.fd_limit.set(fd_limit as i64);
     metrics.capacity.set(capacity as i64);
     metrics.queue_capacity.set(cfg.queue_capacity as i64);
+    log_tuning(&profile, &host, capacity);
 
-    let store = store::connect(&cfg.database_url(), cfg.db_pool).await?;
+    let store: Arc<dyn store::Store> = Arc::new(store::Timed::new(
+        store::connect(&cfg.database_url(), cfg.db_pool).await?,
+        metrics.clone(),
+    ));
     let hub = Arc::new(Hub::new());
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone()));
     let publisher = Publisher::new(store.clone(), broker.clone(), metrics.clone());
@@ -71,12 +80,30 @@ pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
         hub,
         publisher,
         metrics,
-        capacity,
-        fd_limit,
+        capacity: AtomicUsize::new(capacity),
+        fd_limit: AtomicU64::new(fd_limit),
+        profile,
+        host,
         started: Instant::now(),
         store_up: AtomicBool::new(true),
         sessions: TaskTracker::new(),
     }))
+}
+
+/// Says at start-up what falls short of the tuning profile, and what that leaves.
+fn log_tuning(profile: &Profile, host: &Host, capacity: usize) {
+    let report = crate::tuning::check(profile, host);
+    let short: Vec<_> = report.short().collect();
+    for item in &short {
+        tracing::warn!(key = %item.key, want = %item.want, have = %item.have, "below the tuning profile");
+    }
+    tracing::info!(
+        profile = %report.profile,
+        short = short.len(),
+        capacity,
+        "tuning checked: connection capacity {capacity}{}",
+        if short.is_empty() { "" } else { " (apply the profile: POST /admin/tuning/apply)" }
+    );
 }
 
 /// Runs a node on the given listeners until `shutdown` resolves, then drains and
@@ -100,10 +127,21 @@ pub async fn run(
             .with_graceful_shutdown(starting.clone().cancelled_owned())
             .into_future(),
     );
-    let built = build(cfg).await;
+    // A stop requested while the store is still being reached ends start-up cleanly.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let built = tokio::select! {
+        built = build(cfg) => Some(built),
+        () = &mut shutdown => None,
+    };
     starting.cancel();
     let _ = early_srv.await;
-    serve(built?, public, admin_listener, shutdown).await
+    match built {
+        Some(node) => serve(node?, public, admin_listener, shutdown).await,
+        None => {
+            tracing::info!("stopped during start-up");
+            Ok(())
+        }
+    }
 }
 
 /// The admin listener may face the network only behind an explicit admin token.
@@ -136,9 +174,13 @@ pub async fn serve(
             .into_future(),
     );
     let admin_srv = tokio::spawn(
-        axum::serve(admin_listener, admin::router(node.clone()))
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future(),
+        axum::serve(
+            admin_listener,
+            admin::router(node.clone())
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
+        .into_future(),
     );
 
     shutdown.await;

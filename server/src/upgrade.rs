@@ -27,12 +27,11 @@ use crate::session::Session;
 const READ_BUFFER: usize = 2048;
 /// Frames are batched up to this many bytes before a write (a flush writes at once).
 const WRITE_BUFFER: usize = 8 * 1024;
-/// The write buffer must take the largest frame the node sends: a full `missed`
-/// frame of maximum-size messages. It only grows that far for a connection that is
-/// actually sent one; a socket that cannot drain is caught by the queue expiry.
-fn max_write_buffer(cfg: &crate::config::Config) -> usize {
-    herald_shared::config::MISSED_LIMIT as usize * (cfg.max_message_bytes + 512) + 64 * 1024
-}
+/// No cap on the write buffer beyond what the session feeds it: a session feeds at
+/// most one batch before it flushes, and a flush that cannot finish within the
+/// queue expiry ends the connection (1013). A cap would only make the largest
+/// legitimate frame (a full `missed` of big messages) fail.
+const MAX_WRITE_BUFFER: usize = usize::MAX;
 
 #[derive(Debug, Deserialize)]
 pub struct UpgradeParams {
@@ -96,7 +95,7 @@ async fn prepare(
     Ok(ws
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(max_write_buffer(cfg))
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(cfg.max_frame_bytes)
         .max_frame_size(cfg.max_frame_bytes)
         .on_upgrade(move |socket: WebSocket| {
@@ -145,6 +144,8 @@ fn identify(
 pub struct Registration {
     node: Arc<Node>,
     user: UserId,
+    /// Whether the opening frames went out (for the connections-by-state gauge).
+    open: bool,
     pub outbox: Arc<Outbox>,
     pub groups: Vec<GroupName>,
 }
@@ -160,14 +161,16 @@ impl Registration {
         );
         if !node
             .hub
-            .register(outbox.clone(), &ident.user, node.capacity)
+            .register(outbox.clone(), &ident.user, node.capacity())
         {
             return None;
         }
         node.metrics.connections.inc();
+        node.metrics.connections_opening.inc();
         let mut reg = Self {
             node: node.clone(),
             user: ident.user.clone(),
+            open: false,
             outbox,
             groups: Vec::new(),
         };
@@ -175,6 +178,15 @@ impl Registration {
         // and the broker resubscribes what the hub holds when it reconnects.
         let _ = reg.join(ident.user.group()).await;
         Some(reg)
+    }
+
+    /// Marks the connection open: its opening frames are sent.
+    pub fn opened(&mut self) {
+        if !self.open {
+            self.open = true;
+            self.node.metrics.connections_opening.dec();
+            self.node.metrics.connections_open.inc();
+        }
     }
 
     /// Joins `group`, subscribing at the broker for the first local member.
@@ -213,5 +225,10 @@ impl Drop for Registration {
         }
         self.node.hub.unregister(self.outbox.id, &self.user);
         self.node.metrics.connections.dec();
+        if self.open {
+            self.node.metrics.connections_open.dec();
+        } else {
+            self.node.metrics.connections_opening.dec();
+        }
     }
 }

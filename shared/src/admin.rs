@@ -28,3 +28,72 @@ pub struct AdminStatus {
 pub struct DrainRequest {
     pub window_s: u64,
 }
+
+/// `GET /admin/tuning`: the OS tuning profile against this host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TuningReport {
+    pub profile: String,
+    pub items: Vec<TuningItem>,
+}
+
+/// One setting of the profile: what it wants (with its comparison, e.g. `>= 65535`),
+/// what the host has, and whether that satisfies it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TuningItem {
+    pub key: String,
+    pub want: String,
+    pub have: String,
+    pub ok: bool,
+}
+
+impl TuningReport {
+    /// Items that fall short of the profile.
+    pub fn short(&self) -> impl Iterator<Item = &TuningItem> {
+        self.items.iter().filter(|i| !i.ok)
+    }
+}
+
+/// What `apply` did with one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyResult {
+    Applied,
+    Already,
+    Failed,
+}
+
+/// `POST /admin/tuning/apply`: one entry per item, failures reported, never hidden.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyReport {
+    pub profile: String,
+    pub items: Vec<ApplyItem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyItem {
+    pub key: String,
+    pub result: ApplyResult,
+    pub detail: String,
+}
+
+/// One row of the admin audit log (`GET /admin/audit`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    /// RFC 3339 UTC with milliseconds.
+    pub at: String,
+    /// `drain`, `undrain`, `tuning_apply`, `auth_failed`.
+    pub action: String,
+    /// The request's arguments, as JSON.
+    pub args: serde_json::Value,
+    /// The outcome, as JSON (status, state, or the apply report).
+    pub result: serde_json::Value,
+    /// Who: the admin token's fingerprint and the peer address.
+    pub caller: String,
+}
+
+/// `GET /admin/audit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditLog {
+    pub entries: Vec<AuditEntry>,
+}

@@ -7,7 +7,6 @@
 use herald_shared::{ClientFrame, ErrorCode, GroupName, ServerFrame};
 
 use crate::auth::Identity;
-use crate::metrics::OpLabel;
 use crate::node::Node;
 use crate::store::StoreError;
 use crate::upgrade::Registration;
@@ -24,11 +23,7 @@ pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerFrame {
     }
 }
 
-fn store_error(node: &Node, op: &'static str, e: StoreError) -> ServerFrame {
-    node.metrics
-        .store_errors
-        .get_or_create(&OpLabel { op })
-        .inc();
+fn store_error(op: &'static str, e: StoreError) -> ServerFrame {
     tracing::warn!(error = %e, op, "store failed during a client command");
     error(ErrorCode::Internal, "the store is unavailable; try again")
 }
@@ -55,7 +50,7 @@ pub async fn handle(
                     all: false,
                     unread_count,
                 },
-                Err(e) => store_error(node, "mark_read", e),
+                Err(e) => store_error("mark_read", e),
             }
         }
         ClientFrame::MarkAllRead => match node.store.mark_all_read(&ident.user).await {
@@ -64,7 +59,7 @@ pub async fn handle(
                 all: true,
                 unread_count,
             },
-            Err(e) => store_error(node, "mark_all_read", e),
+            Err(e) => store_error("mark_all_read", e),
         },
         ClientFrame::Subscribe { group } => {
             let group = match GroupName::parse(group) {

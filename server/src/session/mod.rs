@@ -124,6 +124,7 @@ impl Session {
                     }
                 }
                 self.seam = opening.seam;
+                self.reg.opened();
             }
             Err(e) => {
                 tracing::warn!(error = %e, "opening snapshot failed");

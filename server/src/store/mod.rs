@@ -12,16 +12,19 @@
 
 mod postgres;
 mod sqlite;
+mod timed;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
+use herald_shared::admin::AuditEntry;
 use herald_shared::api::NewNotification;
 use herald_shared::{Notification, UserId};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use timed::Timed;
 
 /// What went wrong, in the terms callers branch on.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +133,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Marks every notification of `user` read; returns the unread count (0).
     async fn mark_all_read(&self, user: &UserId) -> Result<i64, StoreError>;
+
+    /// Appends one admin action to the audit log.
+    async fn audit(&self, entry: &NewAudit) -> Result<(), StoreError>;
+
+    /// The newest `limit` audit entries, newest first.
+    async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// An admin action to record. `args` and `result` are JSON.
+#[derive(Debug, Clone)]
+pub struct NewAudit {
+    pub node: String,
+    pub action: &'static str,
+    pub args: serde_json::Value,
+    pub result: serde_json::Value,
+    pub caller: String,
 }
 
 /// Opens the store named by `url`, runs its migrations, and retries with backoff

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use herald_shared::admin::AuditEntry;
 use herald_shared::api::NewNotification;
 use herald_shared::frames::RawJson;
 use herald_shared::{Notification, UserId};
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
-use super::{ListQuery, Store, StoreError, UnreadSnapshot, format_time, now_ms};
+use super::{ListQuery, NewAudit, Store, StoreError, UnreadSnapshot, format_time, now_ms};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -182,5 +183,46 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(0)
+    }
+
+    async fn audit(&self, e: &NewAudit) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, node, action, args, result, caller) \
+             VALUES ($1, $2, $3, $4::json, $5::json, $6)",
+        )
+        .bind(now_ms())
+        .bind(&e.node)
+        .bind(e.action)
+        .bind(e.args.to_string())
+        .bind(e.result.to_string())
+        .bind(&e.caller)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        let rs = sqlx::query(
+            "SELECT id, at, action, args::text AS args, result::text AS result, caller \
+             FROM audit_log ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rs.iter()
+            .map(|r| {
+                let at: DateTime<Utc> = r.try_get("at")?;
+                let args: String = r.try_get("args")?;
+                let result: String = r.try_get("result")?;
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    at: format_time(at),
+                    action: r.try_get("action")?,
+                    args: serde_json::from_str(&args).unwrap_or(serde_json::Value::Null),
+                    result: serde_json::from_str(&result).unwrap_or(serde_json::Value::Null),
+                    caller: r.try_get("caller")?,
+                })
+            })
+            .collect()
     }
 }

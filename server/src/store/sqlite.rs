@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
+use herald_shared::admin::AuditEntry;
 use herald_shared::api::NewNotification;
 use herald_shared::frames::RawJson;
 use herald_shared::{Notification, UserId};
@@ -19,7 +20,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
-use super::{ListQuery, Store, StoreError, UnreadSnapshot, format_time, now_ms};
+use super::{ListQuery, NewAudit, Store, StoreError, UnreadSnapshot, format_time, now_ms};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -193,5 +194,44 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(0)
+    }
+
+    async fn audit(&self, e: &NewAudit) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, node, action, args, result, caller) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(now_ms().timestamp_millis())
+        .bind(&e.node)
+        .bind(e.action)
+        .bind(e.args.to_string())
+        .bind(e.result.to_string())
+        .bind(&e.caller)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        let rs = sqlx::query(
+            "SELECT id, at, action, args, result, caller FROM audit_log ORDER BY id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rs.iter()
+            .map(|r| {
+                let ms: i64 = r.try_get("at")?;
+                let args: String = r.try_get("args")?;
+                let result: String = r.try_get("result")?;
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    at: format_time(Utc.timestamp_millis_opt(ms).single().unwrap_or_default()),
+                    action: r.try_get("action")?,
+                    args: serde_json::from_str(&args).unwrap_or(serde_json::Value::Null),
+                    result: serde_json::from_str(&result).unwrap_or(serde_json::Value::Null),
+                    caller: r.try_get("caller")?,
+                })
+            })
+            .collect()
     }
 }

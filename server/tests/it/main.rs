@@ -6,6 +6,7 @@
 
 mod common;
 
+mod admin;
 mod api;
 mod bad_input;
 mod commands;

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs Herald's OS tuning profile on a host, from the one profile file.
+#
+#   sudo ops/tuning/install.sh [profile.conf]
+#
+# Writes /etc/sysctl.d/60-herald.conf, /etc/security/limits.d/60-herald.conf and
+# /etc/systemd/system/herald-server.service.d/60-nofile.conf, then loads the
+# sysctls. The node itself can apply the same values live (POST /admin/tuning/apply);
+# this script makes them survive a reboot.
+set -euo pipefail
+profile="${1:-$(dirname "$0")/profile.conf}"
+root="${HERALD_INSTALL_ROOT:-}"   # for a dry run into a scratch directory
+
+sysctl_out="$root/etc/sysctl.d/60-herald.conf"
+limits_out="$root/etc/security/limits.d/60-herald.conf"
+unit_out="$root/etc/systemd/system/herald-server.service.d/60-nofile.conf"
+mkdir -p "$(dirname "$sysctl_out")" "$(dirname "$limits_out")" "$(dirname "$unit_out")"
+
+{
+  echo "# Generated from $(basename "$profile") by ops/tuning/install.sh; edit the profile, not this."
+  grep -Ev '^\s*(#|$|profile\s*=|nofile\s)' "$profile" | sed -E 's/\s*(>=|<=|=)\s*/ = /'
+} > "$sysctl_out"
+
+nofile=$(awk '$1 == "nofile" { print $3 }' "$profile")
+{
+  echo "# Generated from $(basename "$profile") by ops/tuning/install.sh."
+  echo "*    soft nofile $nofile"
+  echo "*    hard nofile $nofile"
+  echo "root soft nofile $nofile"
+  echo "root hard nofile $nofile"
+} > "$limits_out"
+
+printf '# Generated from %s by ops/tuning/install.sh.\n[Service]\nLimitNOFILE=%s\n' \
+  "$(basename "$profile")" "$nofile" > "$unit_out"
+
+echo "wrote $sysctl_out, $limits_out, $unit_out"
+if [ -z "$root" ]; then
+  sysctl --load "$sysctl_out"
+  systemctl daemon-reload 2>/dev/null || true
+fi

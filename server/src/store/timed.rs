@@ -1,0 +1,93 @@
+//! A `Store` that measures another: latency and failures per operation, in one place
+//! instead of at every call site.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use herald_shared::admin::AuditEntry;
+use herald_shared::api::NewNotification;
+use herald_shared::{Notification, UserId};
+
+use super::{ListQuery, NewAudit, Store, StoreError, UnreadSnapshot};
+use crate::metrics::{Metrics, OpLabel};
+
+pub struct Timed {
+    inner: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl Timed {
+    pub fn new(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+
+    async fn time<T>(
+        &self,
+        op: &'static str,
+        f: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let out = f.await;
+        let label = OpLabel { op };
+        self.metrics
+            .store_latency
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
+        if out.is_err() {
+            self.metrics.store_errors.get_or_create(&label).inc();
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl Store for Timed {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.time("ping", self.inner.ping()).await
+    }
+
+    async fn insert(&self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {
+        self.time("insert", self.inner.insert(items)).await
+    }
+
+    async fn unread(&self, user: &UserId, limit: i64) -> Result<UnreadSnapshot, StoreError> {
+        self.time("unread", self.inner.unread(user, limit)).await
+    }
+
+    async fn after(
+        &self,
+        user: &UserId,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.time("after", self.inner.after(user, after, limit))
+            .await
+    }
+
+    async fn list(&self, user: &UserId, q: ListQuery) -> Result<Vec<Notification>, StoreError> {
+        self.time("list", self.inner.list(user, q)).await
+    }
+
+    async fn mark_read(&self, user: &UserId, ids: &[i64]) -> Result<(Vec<i64>, i64), StoreError> {
+        self.time("mark_read", self.inner.mark_read(user, ids))
+            .await
+    }
+
+    async fn mark_all_read(&self, user: &UserId) -> Result<i64, StoreError> {
+        self.time("mark_all_read", self.inner.mark_all_read(user))
+            .await
+    }
+
+    async fn audit(&self, entry: &NewAudit) -> Result<(), StoreError> {
+        self.time("audit", self.inner.audit(entry)).await
+    }
+
+    async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        self.time("audit_log", self.inner.audit_log(limit)).await
+    }
+}

@@ -1,0 +1,330 @@
+//! The OS tuning profile: read it, compare it with the live host, apply it.
+//!
+//! The profile lives in one file, `ops/tuning/profile.conf`, embedded here at build
+//! time (an operator may point `HERALD_TUNING_PROFILE` at another). Sysctls are read
+//! and written as files under `/proc/sys` (no crate has a sysctl call; a different
+//! root stands in for tests and containers); the open-file limit is the process's
+//! RLIMIT_NOFILE. Applying never hides a failure: each item reports `applied`,
+//! `already` or `failed` with the reason (read-only /proc, no permission, missing
+//! key, hard limit lower than wanted).
+
+use std::path::{Path, PathBuf};
+
+use herald_shared::admin::{ApplyItem, ApplyReport, ApplyResult, TuningItem, TuningReport};
+
+/// The profile shipped with Herald.
+pub const EMBEDDED: &str = include_str!("../../ops/tuning/profile.conf");
+
+/// The key of the open-file limit item.
+pub const NOFILE: &str = "nofile";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    AtLeast,
+    AtMost,
+    Exactly,
+}
+
+impl Op {
+    fn symbol(self) -> &'static str {
+        match self {
+            Op::AtLeast => ">=",
+            Op::AtMost => "<=",
+            Op::Exactly => "=",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub key: String,
+    pub op: Op,
+    /// Whitespace-separated numbers, normalised to single spaces.
+    pub want: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub name: String,
+    pub items: Vec<Item>,
+}
+
+fn normalise(v: &str) -> String {
+    v.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl Profile {
+    /// Parses the profile syntax (see the file's header).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut name = None;
+        let mut items = Vec::new();
+        for (n, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let bad = |why: &str| format!("profile line {}: {why}: {raw:?}", n + 1);
+            let (key, op, value) = if let Some((k, v)) = line.split_once(">=") {
+                (k, Op::AtLeast, v)
+            } else if let Some((k, v)) = line.split_once("<=") {
+                (k, Op::AtMost, v)
+            } else if let Some((k, v)) = line.split_once('=') {
+                (k, Op::Exactly, v)
+            } else {
+                return Err(bad(
+                    "expected `key >= value`, `key <= value` or `key = value`",
+                ));
+            };
+            let (key, value) = (key.trim(), normalise(value));
+            if key == "profile" {
+                name = Some(value);
+                continue;
+            }
+            if key.is_empty() || value.is_empty() {
+                return Err(bad("empty key or value"));
+            }
+            if key.contains('/') || key.contains("..") {
+                return Err(bad("a key is dotted, like net.core.somaxconn"));
+            }
+            let numbers: Result<Vec<u64>, _> = value.split(' ').map(str::parse::<u64>).collect();
+            if numbers.is_err() {
+                return Err(bad("values are whole numbers"));
+            }
+            if op != Op::Exactly && value.contains(' ') {
+                return Err(bad(">= and <= compare a single number"));
+            }
+            items.push(Item {
+                key: key.to_owned(),
+                op,
+                want: value,
+            });
+        }
+        Ok(Self {
+            name: name.ok_or("profile has no `profile = <name>` line")?,
+            items,
+        })
+    }
+
+    pub fn embedded() -> Self {
+        Self::parse(EMBEDDED).expect("the shipped profile parses (tested)")
+    }
+
+    /// Loads `path`, or the embedded profile when none is given.
+    pub fn load(path: Option<&Path>) -> Result<Self, String> {
+        match path {
+            None => Ok(Self::embedded()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("tuning profile {}: {e}", p.display()))?;
+                Self::parse(&text)
+            }
+        }
+    }
+}
+
+/// Whether `have` satisfies `op want`.
+fn satisfied(op: Op, want: &str, have: &str) -> bool {
+    let have = normalise(have);
+    match op {
+        Op::Exactly => have == want,
+        Op::AtLeast | Op::AtMost => match (want.parse::<u64>(), have.parse::<u64>()) {
+            (Ok(w), Ok(h)) => {
+                if op == Op::AtLeast {
+                    h >= w
+                } else {
+                    h <= w
+                }
+            }
+            _ => false,
+        },
+    }
+}
+
+/// The host the profile is compared with: its sysctl tree and this process.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub sysctl_root: PathBuf,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Self {
+            sysctl_root: PathBuf::from("/proc/sys"),
+        }
+    }
+}
+
+impl Host {
+    fn path(&self, key: &str) -> PathBuf {
+        self.sysctl_root.join(key.replace('.', "/"))
+    }
+
+    /// The current value of `key` (a sysctl, or `nofile`).
+    pub fn read(&self, key: &str) -> Result<String, String> {
+        if key == NOFILE {
+            let (soft, _) =
+                rlimit::getrlimit(rlimit::Resource::NOFILE).map_err(|e| e.to_string())?;
+            return Ok(soft.to_string());
+        }
+        std::fs::read_to_string(self.path(key))
+            .map(|v| normalise(&v))
+            .map_err(|e| describe(&e))
+    }
+
+    fn write(&self, key: &str, value: &str) -> Result<(), String> {
+        std::fs::write(self.path(key), format!("{value}\n")).map_err(|e| describe(&e))
+    }
+}
+
+fn describe(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        NotFound => "no such key on this kernel".to_owned(),
+        PermissionDenied => "permission denied (run as root or with CAP_SYS_ADMIN)".to_owned(),
+        ReadOnlyFilesystem => "read-only /proc/sys (a container without privileges?)".to_owned(),
+        _ => e.to_string(),
+    }
+}
+
+/// Compares every item of `profile` with `host`.
+pub fn check(profile: &Profile, host: &Host) -> TuningReport {
+    TuningReport {
+        profile: profile.name.clone(),
+        items: profile
+            .items
+            .iter()
+            .map(|item| {
+                let have = host.read(&item.key);
+                TuningItem {
+                    key: item.key.clone(),
+                    want: format!("{} {}", item.op.symbol(), item.want),
+                    ok: have
+                        .as_deref()
+                        .is_ok_and(|h| satisfied(item.op, &item.want, h)),
+                    have: have.unwrap_or_else(|e| format!("unreadable: {e}")),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Applies every item of `profile` to `host` and this process.
+pub fn apply(profile: &Profile, host: &Host) -> ApplyReport {
+    ApplyReport {
+        profile: profile.name.clone(),
+        items: profile
+            .items
+            .iter()
+            .map(|item| apply_one(item, host))
+            .collect(),
+    }
+}
+
+fn apply_one(item: &Item, host: &Host) -> ApplyItem {
+    let done = |result, detail: String| ApplyItem {
+        key: item.key.clone(),
+        result,
+        detail,
+    };
+    let before = match host.read(&item.key) {
+        Ok(v) => v,
+        Err(e) => return done(ApplyResult::Failed, e),
+    };
+    if satisfied(item.op, &item.want, &before) {
+        return done(
+            ApplyResult::Already,
+            format!("{before} satisfies {} {}", item.op.symbol(), item.want),
+        );
+    }
+    if item.key == NOFILE {
+        return apply_nofile(item, &before);
+    }
+    if let Err(e) = host.write(&item.key, &item.want) {
+        return done(ApplyResult::Failed, format!("writing {}: {e}", item.want));
+    }
+    match host.read(&item.key) {
+        Ok(after) if satisfied(item.op, &item.want, &after) => {
+            done(ApplyResult::Applied, format!("{before} -> {after}"))
+        }
+        Ok(after) => done(
+            ApplyResult::Failed,
+            format!("wrote {} but the kernel kept {after}", item.want),
+        ),
+        Err(e) => done(ApplyResult::Failed, format!("reading back: {e}")),
+    }
+}
+
+/// Raises the soft open-file limit as far as the hard limit allows.
+fn apply_nofile(item: &Item, before: &str) -> ApplyItem {
+    let want: u64 = item.want.parse().unwrap_or(0);
+    let (result, detail) = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Err(e) => (ApplyResult::Failed, format!("getrlimit: {e}")),
+        Ok((soft, hard)) => {
+            let target = want.min(hard);
+            let raised = if target > soft {
+                rlimit::setrlimit(rlimit::Resource::NOFILE, target, hard).map_err(|e| e.to_string())
+            } else {
+                Ok(())
+            };
+            match raised {
+                Err(e) => (ApplyResult::Failed, format!("setrlimit: {e}")),
+                Ok(()) if target < want => (
+                    ApplyResult::Failed,
+                    format!(
+                        "hard limit {hard} is lower than {want}; soft limit raised from {before} to {target} (raise the hard limit: LimitNOFILE or limits.d)"
+                    ),
+                ),
+                Ok(()) => (ApplyResult::Applied, format!("{before} -> {target}")),
+            }
+        }
+    };
+    ApplyItem {
+        key: item.key.clone(),
+        result,
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_profile_parses_and_covers_the_contract() {
+        let p = Profile::embedded();
+        assert_eq!(p.name, "herald-100k");
+        for key in [
+            "net.core.somaxconn",
+            "net.ipv4.tcp_max_syn_backlog",
+            "net.ipv4.ip_local_port_range",
+            "fs.file-max",
+            NOFILE,
+        ] {
+            assert!(p.items.iter().any(|i| i.key == key), "profile lacks {key}");
+        }
+    }
+
+    #[test]
+    fn parse_refuses_what_it_cannot_compare() {
+        assert!(Profile::parse("a.b >= 1").is_err(), "no name");
+        assert!(Profile::parse("profile = x\na.b >= lots").is_err());
+        assert!(Profile::parse("profile = x\na.b >= 1 2").is_err());
+        assert!(Profile::parse("profile = x\n../etc/passwd = 1").is_err());
+        assert!(Profile::parse("profile = x\na.b").is_err());
+        let p = Profile::parse("profile = x # c\na.b = 1\t 2 # range\n").unwrap();
+        assert_eq!(p.items[0].want, "1 2");
+        assert_eq!(p.items[0].op, Op::Exactly);
+    }
+
+    #[test]
+    fn comparisons() {
+        assert!(satisfied(Op::AtLeast, "65535", "65535"));
+        assert!(satisfied(Op::AtLeast, "65535", "9223372036854775807"));
+        assert!(!satisfied(Op::AtLeast, "65535", "4096"));
+        assert!(satisfied(Op::AtMost, "15", "10"));
+        assert!(!satisfied(Op::AtMost, "15", "60"));
+        assert!(satisfied(Op::Exactly, "1024 65535", "1024\t65535"));
+        assert!(!satisfied(Op::Exactly, "1024 65535", "32768 60999"));
+        assert!(!satisfied(Op::AtLeast, "1", "garbage"));
+    }
+}
