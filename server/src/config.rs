@@ -67,6 +67,23 @@ pub struct Config {
     #[arg(long, env = names::REDIS_URL)]
     pub redis_url: Option<String>,
 
+    /// Key prefix for everything Herald keeps in Redis (channels, registry, presence).
+    #[arg(long, env = "HERALD_REDIS_PREFIX", default_value = "herald")]
+    pub redis_prefix: String,
+
+    /// channels_redis prefix whose pub/sub-layer group messages become events
+    /// (Django interop); empty turns interop off.
+    #[arg(long, env = "HERALD_CHANNELS_PREFIX", default_value = "asgi")]
+    pub channels_prefix: String,
+
+    /// Public address announced in the registry (default: the bound listener).
+    #[arg(long, env = "HERALD_ADVERTISE_PUBLIC")]
+    pub advertise_public: Option<String>,
+
+    /// Admin address announced in the registry (default: the bound admin listener).
+    #[arg(long, env = "HERALD_ADVERTISE_ADMIN")]
+    pub advertise_admin: Option<String>,
+
     /// HS256 secret for client tokens (generated on a single node when unset).
     #[arg(long, env = names::JWT_SECRET, hide_env_values = true)]
     pub jwt_secret: Option<String>,

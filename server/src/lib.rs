@@ -15,7 +15,8 @@
 //! - [`api`]: backend routes, health, errors. [`upgrade`]: the WebSocket handshake and connect seam.
 //! - [`session`]: one task per socket: opening frames, client commands, deliveries.
 //! - [`publish`]: store-then-broker, in per-user id order.
-//! - [`broker`]: the `Broker` trait and the in-process broker.
+//! - [`broker`]: the `Broker` trait; in-process and Redis brokers; Django interop.
+//! - [`registry`]: nodes announce themselves in Redis. [`presence`]: connections per user.
 //! - [`hub`]: local routing index. [`outbox`]: per-connection queue and slow-consumer policy.
 //! - [`store`]: the `Store` trait, SQLite and PostgreSQL.
 //! - [`lifecycle`]: serving/draining/drained and the paced drain.
@@ -33,7 +34,9 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
+pub mod presence;
 pub mod publish;
+pub mod registry;
 pub mod secrets;
 pub mod server;
 pub mod session;

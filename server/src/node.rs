@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::publish::Publisher;
 use crate::store::Store;
 use crate::tuning::{Host, Profile};
@@ -41,12 +42,23 @@ pub struct Node {
     pub started: Instant,
     /// Last result of the store health probe; readiness reads it without a query.
     pub store_up: AtomicBool,
+    /// Connections per user across the cluster (or this node alone).
+    pub presence: Arc<dyn Presence>,
+    /// Redis for the registry, when clustered.
+    pub cluster: Option<Cluster>,
     /// Every session task, so shutdown can wait for them (axum's graceful shutdown
     /// does not wait for upgraded connections).
     pub sessions: TaskTracker,
 }
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What a clustered node keeps to talk to Redis outside pub/sub.
+#[derive(Clone)]
+pub struct Cluster {
+    pub redis: redis::aio::ConnectionManager,
+    pub prefix: String,
+}
 
 impl Node {
     pub fn capacity(&self) -> usize {

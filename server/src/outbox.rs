@@ -106,6 +106,8 @@ struct Queued {
 struct State {
     queue: VecDeque<Queued>,
     close: Option<CloseReason>,
+    /// The broker lost messages: the session must catch up from the store.
+    resync: bool,
 }
 
 pub struct Outbox {
@@ -122,6 +124,8 @@ pub struct Outbox {
 pub struct Batch {
     pub frames: Vec<Arc<Delivery>>,
     pub close: Option<CloseReason>,
+    /// Catch up from the store (set once per request).
+    pub resync: bool,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -181,6 +185,12 @@ impl Outbox {
         self.wake.notify_one();
     }
 
+    /// Asks the session to fetch from the store what the broker may have lost.
+    pub fn resync(&self) {
+        self.state.lock().expect("outbox lock").resync = true;
+        self.wake.notify_one();
+    }
+
     /// Takes up to `max` queued frames, and the close request if there is one.
     ///
     /// Fails the age rule here too: a session that could not write for longer than
@@ -203,9 +213,14 @@ impl Outbox {
             s.queue = VecDeque::new();
         }
         let close = s.close;
+        let resync = std::mem::take(&mut s.resync);
         drop(s);
         self.metrics.queue_depth.dec_by(n as i64);
-        Batch { frames, close }
+        Batch {
+            frames,
+            close,
+            resync,
+        }
     }
 
     /// Resolves when something was pushed or a close was requested since the last take.

@@ -17,16 +17,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
-use crate::broker::{Broker, MemoryBroker};
+use crate::broker::{Broker, MemoryBroker, RedisBroker};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
-use crate::node::{Node, default_node_id};
+use crate::node::{Cluster, Node, default_node_id};
 use crate::outbox::CloseReason;
+use crate::presence::{LocalPresence, Presence, RedisPresence};
 use crate::publish::Publisher;
 use crate::tuning::{Host, Profile};
-use crate::{admin, api, limits, secrets, store};
+use crate::{admin, api, limits, registry, secrets, store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -44,11 +45,6 @@ pub enum ServerError {
 /// while it is unreachable).
 pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
     let secrets = secrets::resolve(&cfg)?.secrets;
-    if cfg.redis_url.is_some() {
-        return Err(ServerError::Config(
-            "REDIS_URL is set, but this build has no Redis broker yet; unset it to run a single node".into(),
-        ));
-    }
     let profile = Profile::load(cfg.tuning_profile.as_deref()).map_err(ServerError::Config)?;
     let host = Host {
         sysctl_root: cfg.sysctl_root.clone(),
@@ -66,9 +62,37 @@ pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
         metrics.clone(),
     ));
     let hub = Arc::new(Hub::new());
-    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone()));
-    let publisher = Publisher::new(store.clone(), broker.clone(), metrics.clone());
     let id = cfg.node_id.clone().unwrap_or_else(default_node_id);
+    let (broker, presence, cluster): (Arc<dyn Broker>, Arc<dyn Presence>, Option<Cluster>) =
+        match &cfg.redis_url {
+            None => (
+                Arc::new(MemoryBroker::new(hub.clone())),
+                Arc::new(LocalPresence { hub: hub.clone() }),
+                None,
+            ),
+            Some(url) => {
+                let asgi = Some(cfg.channels_prefix.clone()).filter(|p| !p.is_empty());
+                let broker = RedisBroker::connect(url, &cfg.redis_prefix, asgi, &id, hub.clone())
+                    .await
+                    .map_err(|e| ServerError::Config(e.to_string()))?;
+                let client = redis::Client::open(url.as_str())
+                    .map_err(|e| ServerError::Config(e.to_string()))?;
+                let con = redis::aio::ConnectionManager::new(client)
+                    .await
+                    .map_err(|e| ServerError::Config(format!("Redis: {e}")))?;
+                let presence =
+                    RedisPresence::start(con.clone(), cfg.redis_prefix.clone(), id.clone()).await;
+                (
+                    broker,
+                    Arc::new(presence),
+                    Some(Cluster {
+                        redis: con,
+                        prefix: cfg.redis_prefix.clone(),
+                    }),
+                )
+            }
+        };
+    let publisher = Publisher::new(store.clone(), broker.clone(), metrics.clone());
     tracing::info!(node = %id, store = store.kind(), broker = broker.kind(), capacity, fd_limit, "node ready");
     Ok(Arc::new(Node {
         id,
@@ -86,6 +110,8 @@ pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
         host,
         started: Instant::now(),
         store_up: AtomicBool::new(true),
+        presence,
+        cluster,
         sessions: TaskTracker::new(),
     }))
 }
@@ -162,6 +188,36 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let probe = node.spawn_store_probe();
+    let public_addr = public.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let heartbeat = node.cluster.clone().map(|c| {
+        let addrs = registry::Addresses {
+            public: node
+                .config
+                .advertise_public
+                .clone()
+                .unwrap_or_else(|| public_addr.to_string()),
+            admin: node
+                .config
+                .advertise_admin
+                .clone()
+                .unwrap_or_else(|| admin_addr.to_string()),
+        };
+        registry::spawn_heartbeat(&node, c.redis, c.prefix, addrs)
+    });
+    let resync = node.broker.resyncs().map(|mut rx| {
+        let hub = node.hub.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                tracing::info!(
+                    "broker resubscribed after a loss: sessions catch up from the store"
+                );
+                for outbox in hub.all() {
+                    outbox.resync();
+                }
+            }
+        })
+    });
     let stop = CancellationToken::new();
 
     let public = public.tap_io(|tcp| {
@@ -202,6 +258,15 @@ pub async fn serve(
         tracing::warn!("some sessions did not end within 10 s of shutdown");
     }
     probe.abort();
+    if let Some(h) = heartbeat {
+        h.abort();
+    }
+    if let Some(r) = resync {
+        r.abort();
+    }
+    if let Some(c) = &node.cluster {
+        registry::deregister(&mut c.redis.clone(), &c.prefix, &node.id).await;
+    }
     let _ = public_srv.await;
     let _ = admin_srv.await;
     tracing::info!("stopped");

@@ -167,6 +167,7 @@ impl Registration {
         }
         node.metrics.connections.inc();
         node.metrics.connections_opening.inc();
+        node.presence.changed(&ident.user, 1);
         let mut reg = Self {
             node: node.clone(),
             user: ident.user.clone(),
@@ -224,6 +225,7 @@ impl Drop for Registration {
             }
         }
         self.node.hub.unregister(self.outbox.id, &self.user);
+        self.node.presence.changed(&self.user, -1);
         self.node.metrics.connections.dec();
         if self.open {
             self.node.metrics.connections_open.dec();

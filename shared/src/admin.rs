@@ -97,3 +97,20 @@ pub struct AuditEntry {
 pub struct AuditLog {
     pub entries: Vec<AuditEntry>,
 }
+
+/// A node as it announces itself in the Redis registry (refreshed every couple of
+/// seconds; gone when it stops heart-beating).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: String,
+    /// Public listener address (clients, backends, load balancer).
+    pub public: String,
+    /// Admin listener address (metrics, status, drain).
+    pub admin: String,
+    pub version: String,
+    /// `serving`, `draining` or `drained`.
+    pub state: String,
+    /// Unix seconds.
+    pub started_at: u64,
+    pub connections: u64,
+}

@@ -71,7 +71,11 @@ pub async fn presence(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Presence>, ApiError> {
     let user = user(path)?;
-    let connections = node.hub.user_connections(&user) as u64;
+    let connections = node
+        .presence
+        .connections(&user)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string(), 1))?;
     Ok(Json(Presence {
         user: user.into_string(),
         online: connections > 0,

@@ -10,7 +10,10 @@
 //! A broker carries copies only; the store holds the truth, so a broker that loses
 //! a message costs a catch-up from the store, never the notification.
 
+pub mod channels;
 mod memory;
+mod redis;
+pub mod wire;
 
 use std::sync::Arc;
 
@@ -18,6 +21,7 @@ use async_trait::async_trait;
 use herald_shared::GroupName;
 
 pub use memory::MemoryBroker;
+pub use redis::RedisBroker;
 
 use crate::outbox::Delivery;
 
@@ -26,6 +30,9 @@ pub enum BrokerError {
     /// The broker cannot be reached right now; the caller may retry.
     #[error("broker disconnected: {0}")]
     Disconnected(String),
+    /// The broker's configuration is unusable (a bad URL).
+    #[error("broker configuration: {0}")]
+    Config(String),
 }
 
 /// Health as `/admin/status` reports it.
@@ -62,4 +69,10 @@ pub trait Broker: Send + Sync + 'static {
     async fn unsubscribe(&self, group: &GroupName) -> Result<(), BrokerError>;
 
     fn health(&self) -> BrokerHealth;
+
+    /// Ticks each time the broker came back after losing messages: sessions then
+    /// catch up from the store. `None` for a broker that cannot lose any.
+    fn resyncs(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }

@@ -31,20 +31,33 @@ pub struct Seam {
 }
 
 impl Seam {
-    fn new(ids: impl IntoIterator<Item = i64>) -> Self {
+    pub fn new(ids: impl IntoIterator<Item = i64>) -> Self {
         let sent: HashSet<i64> = ids.into_iter().collect();
         let newest = sent.iter().copied().max().unwrap_or(0);
         Self { sent, newest }
     }
 
+    /// Adds ids sent outside the live stream (a catch-up) to the filter.
+    pub fn extend(&mut self, ids: impl IntoIterator<Item = i64>) {
+        for id in ids {
+            self.newest = self.newest.max(id);
+            self.sent.insert(id);
+        }
+    }
+
+    /// The newest id the client has been sent outside the live stream.
+    pub fn newest(&self) -> i64 {
+        self.newest
+    }
+
     /// Whether a live notification with `id` should be sent (false: already sent).
     pub fn admit(&mut self, id: i64) -> bool {
-        if self.sent.is_empty() {
-            return true;
-        }
         if id > self.newest {
             // Everything after this is newer still: the seam is closed.
-            self.sent = HashSet::new();
+            self.newest = id;
+            if !self.sent.is_empty() {
+                self.sent = HashSet::new();
+            }
             return true;
         }
         !self.sent.contains(&id)

@@ -17,6 +17,8 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use herald_shared::close;
+use herald_shared::config::MISSED_LIMIT;
+use herald_shared::frames::encode_notification;
 use herald_shared::{ClientFrame, ErrorCode, ServerFrame};
 use tokio::time::{Instant, sleep_until, timeout};
 
@@ -238,6 +240,11 @@ impl Session {
                         .observe(now.saturating_sub(d.accepted_us) as f64 / 1e6);
                 }
             }
+            if batch.resync {
+                if let Some(end) = self.catch_up(ws, expiry).await {
+                    return Some(end);
+                }
+            }
             match batch.close {
                 Some(CloseReason::SlowConsumer) => {
                     return Some(End::Close(
@@ -254,6 +261,57 @@ impl Session {
                 _ if full => continue,
                 _ => return None,
             }
+        }
+    }
+
+    /// Sends what the store has for this user beyond the newest id the client has
+    /// seen, after the broker may have lost messages; live copies of those are then
+    /// filtered by the seam like at connect time.
+    async fn catch_up(&mut self, ws: &mut WebSocket, expiry: Duration) -> Option<End> {
+        let since = self.seam.newest();
+        let missed = match self
+            .node
+            .store
+            .after(&self.ident.user, since, MISSED_LIMIT)
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "catch-up read failed");
+                return Some(End::Close(
+                    close::INTERNAL,
+                    "store unavailable; reconnect with after",
+                ));
+            }
+        };
+        if missed.is_empty() {
+            return None;
+        }
+        self.node
+            .metrics
+            .resume_replayed
+            .inc_by(missed.len() as u64);
+        self.seam.extend(missed.iter().map(|n| n.id));
+        for n in &missed {
+            let frame = encode_notification(n);
+            match timeout(expiry, ws.feed(Message::Text(frame.into()))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Some(End::Gone),
+                Err(_) => {
+                    return Some(End::Close(
+                        close::TRY_AGAIN_LATER,
+                        "slow consumer; reconnect with after",
+                    ));
+                }
+            }
+        }
+        match timeout(expiry, ws.flush()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some(End::Gone),
+            Err(_) => Some(End::Close(
+                close::TRY_AGAIN_LATER,
+                "slow consumer; reconnect with after",
+            )),
         }
     }
 

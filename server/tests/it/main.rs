@@ -9,6 +9,7 @@ mod common;
 mod admin;
 mod api;
 mod bad_input;
+mod cluster;
 mod commands;
 mod connect;
 mod lifecycle;

@@ -1,0 +1,68 @@
+//! Django Channels interop: events that a Django app sends with channels_redis.
+//!
+//! Supported: the pub/sub layer (`channels_redis.pubsub.RedisPubSubChannelLayer`).
+//! Its `group_send("user_42", message)` is exactly `PUBLISH <prefix>__group__user_42
+//! <msgpack of message>`, which maps directly onto Herald's interest-based routing:
+//! a node subscribes to that channel while it has members of the group, and each
+//! message becomes `{"type":"event","group":"user_42","payload":<message>}`.
+//!
+//! Not supported: the core layer (`RedisChannelLayer`), which keeps group members in
+//! sorted sets and delivers through per-process queues that a reader must poll;
+//! encrypted payloads (Fernet) are not readable either. Both are documented.
+
+use std::sync::Arc;
+
+use herald_shared::GroupName;
+use herald_shared::frames::encode_event;
+
+use crate::outbox::Delivery;
+
+/// The channel channels_redis's pub/sub layer publishes a group's messages on.
+pub fn group_channel(asgi_prefix: &str, group: &GroupName) -> String {
+    format!("{asgi_prefix}__group__{group}")
+}
+
+/// Turns a channels_redis group message into an `event` delivery for `group`.
+pub fn decode(
+    asgi_prefix: &str,
+    channel: &str,
+    payload: &[u8],
+) -> Option<(GroupName, Arc<Delivery>)> {
+    let group = channel
+        .strip_prefix(asgi_prefix)?
+        .strip_prefix("__group__")?;
+    let group = GroupName::parse(group).ok()?;
+    let message: serde_json::Value = rmp_serde::from_slice(payload).ok()?;
+    let raw = serde_json::value::to_raw_value(&message).ok()?;
+    let frame = encode_event(group.as_str(), &raw);
+    Some((group, Delivery::event(frame)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_send_becomes_an_event() {
+        #[derive(serde::Serialize)]
+        struct Msg {
+            r#type: &'static str,
+            text: &'static str,
+        }
+        // What msgpack.packb({"type": "notify", "text": "hi"}) produces (a map).
+        let payload = rmp_serde::to_vec_named(&Msg {
+            r#type: "notify",
+            text: "hi",
+        })
+        .unwrap();
+        let (g, d) = decode("asgi", "asgi__group__user_42", &payload).unwrap();
+        assert_eq!(g.as_str(), "user_42");
+        assert_eq!(
+            d.frame.as_str(),
+            r#"{"type":"event","group":"user_42","payload":{"type":"notify","text":"hi"}}"#
+        );
+        assert!(decode("asgi", "other__group__x", &payload).is_none());
+        assert!(decode("asgi", "asgi__group__bad name", &payload).is_none());
+        assert!(decode("asgi", "asgi__group__g", b"\xc1").is_none());
+    }
+}

@@ -1,0 +1,139 @@
+//! Presence: how many connections a user has, across the cluster.
+//!
+//! Single node: the hub's own count. Cluster: each node keeps a Redis hash
+//! `<prefix>:presence:<node>` of user -> connections on that node, fed by a
+//! background task (connects and disconnects never wait on Redis) and expiring with
+//! the node's registry entry. A query sums the hashes of the nodes the registry
+//! lists as live, so a node killed without cleaning up stops counting as soon as
+//! its announcement expires.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use herald_shared::UserId;
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
+
+use crate::hub::Hub;
+
+pub fn node_hash(prefix: &str, node: &str) -> String {
+    format!("{prefix}:presence:{node}")
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("presence unavailable: {0}")]
+pub struct PresenceError(pub String);
+
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
+    /// A connection of `user` opened (+1) or closed (-1) on this node.
+    fn changed(&self, user: &UserId, delta: i64);
+
+    /// The user's open connections across the cluster.
+    async fn connections(&self, user: &UserId) -> Result<u64, PresenceError>;
+}
+
+/// Presence on a single node: the hub's count.
+pub struct LocalPresence {
+    pub hub: Arc<Hub>,
+}
+
+#[async_trait]
+impl Presence for LocalPresence {
+    fn changed(&self, _user: &UserId, _delta: i64) {}
+
+    async fn connections(&self, user: &UserId) -> Result<u64, PresenceError> {
+        Ok(self.hub.user_connections(user) as u64)
+    }
+}
+
+/// Presence across the cluster, in Redis.
+pub struct RedisPresence {
+    con: ConnectionManager,
+    prefix: String,
+    tx: mpsc::UnboundedSender<(UserId, i64)>,
+}
+
+impl RedisPresence {
+    /// Starts the writer task. The node's hash starts empty: counts from a previous
+    /// life of the same node id are dropped.
+    pub async fn start(con: ConnectionManager, prefix: String, node_id: String) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut c = con.clone();
+        let _: redis::RedisResult<()> = redis::cmd("DEL")
+            .arg(node_hash(&prefix, &node_id))
+            .query_async(&mut c)
+            .await;
+        tokio::spawn(writer(c, node_hash(&prefix, &node_id), rx));
+        Self { con, prefix, tx }
+    }
+}
+
+/// Applies deltas in pipelined batches; a failed batch is retried with the next.
+async fn writer(
+    mut con: ConnectionManager,
+    hash: String,
+    mut rx: mpsc::UnboundedReceiver<(UserId, i64)>,
+) {
+    let mut pending: std::collections::HashMap<UserId, i64> = std::collections::HashMap::new();
+    while let Some((user, delta)) = rx.recv().await {
+        *pending.entry(user).or_default() += delta;
+        while let Ok((user, delta)) = rx.try_recv() {
+            *pending.entry(user).or_default() += delta;
+            if pending.len() >= 1000 {
+                break;
+            }
+        }
+        pending.retain(|_, d| *d != 0);
+        if pending.is_empty() {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        for (user, delta) in &pending {
+            pipe.cmd("HINCRBY")
+                .arg(&hash)
+                .arg(user.as_str())
+                .arg(*delta)
+                .ignore();
+        }
+        pipe.cmd("PEXPIRE")
+            .arg(&hash)
+            .arg(crate::registry::TTL.as_millis() as u64)
+            .ignore();
+        match pipe.query_async::<()>(&mut con).await {
+            Ok(()) => pending.clear(),
+            Err(e) => {
+                tracing::warn!(error = %e, "presence update failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Presence for RedisPresence {
+    fn changed(&self, user: &UserId, delta: i64) {
+        let _ = self.tx.send((user.clone(), delta));
+    }
+
+    async fn connections(&self, user: &UserId) -> Result<u64, PresenceError> {
+        let mut con = self.con.clone();
+        let nodes = crate::registry::list(&mut con, &self.prefix)
+            .await
+            .map_err(|e| PresenceError(e.to_string()))?;
+        if nodes.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        for n in &nodes {
+            pipe.cmd("HGET")
+                .arg(node_hash(&self.prefix, &n.id))
+                .arg(user.as_str());
+        }
+        let counts: Vec<Option<i64>> = pipe
+            .query_async(&mut con)
+            .await
+            .map_err(|e| PresenceError(e.to_string()))?;
+        Ok(counts.into_iter().flatten().filter(|c| *c > 0).sum::<i64>() as u64)
+    }
+}

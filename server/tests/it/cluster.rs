@@ -1,0 +1,267 @@
+//! Contract §7: several real nodes on one PostgreSQL and one Redis: fan-out across
+//! nodes, the registry, presence, and a Redis restart that loses nothing stored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_shared::ServerFrame;
+use serde_json::{Value, json};
+
+use crate::common::{self, ADMIN_TOKEN, API_KEY, Db, Storage, TestServer, start_on};
+
+pub const REDIS: &str = "redis://127.0.0.1:6379";
+
+/// A cluster of nodes sharing a PostgreSQL database and a Redis key prefix of their
+/// own; the prefix's keys are deleted when it is dropped.
+pub struct Cluster {
+    pub nodes: Vec<TestServer>,
+    pub storage: Arc<Storage>,
+    pub prefix: String,
+    pub asgi: String,
+    pub redis_url: String,
+}
+
+impl Cluster {
+    pub async fn start(n: usize) -> Self {
+        Self::start_on_redis(n, REDIS).await
+    }
+
+    pub async fn start_on_redis(n: usize, redis_url: &str) -> Self {
+        let storage = Arc::new(Storage::new(Db::Postgres).await);
+        let tag = format!("{:08x}", common::rand_u64() as u32);
+        let mut c = Self {
+            nodes: Vec::new(),
+            storage,
+            prefix: format!("htest{tag}"),
+            asgi: format!("asgitest{tag}"),
+            redis_url: redis_url.to_owned(),
+        };
+        for _ in 0..n {
+            c.add().await;
+        }
+        c
+    }
+
+    /// Starts one more node.
+    pub async fn add(&mut self) -> &TestServer {
+        let id = format!("node{}", self.nodes.len());
+        let args = [
+            "--redis-url",
+            &self.redis_url,
+            "--redis-prefix",
+            &self.prefix,
+            "--channels-prefix",
+            &self.asgi,
+            "--node-id",
+            &id,
+        ];
+        let s = start_on(self.storage.clone(), &args).await;
+        self.nodes.push(s);
+        self.nodes.last().unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let (url, pattern) = (self.redis_url.clone(), format!("{}:*", self.prefix));
+        let _ = std::thread::spawn(move || {
+            let Ok(client) = redis::Client::open(url) else {
+                return;
+            };
+            let Ok(mut con) = client.get_connection() else {
+                return;
+            };
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query(&mut con)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut con);
+            }
+        })
+        .join();
+    }
+}
+
+/// Waits until every node's broker reports Redis `up` (probe seen).
+pub async fn until_ready(nodes: &[TestServer]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for s in nodes {
+        loop {
+            let r = common::api().get(s.http("/readyz")).send().await.unwrap();
+            if r.status() == 200 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node never ready: {:?}",
+                r.text().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn event(s: &TestServer, group: &str, payload: Value) {
+    let r = common::api()
+        .post(s.http(&format!("/api/v1/groups/{group}/events")))
+        .bearer_auth(API_KEY)
+        .json(&json!({"payload": payload}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}
+
+/// A notification published on any node reaches the user's connections on every
+/// node exactly once, in id order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_reach_every_node_once() {
+    let c = Cluster::start(3).await;
+    until_ready(&c.nodes).await;
+    let mut clients = Vec::new();
+    for s in &c.nodes {
+        clients.push(s.connect("42").await.0);
+    }
+    let (mut other, _) = c.nodes[1].connect("43").await;
+    let mut sent = Vec::new();
+    for i in 0..9 {
+        sent.push(c.nodes[i % 3].notify("42", json!({"i": i})).await.id);
+    }
+    for cl in &mut clients {
+        let got: Vec<i64> = cl.notifications(9).await.iter().map(|n| n.id).collect();
+        assert_eq!(got, sent);
+        cl.silent_for(Duration::from_millis(300)).await;
+    }
+    other.silent_for(Duration::from_millis(100)).await;
+}
+
+/// A group event published on one node reaches subscribers on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_events_cross_nodes() {
+    let c = Cluster::start(3).await;
+    until_ready(&c.nodes).await;
+    let mut subs = Vec::new();
+    for s in &c.nodes[1..] {
+        let (mut cl, _) = s.connect_with("7", &["org_5"], None).await;
+        cl.send_json(json!({"type": "subscribe", "group": "org_5"}))
+            .await;
+        assert!(matches!(cl.frame().await, ServerFrame::Subscribed { .. }));
+        subs.push(cl);
+    }
+    event(&c.nodes[0], "org_5", json!({"deploy": 1})).await;
+    for cl in &mut subs {
+        assert_eq!(
+            cl.raw().await,
+            json!({"type": "event", "group": "org_5", "payload": {"deploy": 1}})
+        );
+    }
+    // After unsubscribing on one node, only the other still gets events.
+    subs[0]
+        .send_json(json!({"type": "unsubscribe", "group": "org_5"}))
+        .await;
+    assert!(matches!(
+        subs[0].frame().await,
+        ServerFrame::Unsubscribed { .. }
+    ));
+    event(&c.nodes[2], "org_5", json!(2)).await;
+    assert_eq!(subs[1].raw().await["payload"], 2);
+    subs[0].silent_for(Duration::from_millis(300)).await;
+}
+
+/// The registry lists exactly the live nodes, with their addresses; a stopped node
+/// leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_lists_the_live_nodes() {
+    let mut c = Cluster::start(3).await;
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut con = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let nodes = loop {
+        let nodes = herald_server::registry::list(&mut con, &c.prefix)
+            .await
+            .unwrap();
+        if nodes.len() == 3 || tokio::time::Instant::now() > deadline {
+            break nodes;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, vec!["node0", "node1", "node2"]);
+    assert_eq!(nodes[1].public, c.nodes[1].public.to_string());
+    assert_eq!(nodes[1].admin, c.nodes[1].admin.to_string());
+    assert_eq!(nodes[1].state, "serving");
+    let stopped = c.nodes.remove(1);
+    stopped.stop().await.unwrap();
+    let ids: Vec<String> = herald_server::registry::list(&mut con, &c.prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(ids, vec!["node0", "node2"]);
+}
+
+/// Presence counts a user's connections on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_the_cluster() {
+    let c = Cluster::start(2).await;
+    let (_a, _) = c.nodes[0].connect("42").await;
+    let (_b, _) = c.nodes[1].connect("42").await;
+    let (_d, _) = c.nodes[1].connect("42").await;
+    let presence = |s: &TestServer| {
+        let url = s.http("/api/v1/users/42/presence");
+        async move {
+            common::api()
+                .get(url)
+                .bearer_auth(API_KEY)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let p = presence(&c.nodes[0]).await;
+        if p["connections"] == 3 {
+            assert_eq!(p["online"], true);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presence never reached 3: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(_d);
+    loop {
+        if presence(&c.nodes[1]).await["connections"] == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presence never dropped to 2"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Admin status reports Redis `up` in cluster mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_redis() {
+    let c = Cluster::start(1).await;
+    until_ready(&c.nodes).await;
+    let st: Value = common::api()
+        .get(c.nodes[0].admin_url("/admin/status"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["redis"], "up");
+}
