@@ -12,6 +12,8 @@ mod bad_input;
 mod cluster;
 mod commands;
 mod connect;
+mod django;
 mod lifecycle;
+mod nginx;
 mod seam;
 mod startup;
