@@ -6,7 +6,9 @@
 # Writes /etc/sysctl.d/60-herald.conf, /etc/security/limits.d/60-herald.conf and
 # /etc/systemd/system/herald-server.service.d/60-nofile.conf, then loads the
 # sysctls. The node itself can apply the same values live (POST /admin/tuning/apply);
-# this script makes them survive a reboot.
+# this script makes them survive a reboot. A `>=` item never lowers a host value
+# that is already higher (nor `<=` raise one that is lower): the written value is
+# the stricter of the profile's and the host's.
 set -euo pipefail
 profile="${1:-$(dirname "$0")/profile.conf}"
 root="${HERALD_INSTALL_ROOT:-}"   # for a dry run into a scratch directory
@@ -16,9 +18,19 @@ limits_out="$root/etc/security/limits.d/60-herald.conf"
 unit_out="$root/etc/systemd/system/herald-server.service.d/60-nofile.conf"
 mkdir -p "$(dirname "$sysctl_out")" "$(dirname "$limits_out")" "$(dirname "$unit_out")"
 
+current() { cat "/proc/sys/${1//.//}" 2>/dev/null | tr -s '[:space:]' ' ' | sed 's/ $//'; }
+
 {
   echo "# Generated from $(basename "$profile") by ops/tuning/install.sh; edit the profile, not this."
-  grep -Ev '^\s*(#|$|profile\s*=|nofile\s)' "$profile" | sed -E 's/\s*(>=|<=|=)\s*/ = /'
+  sed -e 's/#.*//' "$profile" | while read -r key op value; do
+    case "$key" in ""|profile|nofile) continue ;; esac
+    have=$(current "$key")
+    case "$op" in
+      ">=") [ -n "$have" ] && [ "$have" -gt "$value" ] 2>/dev/null && value=$have ;;
+      "<=") [ -n "$have" ] && [ "$have" -lt "$value" ] 2>/dev/null && value=$have ;;
+    esac
+    echo "$key = $value"
+  done
 } > "$sysctl_out"
 
 nofile=$(awk '$1 == "nofile" { print $3 }' "$profile")

@@ -46,6 +46,8 @@ pub struct Node {
     pub presence: Arc<dyn Presence>,
     /// Redis for the registry, when clustered.
     pub cluster: Option<Cluster>,
+    /// When a refused admin attempt was last audited (Unix µs): at most one a second.
+    pub auth_failure_audited_us: AtomicU64,
     /// Every session task, so shutdown can wait for them (axum's graceful shutdown
     /// does not wait for upgraded connections).
     pub sessions: TaskTracker,

@@ -75,11 +75,9 @@ pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
                 let broker = RedisBroker::connect(url, &cfg.redis_prefix, asgi, &id, hub.clone())
                     .await
                     .map_err(|e| ServerError::Config(e.to_string()))?;
-                let client = redis::Client::open(url.as_str())
-                    .map_err(|e| ServerError::Config(e.to_string()))?;
-                let con = redis::aio::ConnectionManager::new(client)
-                    .await
-                    .map_err(|e| ServerError::Config(format!("Redis: {e}")))?;
+                // The broker's publishing connection (already connected, reconnects
+                // by itself) also carries the registry and presence commands.
+                let con = broker.connection();
                 let presence =
                     RedisPresence::start(con.clone(), cfg.redis_prefix.clone(), id.clone()).await;
                 (
@@ -112,6 +110,7 @@ pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
         store_up: AtomicBool::new(true),
         presence,
         cluster,
+        auth_failure_audited_us: AtomicU64::new(0),
         sessions: TaskTracker::new(),
     }))
 }
@@ -121,7 +120,7 @@ fn log_tuning(profile: &Profile, host: &Host, capacity: usize) {
     let report = crate::tuning::check(profile, host);
     let short: Vec<_> = report.short().collect();
     for item in &short {
-        tracing::warn!(key = %item.key, want = %item.want, have = %item.have, "below the tuning profile");
+        tracing::warn!(key = %item.key, want = %item.want, have = %item.have, "falls short of the tuning profile");
     }
     tracing::info!(
         profile = %report.profile,

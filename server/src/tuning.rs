@@ -90,6 +90,11 @@ impl Profile {
             if numbers.is_err() {
                 return Err(bad("values are whole numbers"));
             }
+            if key == NOFILE && op != Op::AtLeast {
+                return Err(bad(
+                    "the open-file limit can only be raised: use `nofile >= N`",
+                ));
+            }
             if op != Op::Exactly && value.contains(' ') {
                 return Err(bad(">= and <= compare a single number"));
             }
@@ -197,7 +202,8 @@ pub fn check(profile: &Profile, host: &Host) -> TuningReport {
                 let have = host.read(&item.key);
                 TuningItem {
                     key: item.key.clone(),
-                    want: format!("{} {}", item.op.symbol(), item.want),
+                    want: item.want.clone(),
+                    op: item.op.symbol().to_owned(),
                     ok: have
                         .as_deref()
                         .is_ok_and(|h| satisfied(item.op, &item.want, h)),
@@ -270,9 +276,15 @@ fn apply_nofile(item: &Item, before: &str) -> ApplyItem {
                 Err(e) => (ApplyResult::Failed, format!("setrlimit: {e}")),
                 Ok(()) if target < want => (
                     ApplyResult::Failed,
-                    format!(
-                        "hard limit {hard} is lower than {want}; soft limit raised from {before} to {target} (raise the hard limit: LimitNOFILE or limits.d)"
-                    ),
+                    if target > soft {
+                        format!(
+                            "hard limit {hard} is lower than {want}; soft limit raised from {before} to {target} (raise the hard limit: LimitNOFILE or limits.d)"
+                        )
+                    } else {
+                        format!(
+                            "hard limit {hard} is lower than {want}; the soft limit is already at it (raise the hard limit: LimitNOFILE or limits.d)"
+                        )
+                    },
                 ),
                 Ok(()) => (ApplyResult::Applied, format!("{before} -> {target}")),
             }
@@ -311,6 +323,10 @@ mod tests {
         assert!(Profile::parse("profile = x\na.b >= 1 2").is_err());
         assert!(Profile::parse("profile = x\n../etc/passwd = 1").is_err());
         assert!(Profile::parse("profile = x\na.b").is_err());
+        assert!(
+            Profile::parse("profile = x\nnofile <= 10").is_err(),
+            "nofile only >="
+        );
         let p = Profile::parse("profile = x # c\na.b = 1\t 2 # range\n").unwrap();
         assert_eq!(p.items[0].want, "1 2");
         assert_eq!(p.items[0].op, Op::Exactly);

@@ -36,12 +36,15 @@ pub struct TuningReport {
     pub items: Vec<TuningItem>,
 }
 
-/// One setting of the profile: what it wants (with its comparison, e.g. `>= 65535`),
-/// what the host has, and whether that satisfies it.
+/// One setting of the profile: what it wants and how it compares (`op`), what the
+/// host has, and whether that satisfies it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TuningItem {
     pub key: String,
+    /// The wanted value, e.g. `65535`.
     pub want: String,
+    /// How `have` is compared with `want`: `>=`, `<=` or `=`.
+    pub op: String,
     pub have: String,
     pub ok: bool,
 }
@@ -80,6 +83,8 @@ pub struct ApplyItem {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub id: i64,
+    /// The node the action was made on (nodes may share one store).
+    pub node: String,
     /// RFC 3339 UTC with milliseconds.
     pub at: String,
     /// `drain`, `undrain`, `tuning_apply`, `auth_failed`.

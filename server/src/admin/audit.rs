@@ -1,10 +1,12 @@
 //! Who did what: admin authentication and the audit log.
 //!
 //! The caller of an admin request is the fingerprint of the token it presented
-//! (never the token) and its peer address. Refused attempts are recorded too.
+//! (never the token) and its peer address. Refused attempts are recorded too, at
+//! most one a second per node.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Query, Request, State};
@@ -62,14 +64,27 @@ pub async fn require_admin(
                     "wrong admin token",
                 ),
             };
-            record(
-                &node,
-                &Caller(who),
-                "auth_failed",
-                what,
-                json!({"status": 401}),
-            )
-            .await;
+            // At most one row a second: a scanner hammering the port must not be
+            // able to grow the table or tie up the store. The rest are logged.
+            let now = crate::outbox::unix_micros();
+            let last = node.auth_failure_audited_us.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= 1_000_000
+                && node
+                    .auth_failure_audited_us
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                record(
+                    &node,
+                    &Caller(who),
+                    "auth_failed",
+                    what,
+                    json!({"status": 401}),
+                )
+                .await;
+            } else {
+                tracing::warn!(caller = %who, %what, "admin auth failed (not audited: rate limit)");
+            }
             Err(ApiError::Unauthorized(why.into()))
         }
     }

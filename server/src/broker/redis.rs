@@ -14,7 +14,7 @@
 //! its own probe channel every second and is `up` only while the probe comes back.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -46,8 +46,14 @@ pub struct RedisBroker {
     /// When the probe last came back (Unix µs).
     probe_seen: AtomicU64,
     probe_channel: String,
-    /// Bumped on every resubscription after a loss; sessions catch up when it moves.
+    /// Bumped on every resubscription after a loss, and whenever any node announces
+    /// on `<prefix>:resync` that its publishes failed; sessions catch up when it moves.
     resyncs: tokio::sync::watch::Sender<u64>,
+    resync_channel: String,
+    /// A publish failed: until the prober gets through again, publishes fail fast
+    /// (the notification is stored; nothing waits on a dead Redis), and once it does
+    /// the node announces a cluster-wide resync so every node's sessions catch up.
+    publish_failed: AtomicBool,
 }
 
 impl RedisBroker {
@@ -87,10 +93,17 @@ impl RedisBroker {
             probe_seen: AtomicU64::new(0),
             probe_channel: format!("{prefix}:probe:{node_id}"),
             resyncs: tokio::sync::watch::Sender::new(0),
+            resync_channel: format!("{prefix}:resync"),
+            publish_failed: AtomicBool::new(false),
         });
         tokio::spawn(subscriber(Arc::downgrade(&broker)));
-        tokio::spawn(prober(Arc::downgrade(&broker)));
+        tokio::spawn(prober(Arc::downgrade(&broker), node_id.to_owned()));
         Ok(broker)
+    }
+
+    /// The publishing connection, for other Redis commands (registry, presence).
+    pub fn connection(&self) -> ConnectionManager {
+        self.publisher.clone()
     }
 
     fn channel(&self, group: &GroupName) -> String {
@@ -110,6 +123,11 @@ impl RedisBroker {
     fn dispatch(&self, channel: &str, payload: &[u8]) {
         if channel == self.probe_channel {
             self.probe_seen.store(unix_micros(), Ordering::Relaxed);
+            return;
+        }
+        if channel == self.resync_channel {
+            tracing::info!(from = %String::from_utf8_lossy(payload), "a node could not publish for a while: catching up");
+            self.resyncs.send_modify(|n| *n += 1);
             return;
         }
         let own = channel
@@ -165,7 +183,7 @@ async fn subscriber(broker: std::sync::Weak<RedisBroker>) {
             let mut guard = b.sink.lock().await;
             *guard = Some(sink);
             let sink = guard.as_mut().expect("just set");
-            let mut channels = vec![b.probe_channel.clone()];
+            let mut channels = vec![b.probe_channel.clone(), b.resync_channel.clone()];
             for g in b.hub.groups() {
                 channels.extend(b.channels(&g));
             }
@@ -178,8 +196,9 @@ async fn subscriber(broker: std::sync::Weak<RedisBroker>) {
         }
         b.set_connected(true);
         delay = Duration::from_millis(100);
-        if !first {
-            // Whatever was published while we were away is in the store.
+        if !first || b.hub.connections() > 0 {
+            // Whatever was published while we were away (or, at start-up, before the
+            // first subscription took) is in the store: sessions catch up.
             b.resyncs.send_modify(|n| *n += 1);
         }
         first = false;
@@ -196,16 +215,28 @@ async fn subscriber(broker: std::sync::Weak<RedisBroker>) {
     }
 }
 
-/// Publishes to the node's own probe channel every second.
-async fn prober(broker: std::sync::Weak<RedisBroker>) {
+/// Publishes to the node's own probe channel every second; once publishing works
+/// again after failures, announces a cluster-wide resync.
+async fn prober(broker: std::sync::Weak<RedisBroker>, node_id: String) {
     loop {
         let Some(b) = broker.upgrade() else { return };
         let mut con = b.publisher.clone();
-        let _: Result<i64, _> = redis::cmd("PUBLISH")
+        let probe: Result<i64, _> = redis::cmd("PUBLISH")
             .arg(&b.probe_channel)
             .arg(unix_micros())
             .query_async(&mut con)
             .await;
+        if probe.is_ok() && b.publish_failed.load(Ordering::Relaxed) {
+            let announced: Result<i64, _> = redis::cmd("PUBLISH")
+                .arg(&b.resync_channel)
+                .arg(&node_id)
+                .query_async(&mut con)
+                .await;
+            if announced.is_ok() {
+                b.publish_failed.store(false, Ordering::Relaxed);
+                tracing::info!("Redis reachable again: asked every node to catch up");
+            }
+        }
         drop(b);
         tokio::time::sleep(PROBE_EVERY).await;
     }
@@ -218,6 +249,11 @@ impl Broker for RedisBroker {
     }
 
     async fn publish(&self, group: &GroupName, delivery: Arc<Delivery>) -> Result<(), BrokerError> {
+        if self.publish_failed.load(Ordering::Relaxed) {
+            return Err(BrokerError::Disconnected(
+                "Redis publishes failing; will resync".into(),
+            ));
+        }
         let mut con = self.publisher.clone();
         redis::cmd("PUBLISH")
             .arg(self.channel(group))
@@ -225,7 +261,10 @@ impl Broker for RedisBroker {
             .query_async::<i64>(&mut con)
             .await
             .map(|_| ())
-            .map_err(|e| BrokerError::Disconnected(e.to_string()))
+            .map_err(|e| {
+                self.publish_failed.store(true, Ordering::Relaxed);
+                BrokerError::Disconnected(e.to_string())
+            })
     }
 
     async fn subscribe(&self, group: &GroupName) -> Result<(), BrokerError> {

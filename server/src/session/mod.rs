@@ -204,6 +204,13 @@ impl Session {
         loop {
             let batch = self.reg.outbox.take(BATCH);
             let full = batch.frames.len() == BATCH;
+            // Catch up first: frames queued behind the gap come after what it lost,
+            // and their copies of caught-up ids are dropped by the seam.
+            if batch.resync {
+                if let Some(end) = self.catch_up(ws, expiry).await {
+                    return Some(end);
+                }
+            }
             let mut written = Vec::with_capacity(batch.frames.len());
             for d in batch.frames {
                 // Only the user's own notifications can repeat its opening frames;
@@ -238,11 +245,6 @@ impl Session {
                 for d in &written {
                     m.delivery_latency
                         .observe(now.saturating_sub(d.accepted_us) as f64 / 1e6);
-                }
-            }
-            if batch.resync {
-                if let Some(end) = self.catch_up(ws, expiry).await {
-                    return Some(end);
                 }
             }
             match batch.close {

@@ -203,7 +203,7 @@ impl Store for PgStore {
 
     async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
         let rs = sqlx::query(
-            "SELECT id, at, action, args::text AS args, result::text AS result, caller \
+            "SELECT id, at, node, action, args::text AS args, result::text AS result, caller \
              FROM audit_log ORDER BY id DESC LIMIT $1",
         )
         .bind(limit)
@@ -216,6 +216,7 @@ impl Store for PgStore {
                 let result: String = r.try_get("result")?;
                 Ok(AuditEntry {
                     id: r.try_get("id")?,
+                    node: r.try_get("node")?,
                     at: format_time(at),
                     action: r.try_get("action")?,
                     args: serde_json::from_str(&args).unwrap_or(serde_json::Value::Null),

@@ -213,7 +213,7 @@ impl Store for SqliteStore {
 
     async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
         let rs = sqlx::query(
-            "SELECT id, at, action, args, result, caller FROM audit_log ORDER BY id DESC LIMIT ?",
+            "SELECT id, at, node, action, args, result, caller FROM audit_log ORDER BY id DESC LIMIT ?",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -225,6 +225,7 @@ impl Store for SqliteStore {
                 let result: String = r.try_get("result")?;
                 Ok(AuditEntry {
                     id: r.try_get("id")?,
+                    node: r.try_get("node")?,
                     at: format_time(Utc.timestamp_millis_opt(ms).single().unwrap_or_default()),
                     action: r.try_get("action")?,
                     args: serde_json::from_str(&args).unwrap_or(serde_json::Value::Null),

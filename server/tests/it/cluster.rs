@@ -265,3 +265,124 @@ async fn status_reports_redis() {
         .unwrap();
     assert_eq!(st["redis"], "up");
 }
+
+/// A redis-server of the test's own, on a free port, that can be killed and
+/// restarted on the same port.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = Self { port, child: None };
+        r.restart();
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn readyz(s: &TestServer) -> u16 {
+    common::api()
+        .get(s.http("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Redis killed and restarted while notifications flow: readiness turns 503 while it
+/// is down, and the client gets every stored notification exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_loses_nothing_stored() {
+    let mut redis = OwnRedis::start();
+    let c = Cluster::start_on_redis(2, &redis.url()).await;
+    until_ready(&c.nodes).await;
+    let (mut client, _) = c.nodes[1].connect("42").await;
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        sent.push(c.nodes[0].notify("42", json!(i)).await.id);
+    }
+    let mut got: Vec<i64> = client
+        .notifications(10)
+        .await
+        .iter()
+        .map(|n| n.id)
+        .collect();
+
+    redis.kill();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while readyz(&c.nodes[1]).await != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readiness stayed 200 with Redis down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Stored while nobody can fan out: 201 all the same.
+    for i in 10..20 {
+        sent.push(c.nodes[0].notify("42", json!(i)).await.id);
+    }
+    redis.restart();
+    until_ready(&c.nodes).await;
+    for i in 20..30 {
+        sent.push(c.nodes[0].notify("42", json!(i)).await.id);
+    }
+    while got.len() < sent.len() {
+        match tokio::time::timeout(Duration::from_secs(15), client.frame()).await {
+            Ok(ServerFrame::Notification { notification }) => got.push(notification.id),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => panic!("stalled: got {got:?} of {sent:?}"),
+        }
+    }
+    assert_eq!(got, sent, "every stored notification once, in order");
+    client.silent_for(Duration::from_millis(300)).await;
+}
