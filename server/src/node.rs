@@ -58,7 +58,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// What a clustered node keeps to talk to Redis outside pub/sub.
 #[derive(Clone)]
 pub struct Cluster {
-    pub redis: redis::aio::ConnectionManager,
+    /// A single Redis or a Redis Cluster, whichever `REDIS_URL` names.
+    pub redis: crate::registry::RedisConnection,
     pub prefix: String,
 }
 

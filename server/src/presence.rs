@@ -1,7 +1,8 @@
 //! Presence: how many connections a user has, across the cluster.
 //!
 //! Single node: the hub's own count. Cluster: each node keeps a Redis hash
-//! `<prefix>:presence:<node>` of user -> connections on that node, fed by a
+//! `{<prefix>}:presence:<node>` (hash-tagged like the registry keys, so one pipeline
+//! reads every node's hash on a Redis Cluster too) of user -> connections on that node, fed by a
 //! background task (connects and disconnects never wait on Redis) and expiring with
 //! the node's registry entry. A query sums the hashes of the nodes the registry
 //! lists as live, so a node killed without cleaning up stops counting as soon as
@@ -11,13 +12,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use herald_shared::UserId;
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
 use crate::hub::Hub;
+use crate::registry::RedisConnection;
 
 pub fn node_hash(prefix: &str, node: &str) -> String {
-    format!("{prefix}:presence:{node}")
+    format!("{{{prefix}}}:presence:{node}")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +50,7 @@ impl Presence for LocalPresence {
 
 /// Presence across the cluster, in Redis.
 pub struct RedisPresence {
-    con: ConnectionManager,
+    con: RedisConnection,
     prefix: String,
     tx: mpsc::UnboundedSender<(UserId, i64)>,
 }
@@ -57,7 +58,7 @@ pub struct RedisPresence {
 impl RedisPresence {
     /// Starts the writer task. The node's hash starts empty: counts from a previous
     /// life of the same node id are dropped.
-    pub async fn start(con: ConnectionManager, prefix: String, node_id: String) -> Self {
+    pub async fn start(con: RedisConnection, prefix: String, node_id: String) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut c = con.clone();
         let _: redis::RedisResult<()> = redis::cmd("DEL")
@@ -71,7 +72,7 @@ impl RedisPresence {
 
 /// Applies deltas in pipelined batches; a failed batch is retried with the next.
 async fn writer(
-    mut con: ConnectionManager,
+    mut con: RedisConnection,
     hash: String,
     mut rx: mpsc::UnboundedReceiver<(UserId, i64)>,
 ) {

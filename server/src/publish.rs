@@ -5,7 +5,9 @@
 //! would not find. And each user's notifications reach the broker in id order: the
 //! insert and the hand-off happen under a per-user lock (striped, so unrelated users
 //! rarely share one), so two concurrent publishes to one user cannot overtake each
-//! other between commit and publish. Sessions rely on that order.
+//! other between commit and publish. Sessions rely on that order. Nodes sharing a
+//! PostgreSQL store also take the store's per-user advisory lock around the same
+//! steps, so the order holds across the cluster.
 
 use std::sync::Arc;
 
@@ -62,6 +64,15 @@ impl Publisher {
             guards.push(self.order[s].lock().await);
         }
 
+        // Across nodes (a shared PostgreSQL), the same order needs a lock every node
+        // sees: the store's per-user advisory lock, held until the broker has it.
+        let users: Vec<&UserId> = items.iter().map(|i| &i.user).collect();
+        let cluster_lock = if self.broker.kind() == "memory" {
+            None
+        } else {
+            self.store.order_lock(&users).await?
+        };
+
         let stored = self.store.insert(items).await?;
 
         for (n, item) in stored.iter().zip(items) {
@@ -80,6 +91,9 @@ impl Publisher {
                 kind: "notification",
             })
             .inc_by(stored.len() as u64);
+        if let Some(lock) = cluster_lock {
+            lock.release().await;
+        }
         drop(guards);
         Ok(stored)
     }

@@ -1,15 +1,23 @@
 //! The node registry in Redis: how the console (and anyone) finds every live node.
 //!
-//! Each node writes `<prefix>:node:<id>` (its [`NodeInfo`] as JSON, expiring after
-//! [`TTL`]) and adds its id to the set `<prefix>:nodes` every [`BEAT`]. A node that
+//! Each node writes `{<prefix>}:node:<id>` (its [`NodeInfo`] as JSON, expiring after
+//! [`TTL`]) and adds its id to the set `{<prefix>}:nodes` every [`BEAT`]. A node that
 //! stops heart-beating disappears when its key expires; readers drop ids whose key
-//! is gone. The same beat refreshes the expiry of the node's presence hash.
+//! is gone. The same beat refreshes the expiry of the node's presence hash and of the
+//! set itself (so nothing outlives the last node by more than [`TTL`]).
+//!
+//! Every registry and presence key carries the hash tag `{<prefix>}`: on a Redis
+//! Cluster they all live in one slot, so the multi-key commands and pipelines here
+//! (MGET, DEL of two keys, a beat's pipeline) are legal. A single Redis ignores the
+//! tag. The commands run on either connection kind ([`RedisConnection`]).
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use herald_shared::admin::NodeInfo;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::node::{Node, VERSION};
 
@@ -19,11 +27,47 @@ pub const BEAT: Duration = Duration::from_secs(2);
 pub const TTL: Duration = Duration::from_secs(6);
 
 pub fn node_key(prefix: &str, id: &str) -> String {
-    format!("{prefix}:node:{id}")
+    format!("{{{prefix}}}:node:{id}")
 }
 
 pub fn nodes_key(prefix: &str) -> String {
-    format!("{prefix}:nodes")
+    format!("{{{prefix}}}:nodes")
+}
+
+/// A command connection to a single Redis or to a Redis Cluster; both reconnect by
+/// themselves. Cloning is shallow.
+#[derive(Clone)]
+pub enum RedisConnection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConnection::Single(c) => c.req_packed_command(cmd),
+            RedisConnection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConnection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConnection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConnection::Single(c) => c.get_db(),
+            RedisConnection::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// Where this node can be reached, as announced.
@@ -36,7 +80,7 @@ pub struct Addresses {
 /// Announces `node` every beat until it is dropped, then removes its entry.
 pub fn spawn_heartbeat(
     node: &Arc<Node>,
-    con: ConnectionManager,
+    con: RedisConnection,
     prefix: String,
     addrs: Addresses,
 ) -> tokio::task::JoinHandle<()> {
@@ -70,6 +114,10 @@ pub fn spawn_heartbeat(
                 .arg(&info.id)
                 .ignore()
                 .cmd("PEXPIRE")
+                .arg(nodes_key(&prefix))
+                .arg(TTL.as_millis() as u64)
+                .ignore()
+                .cmd("PEXPIRE")
                 .arg(&presence)
                 .arg(TTL.as_millis() as u64)
                 .ignore()
@@ -84,7 +132,7 @@ pub fn spawn_heartbeat(
 }
 
 /// Removes this node's entry at once (clean shutdown).
-pub async fn deregister(con: &mut ConnectionManager, prefix: &str, id: &str) {
+pub async fn deregister<C: ConnectionLike + Send>(con: &mut C, prefix: &str, id: &str) {
     let _: redis::RedisResult<()> = redis::pipe()
         .cmd("DEL")
         .arg(node_key(prefix, id))
@@ -99,7 +147,10 @@ pub async fn deregister(con: &mut ConnectionManager, prefix: &str, id: &str) {
 }
 
 /// Every live node, by id; forgets ids whose announcement expired.
-pub async fn list(con: &mut ConnectionManager, prefix: &str) -> redis::RedisResult<Vec<NodeInfo>> {
+pub async fn list<C: ConnectionLike + Send>(
+    con: &mut C,
+    prefix: &str,
+) -> redis::RedisResult<Vec<NodeInfo>> {
     let ids: Vec<String> = redis::cmd("SMEMBERS")
         .arg(nodes_key(prefix))
         .query_async(con)

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
-use crate::broker::{Broker, MemoryBroker, RedisBroker};
+use crate::broker::{self, Broker, MemoryBroker, RedisBroker, RedisClusterBroker};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
@@ -26,6 +26,7 @@ use crate::node::{Cluster, Node, default_node_id};
 use crate::outbox::CloseReason;
 use crate::presence::{LocalPresence, Presence, RedisPresence};
 use crate::publish::Publisher;
+use crate::registry::RedisConnection;
 use crate::tuning::{Host, Profile};
 use crate::{admin, api, limits, registry, secrets, store};
 
@@ -71,13 +72,34 @@ pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
                 None,
             ),
             Some(url) => {
-                let asgi = Some(cfg.channels_prefix.clone()).filter(|p| !p.is_empty());
-                let broker = RedisBroker::connect(url, &cfg.redis_prefix, asgi, &id, hub.clone())
-                    .await
-                    .map_err(|e| ServerError::Config(e.to_string()))?;
+                let seeds =
+                    broker::cluster_seeds(url).map_err(|e| ServerError::Config(e.to_string()))?;
                 // The broker's publishing connection (already connected, reconnects
                 // by itself) also carries the registry and presence commands.
-                let con = broker.connection();
+                let (broker, con): (Arc<dyn Broker>, RedisConnection) = match seeds {
+                    None => {
+                        let asgi = Some(cfg.channels_prefix.clone()).filter(|p| !p.is_empty());
+                        let b =
+                            RedisBroker::connect(url, &cfg.redis_prefix, asgi, &id, hub.clone())
+                                .await
+                                .map_err(|e| ServerError::Config(e.to_string()))?;
+                        let con = RedisConnection::Single(b.connection());
+                        (b, con)
+                    }
+                    Some(seeds) => {
+                        if !cfg.channels_prefix.is_empty() {
+                            tracing::info!(
+                                "Redis Cluster: Django interop (channels_redis) is off; it needs a single Redis"
+                            );
+                        }
+                        let b =
+                            RedisClusterBroker::connect(seeds, &cfg.redis_prefix, &id, hub.clone())
+                                .await
+                                .map_err(|e| ServerError::Config(e.to_string()))?;
+                        let con = RedisConnection::Cluster(b.connection());
+                        (b, con)
+                    }
+                };
                 let presence =
                     RedisPresence::start(con.clone(), cfg.redis_prefix.clone(), id.clone()).await;
                 (

@@ -2,8 +2,9 @@
 //!
 //! [`Broker`] is the seam between "a publish was accepted here" and "the hubs of the
 //! nodes with members of that group deliver it". The in-process [`MemoryBroker`]
-//! serves a single node; the Redis broker (cluster mode) implements the same trait
-//! with interest-based routing: a node subscribes to a group when its first local
+//! serves a single node; the Redis brokers (cluster mode: [`RedisBroker`] on one
+//! Redis, [`RedisClusterBroker`] with sharded pub/sub on a Redis Cluster) implement
+//! the same trait with interest-based routing: a node subscribes to a group when its first local
 //! member joins and unsubscribes after the last one leaves, which is exactly what
 //! [`crate::hub::Hub::join`] and [`crate::hub::Hub::leave`] report.
 //!
@@ -13,6 +14,7 @@
 pub mod channels;
 mod memory;
 mod redis;
+mod redis_cluster;
 pub mod wire;
 
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use herald_shared::GroupName;
 
 pub use memory::MemoryBroker;
 pub use redis::RedisBroker;
+pub use redis_cluster::{RedisClusterBroker, cluster_seeds};
 
 use crate::outbox::Delivery;
 
@@ -56,7 +59,7 @@ impl BrokerHealth {
 
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
-    /// `"memory"` or `"redis"`.
+    /// `"memory"`, `"redis"` or `"redis-cluster"`.
     fn kind(&self) -> &'static str;
 
     /// Sends `delivery` to every node with local members of `group`, this one included.

@@ -134,11 +134,40 @@ pub trait Store: Send + Sync + 'static {
     /// Marks every notification of `user` read; returns the unread count (0).
     async fn mark_all_read(&self, user: &UserId) -> Result<i64, StoreError>;
 
+    /// Takes the cluster-wide publish order lock of `users` (see [`crate::publish`]),
+    /// held until the guard is released or dropped. `None` where the store cannot
+    /// be shared by several nodes (SQLite), so the in-process lock is enough.
+    async fn order_lock(
+        &self,
+        users: &[&UserId],
+    ) -> Result<Option<Box<dyn OrderGuard>>, StoreError> {
+        let _ = users;
+        Ok(None)
+    }
+
     /// Appends one admin action to the audit log.
     async fn audit(&self, entry: &NewAudit) -> Result<(), StoreError>;
 
     /// The newest `limit` audit entries, newest first.
     async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// A held publish-order lock. Dropping it releases the lock too (the holding
+/// transaction rolls back); `release` does it without waiting for the pool.
+#[async_trait]
+pub trait OrderGuard: Send {
+    async fn release(self: Box<Self>);
+}
+
+/// A user's order-lock key: the same on every node (FNV-1a, not the process-seeded
+/// std hasher).
+pub fn order_key(user: &UserId) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in user.as_str().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
 }
 
 /// An admin action to record. `args` and `result` are JSON.

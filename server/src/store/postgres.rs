@@ -16,7 +16,10 @@ use herald_shared::{Notification, UserId};
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
-use super::{ListQuery, NewAudit, Store, StoreError, UnreadSnapshot, format_time, now_ms};
+use super::{
+    ListQuery, NewAudit, OrderGuard, Store, StoreError, UnreadSnapshot, format_time, now_ms,
+    order_key,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -44,6 +47,19 @@ impl PgStore {
     /// The pool, for modules that keep their own tables here (audit log).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+}
+
+/// Transaction-scoped advisory locks: they go with the transaction, so a guard that
+/// is dropped (error path, cancelled request) cannot leak a lock into the pool.
+struct PgOrderGuard(sqlx::Transaction<'static, sqlx::Postgres>);
+
+#[async_trait]
+impl OrderGuard for PgOrderGuard {
+    async fn release(self: Box<Self>) {
+        if let Err(e) = self.0.commit().await {
+            tracing::warn!(error = %e, "releasing the publish order lock failed (it ends with the connection)");
+        }
     }
 }
 
@@ -183,6 +199,22 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(0)
+    }
+
+    async fn order_lock(
+        &self,
+        users: &[&UserId],
+    ) -> Result<Option<Box<dyn OrderGuard>>, StoreError> {
+        let mut keys: Vec<i64> = users.iter().map(|u| order_key(u)).collect();
+        // One order for every node: two publishers can never wait on each other.
+        keys.sort_unstable();
+        keys.dedup();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k")
+            .bind(&keys)
+            .execute(&mut *tx)
+            .await?;
+        Ok(Some(Box::new(PgOrderGuard(tx))))
     }
 
     async fn audit(&self, e: &NewAudit) -> Result<(), StoreError> {

@@ -9,7 +9,7 @@ use herald_shared::admin::AuditEntry;
 use herald_shared::api::NewNotification;
 use herald_shared::{Notification, UserId};
 
-use super::{ListQuery, NewAudit, Store, StoreError, UnreadSnapshot};
+use super::{ListQuery, NewAudit, OrderGuard, Store, StoreError, UnreadSnapshot};
 use crate::metrics::{Metrics, OpLabel};
 
 pub struct Timed {
@@ -81,6 +81,13 @@ impl Store for Timed {
     async fn mark_all_read(&self, user: &UserId) -> Result<i64, StoreError> {
         self.time("mark_all_read", self.inner.mark_all_read(user))
             .await
+    }
+
+    async fn order_lock(
+        &self,
+        users: &[&UserId],
+    ) -> Result<Option<Box<dyn OrderGuard>>, StoreError> {
+        self.time("order_lock", self.inner.order_lock(users)).await
     }
 
     async fn audit(&self, entry: &NewAudit) -> Result<(), StoreError> {

@@ -140,15 +140,7 @@ async fn metrics_token_can_be_required() {
 }
 
 async fn tuning(s: &TestServer) -> TuningReport {
-    common::api()
-        .get(s.admin_url("/admin/tuning"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    serde_json::from_value(s.admin_get("/admin/tuning").await).unwrap()
 }
 
 async fn apply(s: &TestServer) -> ApplyReport {
@@ -301,15 +293,7 @@ async fn apply_reports_applied_and_failed_items() {
             .ok
     );
     // The node's capacity follows the raised limit.
-    let status: Value = common::api()
-        .get(s.admin_url("/admin/status"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = s.admin_get("/admin/status").await;
     assert_eq!(status["fd_limit"], hard);
 }
 
@@ -352,15 +336,7 @@ async fn audit_log_records_every_admin_action(db: Db) {
             .status(),
         401
     );
-    let log: AuditLog = common::api()
-        .get(s.admin_url("/admin/audit?limit=10"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log: AuditLog = serde_json::from_value(s.admin_get("/admin/audit?limit=10").await).unwrap();
     let actions: Vec<&str> = log.entries.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(
         actions,

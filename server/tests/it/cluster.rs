@@ -63,7 +63,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let (url, pattern) = (self.redis_url.clone(), format!("{}:*", self.prefix));
+        let (url, pattern) = (self.redis_url.clone(), format!("{{{}}}:*", self.prefix));
         let _ = std::thread::spawn(move || {
             let Ok(client) = redis::Client::open(url) else {
                 return;

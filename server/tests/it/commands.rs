@@ -6,7 +6,7 @@ use herald_shared::{ErrorCode, ServerFrame};
 use serde_json::json;
 
 use crate::both_stores;
-use crate::common::{self, API_KEY, Db, start};
+use crate::common::{self, Db, start};
 
 both_stores!(
     ping_gets_pong,
@@ -42,15 +42,9 @@ async fn mark_read_touches_only_own_ids(db: Db) {
         json!({"type": "marked_read", "ids": [mine[0], mine[2]], "unread_count": 1})
     );
     // The other user's notification is still unread.
-    let list: serde_json::Value = common::api()
-        .get(s.http("/api/v1/users/43/notifications?unread=true"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value = s
+        .api_get("/api/v1/users/43/notifications?unread=true")
+        .await;
     assert_eq!(list["notifications"][0]["id"], theirs);
     assert_eq!(list["notifications"][0]["read"], false);
     // Marking again is harmless and reports the same ids.
@@ -86,17 +80,6 @@ async fn mark_all_read_zeroes_the_count(db: Db) {
     );
 }
 
-async fn event(s: &common::TestServer, group: &str, payload: serde_json::Value) {
-    let r = common::api()
-        .post(s.http(&format!("/api/v1/groups/{group}/events")))
-        .bearer_auth(API_KEY)
-        .json(&json!({"payload": payload}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-}
-
 /// Subscribing to a group the token allows gets `subscribed` and its events;
 /// unsubscribing stops them; a group the token does not name is `forbidden`.
 #[tokio::test]
@@ -109,7 +92,7 @@ async fn subscribe_follows_the_token() {
         c.raw().await,
         json!({"type": "subscribed", "group": "org_5"})
     );
-    event(&s, "org_5", json!({"deploy": "done"})).await;
+    s.event("org_5", json!({"deploy": "done"})).await;
     assert_eq!(
         c.raw().await,
         json!({"type": "event", "group": "org_5", "payload": {"deploy": "done"}})
@@ -126,7 +109,7 @@ async fn subscribe_follows_the_token() {
             other => panic!("expected forbidden, got {other:?}"),
         }
     }
-    event(&s, "org_6", json!(1)).await;
+    s.event("org_6", json!(1)).await;
     c.silent_for(Duration::from_millis(200)).await;
 
     c.send_json(json!({"type": "unsubscribe", "group": "org_5"}))
@@ -135,10 +118,10 @@ async fn subscribe_follows_the_token() {
         c.raw().await,
         json!({"type": "unsubscribed", "group": "org_5"})
     );
-    event(&s, "org_5", json!(2)).await;
+    s.event("org_5", json!(2)).await;
     c.silent_for(Duration::from_millis(300)).await;
     // The personal group is always joined; events to it arrive as well.
-    event(&s, "user_42", json!({"ping": 1})).await;
+    s.event("user_42", json!({"ping": 1})).await;
     assert_eq!(
         c.raw().await,
         json!({"type": "event", "group": "user_42", "payload": {"ping": 1}})

@@ -456,3 +456,40 @@ impl Closed {
         }
     }
 }
+
+/// GETs `url` with a bearer token and returns the JSON body (any status).
+pub async fn get_json(url: String, token: &str) -> Value {
+    api()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+impl TestServer {
+    /// GET on the admin listener with the admin token.
+    pub async fn admin_get(&self, path: &str) -> Value {
+        get_json(self.admin_url(path), ADMIN_TOKEN).await
+    }
+
+    /// GET on the backend API with the API key.
+    pub async fn api_get(&self, path: &str) -> Value {
+        get_json(self.http(path), API_KEY).await
+    }
+
+    /// Publishes an event to `group`; expects 202.
+    pub async fn event(&self, group: &str, payload: Value) {
+        let r = api()
+            .post(self.http(&format!("/api/v1/groups/{group}/events")))
+            .bearer_auth(API_KEY)
+            .json(&json!({ "payload": payload }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{:?}", r.text().await);
+    }
+}

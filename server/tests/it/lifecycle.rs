@@ -77,15 +77,7 @@ async fn drain_is_paced_and_undrain_serves_again() {
 
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let st: Value = common::api()
-            .get(s.admin_url("/admin/status"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let st: Value = s.admin_get("/admin/status").await;
         if st["state"] == "drained" {
             assert_eq!(st["connections"], 0);
             break;
@@ -138,15 +130,7 @@ async fn admin_requires_its_token() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let st: Value = common::api()
-        .get(s.admin_url("/admin/status"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st: Value = s.admin_get("/admin/status").await;
     for key in [
         "node",
         "version",

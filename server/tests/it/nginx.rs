@@ -278,15 +278,7 @@ async fn publish_round(
 }
 
 async fn status(s: &TestServer) -> Value {
-    common::api()
-        .get(s.admin_url("/admin/status"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    s.admin_get("/admin/status").await
 }
 
 /// Six clients connecting through nginx are spread two per node by `least_conn`,
