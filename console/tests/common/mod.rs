@@ -1,0 +1,194 @@
+//! The test harness: real Herald nodes in-process (as in server/tests/it/common.rs),
+//! WebSocket clients to give them connections and deliveries, and helpers that
+//! turn a node's real answers into console state.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use herald_console::app::App;
+use herald_console::client::AdminClient;
+use herald_console::msg::Msg;
+use herald_console::poller::fetch_sample;
+use herald_server::Config;
+use herald_server::node::Node;
+use herald_shared::UserId;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+pub const API_KEY: &str = "k";
+pub const ADMIN_TOKEN: &str = "t";
+
+/// A running node with its own temporary store and sysctl root.
+pub struct TestNode {
+    pub id: String,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    pub node: Arc<Node>,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<Result<(), herald_server::ServerError>>,
+}
+
+/// Starts node `id`. `somaxconn` is what its (fake) sysctl root reports; with
+/// `lenient`, its tuning profile asks only for `somaxconn >= 100`.
+pub async fn start_node(id: &str, somaxconn: u32, lenient: bool, extra: &[&str]) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("sys");
+    std::fs::create_dir_all(root.join("net/core")).unwrap();
+    std::fs::write(root.join("net/core/somaxconn"), format!("{somaxconn}\n")).unwrap();
+    let profile = dir.path().join("profile.conf");
+    std::fs::write(
+        &profile,
+        "profile = test-lenient\nnet.core.somaxconn >= 100\n",
+    )
+    .unwrap();
+    let d = dir.path().display().to_string();
+    let mut args: Vec<String> = [
+        "--database-url",
+        &format!("sqlite://{d}/h.db"),
+        "--data-dir",
+        &d,
+        "--jwt-secret",
+        "x",
+        "--api-key",
+        API_KEY,
+        "--admin-token",
+        ADMIN_TOKEN,
+        "--node-id",
+        id,
+        "--sysctl-root",
+        &root.display().to_string(),
+        "--shutdown-drain-s",
+        "1",
+        "--db-pool",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if lenient {
+        args.push("--tuning-profile".into());
+        args.push(profile.display().to_string());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let cfg = Config::from_args(args).expect("test config parses");
+    let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (pa, aa) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
+    let node = herald_server::build(cfg).await.expect("node builds");
+    let (tx, rx) = oneshot::channel();
+    let handle = tokio::spawn(herald_server::serve(node.clone(), public, admin, async {
+        let _ = rx.await;
+    }));
+    TestNode {
+        id: id.into(),
+        public: pa,
+        admin: aa,
+        node,
+        dir,
+        shutdown: Some(tx),
+        handle,
+    }
+}
+
+impl TestNode {
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    /// A connected WebSocket client for `user` (upgrade accepted).
+    pub async fn connect(&self, user: &str) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+        let token = self
+            .node
+            .auth
+            .issue(&UserId::parse(user).unwrap(), &[], 3600);
+        let url = format!("ws://{}/ws/notifications/?token={token}", self.public);
+        let (ws, _) = connect_async(url).await.expect("upgrade accepted");
+        ws
+    }
+
+    /// Posts one notification to `user` through the backend API.
+    pub async fn notify(&self, user: &str) {
+        let r = reqwest::Client::new()
+            .post(format!("http://{}/api/v1/notifications", self.public))
+            .bearer_auth(API_KEY)
+            .json(&serde_json::json!({"user": user, "message": {"text": "hi"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.take().unwrap().send(()).ok();
+        let _ = tokio::time::timeout(Duration::from_secs(20), &mut self.handle).await;
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// Reads frames until `n` text frames arrived (welcome, initial state, notifications).
+pub async fn read_frames(ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>, n: usize) {
+    let mut got = 0;
+    while got < n {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("no error");
+        if m.is_text() {
+            got += 1;
+        }
+    }
+}
+
+pub fn client() -> AdminClient {
+    AdminClient::new(Some(ADMIN_TOKEN.into()), Duration::from_millis(900))
+}
+
+/// Polls `admin` once, as the poller does, and feeds the result to `app`.
+pub async fn poll_into(app: &mut App, admin: &str) {
+    let msg = match fetch_sample(&client(), admin).await {
+        Ok(s) => Msg::Sample(admin.to_owned(), Box::new(s)),
+        Err(e) => Msg::Down(admin.to_owned(), e),
+    };
+    app.update(msg);
+}
+
+/// Fetches `admin`'s tuning report into `app`.
+pub async fn tuning_into(app: &mut App, admin: &str) {
+    let r = client().tuning(admin).await.map_err(|e| e.to_string());
+    app.update(Msg::Tuning(admin.to_owned(), r));
+}
+
+/// Draws `app` on a `w`×`h` TestBackend and returns the screen as text lines.
+pub fn screen(app: &App, w: u16, h: u16) -> String {
+    let mut t = ratatui::Terminal::new(ratatui::backend::TestBackend::new(w, h)).unwrap();
+    t.draw(|f| herald_console::view::draw(f, app)).unwrap();
+    let buf = t.backend().buffer().clone();
+    let mut out = String::new();
+    for y in 0..buf.area.height {
+        for x in 0..buf.area.width {
+            out.push_str(buf[(x, y)].symbol());
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// An admin URL nothing listens on.
+pub async fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    format!("http://{a}")
+}
