@@ -1,0 +1,232 @@
+//! Paced publishing through the backend API. Each message carries a [`Probe`]
+//! (send time and a sequence number); a message counts as *expected* on every
+//! connection it targets once the API accepted it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::config::{Mode, User};
+use crate::connections::{Probe, now_us};
+
+/// Messages falling due within one tick are published together.
+const TICK: Duration = Duration::from_millis(5);
+
+/// What one publishing phase did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PublishStats {
+    pub mode: Option<Mode>,
+    /// Target rate of this process, messages/s.
+    pub rate: f64,
+    pub duration_s: f64,
+    /// Messages put into requests.
+    pub messages: u64,
+    /// Messages the API accepted (2xx).
+    pub accepted: u64,
+    pub requests: u64,
+    pub requests_failed: u64,
+    /// From the first request to the last answer.
+    pub wall_s: f64,
+    /// Accepted messages per second over `wall_s`.
+    pub achieved_rate: f64,
+}
+
+/// Publishes for one process; sequence numbers keep counting across phases.
+pub struct Publisher {
+    client: reqwest::Client,
+    api: String,
+    key: String,
+    mode: Mode,
+    users: Arc<Vec<User>>,
+    group: String,
+    batch: usize,
+    gate: Arc<Semaphore>,
+    seq: AtomicU64,
+    /// Accepted messages per user of the plan (broadcast: index 0 holds them all).
+    accepted: Arc<Vec<AtomicU64>>,
+    errors: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+impl Publisher {
+    pub fn new(
+        api: String,
+        key: String,
+        mode: Mode,
+        users: Arc<Vec<User>>,
+        group: String,
+        batch: usize,
+        concurrency: usize,
+    ) -> Self {
+        let accepted = Arc::new((0..users.len().max(1)).map(|_| AtomicU64::new(0)).collect());
+        Self {
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(concurrency)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("HTTP client"),
+            api,
+            key,
+            mode,
+            users,
+            group,
+            batch: batch.clamp(1, herald_shared::api::BATCH_MAX),
+            gate: Arc::new(Semaphore::new(concurrency.max(1))),
+            seq: AtomicU64::new(0),
+            accepted,
+            errors: Arc::default(),
+        }
+    }
+
+    /// Accepted messages so far, per user (broadcast: all in slot 0).
+    pub fn accepted_per_user(&self) -> Vec<u64> {
+        self.accepted
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    pub fn errors(&self) -> BTreeMap<String, u64> {
+        self.errors.lock().unwrap().clone()
+    }
+
+    /// Sends `rate` messages per second for `duration`, then waits for every answer.
+    pub async fn run(&self, rate: f64, duration: Duration) -> PublishStats {
+        let mut stats = PublishStats {
+            mode: Some(self.mode),
+            rate,
+            duration_s: duration.as_secs_f64(),
+            ..Default::default()
+        };
+        if rate <= 0.0 || self.users.is_empty() {
+            return stats;
+        }
+        let total = (rate * duration.as_secs_f64()).round() as u64;
+        let per_request = match self.mode {
+            Mode::Notify => self.batch as u64,
+            Mode::Event | Mode::Broadcast => 1,
+        };
+        let start = Instant::now();
+        let mut tasks: JoinSet<(u64, u64, bool)> = JoinSet::new();
+        let mut sent = 0u64;
+        let mut next_tick = start;
+        while sent < total {
+            let due = ((rate * start.elapsed().as_secs_f64()).ceil() as u64).min(total);
+            if sent >= due {
+                // Whatever falls due within a tick goes out together (in batches).
+                next_tick += TICK;
+                tokio::time::sleep_until(next_tick.max(Instant::now()).into()).await;
+                continue;
+            }
+            let n = (due - sent).min(per_request);
+            let permit = self.gate.clone().acquire_owned().await.expect("open");
+            let first = self.seq.fetch_add(n, Ordering::Relaxed);
+            let req = self.request(first, n);
+            let targets: Vec<usize> = (first..first + n).map(|s| self.target(s)).collect();
+            let accepted = self.accepted.clone();
+            let errors = self.errors.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                let ok = match req.send().await {
+                    Ok(r) if r.status().is_success() => true,
+                    Ok(r) => {
+                        let k = format!("publish_http_{}", r.status().as_u16());
+                        *errors.lock().unwrap().entry(k).or_default() += 1;
+                        false
+                    }
+                    Err(e) => {
+                        let k = if e.is_timeout() {
+                            "publish_timeout"
+                        } else if e.is_connect() {
+                            "publish_connect"
+                        } else {
+                            "publish_request"
+                        };
+                        *errors.lock().unwrap().entry(k.into()).or_default() += 1;
+                        false
+                    }
+                };
+                if ok {
+                    for t in &targets {
+                        accepted[*t].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                (n, if ok { n } else { 0 }, ok)
+            });
+            sent += n;
+            while let Some(r) = tasks.try_join_next() {
+                tally(&mut stats, r);
+            }
+        }
+        while let Some(r) = tasks.join_next().await {
+            tally(&mut stats, r);
+        }
+        stats.wall_s = start.elapsed().as_secs_f64();
+        if stats.wall_s > 0.0 {
+            stats.achieved_rate = stats.accepted as f64 / stats.wall_s;
+        }
+        stats
+    }
+
+    /// Index of the user message `seq` goes to (round-robin; broadcast: slot 0).
+    fn target(&self, seq: u64) -> usize {
+        match self.mode {
+            Mode::Broadcast => 0,
+            _ => (seq % self.users.len() as u64) as usize,
+        }
+    }
+
+    fn request(&self, first: u64, n: u64) -> reqwest::RequestBuilder {
+        let sent_us = now_us();
+        let probe = |seq| serde_json::to_string(&Probe { sent_us, seq }).expect("probe");
+        let (path, body) = match self.mode {
+            Mode::Notify => {
+                let items: Vec<String> = (first..first + n)
+                    .map(|s| {
+                        let user = &self.users[self.target(s)].id;
+                        format!(r#"{{"user":{},"message":{}}}"#, json_str(user), probe(s))
+                    })
+                    .collect();
+                (
+                    "/api/v1/notifications/batch".to_owned(),
+                    format!(r#"{{"notifications":[{}]}}"#, items.join(",")),
+                )
+            }
+            Mode::Event => (
+                format!(
+                    "/api/v1/groups/user_{}/events",
+                    self.users[self.target(first)].id
+                ),
+                format!(r#"{{"payload":{}}}"#, probe(first)),
+            ),
+            Mode::Broadcast => (
+                format!("/api/v1/groups/{}/events", self.group),
+                format!(r#"{{"payload":{}}}"#, probe(first)),
+            ),
+        };
+        self.client
+            .post(format!("{}{}", self.api, path))
+            .bearer_auth(&self.key)
+            .header("content-type", "application/json")
+            .body(body)
+    }
+}
+
+fn tally(stats: &mut PublishStats, r: Result<(u64, u64, bool), tokio::task::JoinError>) {
+    if let Ok((n, acc, ok)) = r {
+        stats.messages += n;
+        stats.accepted += acc;
+        stats.requests += 1;
+        if !ok {
+            stats.requests_failed += 1;
+        }
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).expect("string")
+}

@@ -1,0 +1,226 @@
+//! The report of a run: JSON for machines, one summary line for people, and the
+//! merge of several shards' reports into one.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Mode, Shard};
+use crate::hist::{HistSummary, fmt_us};
+use crate::procstat::ServerProc;
+use crate::publisher::PublishStats;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// `run`, `ramp` or `merge`.
+    pub command: String,
+    /// The shards this report covers (one, or all merged).
+    pub shards: Vec<Shard>,
+    pub nodes: Vec<String>,
+    pub sources: Vec<String>,
+    pub mode: Option<Mode>,
+    pub connections: ConnStats,
+    /// Dial start to `initial_state`, µs.
+    pub initial_state_us: HistSummary,
+    pub publish: PublishStats,
+    pub delivery: Delivery,
+    /// Publish (request built) to receive, µs.
+    pub latency_us: HistSummary,
+    /// Failures by cause, connections and publishing alike.
+    pub errors: BTreeMap<String, u64>,
+    pub server: Vec<ServerProc>,
+    pub derived: Derived,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp: Option<RampResult>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnStats {
+    pub attempted: u64,
+    /// Reached `initial_state`.
+    pub established: u64,
+    pub failed: u64,
+    /// From the first dial to the last `initial_state`.
+    pub wall_s: f64,
+    /// `established / wall_s`.
+    pub rate_per_s: f64,
+    /// Still open when the run stopped them.
+    pub open_at_end: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Accepted messages times the open connections they target.
+    pub expected: u64,
+    /// Distinct messages received per connection.
+    pub delivered: u64,
+    /// `expected - delivered` (never negative).
+    pub lost: u64,
+    /// Receptions of a message already received on the same connection.
+    pub duplicated: u64,
+}
+
+/// Costs derived from the server samples.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Derived {
+    /// Server RSS growth from before connecting to connected, per established connection.
+    pub rss_per_connection_bytes: Option<f64>,
+    /// Server CPU from connected to after publishing, per 1000 deliveries.
+    pub cpu_ms_per_1000_deliveries: Option<f64>,
+    pub deliveries_per_cpu_s: Option<f64>,
+    /// Server CPU from before to connected, per established connection.
+    pub connect_cpu_us_per_connection: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RampResult {
+    pub p99_limit_ms: f64,
+    /// Highest rate whose step passed.
+    pub best_rate: Option<f64>,
+    pub steps: Vec<RampStep>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RampStep {
+    pub rate: f64,
+    pub achieved_rate: f64,
+    pub delivery: Delivery,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    pub pass: bool,
+    /// Why it failed, if it did.
+    pub reason: Option<String>,
+}
+
+impl Report {
+    /// Recomputes [`Derived`] from the server samples and the counts.
+    pub fn derive(&mut self) {
+        let sum = |f: &dyn Fn(&ServerProc) -> Option<f64>| -> Option<f64> {
+            let v: Vec<f64> = self.server.iter().filter_map(f).collect();
+            (!v.is_empty()).then(|| v.iter().sum())
+        };
+        let rss = sum(&|p| Some((p.connected?.rss_kib as f64 - p.before?.rss_kib as f64) * 1024.0));
+        let connect_cpu = sum(&|p| Some(p.connected?.cpu_s - p.before?.cpu_s));
+        let run_cpu = sum(&|p| Some(p.after?.cpu_s - p.connected?.cpu_s));
+        let est = self.connections.established as f64;
+        let del = self.delivery.delivered as f64;
+        self.derived = Derived {
+            rss_per_connection_bytes: rss.filter(|_| est > 0.0).map(|r| r / est),
+            connect_cpu_us_per_connection: connect_cpu.filter(|_| est > 0.0).map(|c| c * 1e6 / est),
+            cpu_ms_per_1000_deliveries: run_cpu.filter(|_| del > 0.0).map(|c| c * 1e6 / del),
+            deliveries_per_cpu_s: run_cpu.filter(|c| *c > 0.0 && del > 0.0).map(|c| del / c),
+        };
+    }
+
+    /// One line with the figures that matter.
+    pub fn summary(&self) -> String {
+        let c = &self.connections;
+        let d = &self.delivery;
+        let l = &self.latency_us;
+        let i = &self.initial_state_us;
+        let errors: u64 = self.errors.values().sum();
+        let mut s = format!(
+            "herald-bench {} shards={} conns={}/{} connect={:.0}/s init_p50={} init_p99={} | sent={} accepted={} rate={:.0}/s | delivered={}/{} lost={} dup={} | lat p50={} p90={} p99={} p999={} max={} | errors={}",
+            self.command,
+            self.shards.len(),
+            c.established,
+            c.attempted,
+            c.rate_per_s,
+            fmt_us(i.p50),
+            fmt_us(i.p99),
+            self.publish.messages,
+            self.publish.accepted,
+            self.publish.achieved_rate,
+            d.delivered,
+            d.expected,
+            d.lost,
+            d.duplicated,
+            fmt_us(l.p50),
+            fmt_us(l.p90),
+            fmt_us(l.p99),
+            fmt_us(l.p999),
+            fmt_us(l.max),
+            errors,
+        );
+        if let Some(r) = self.derived.rss_per_connection_bytes {
+            s += &format!(" | server rss/conn={:.2}KiB", r / 1024.0);
+        }
+        if let Some(c) = self.derived.cpu_ms_per_1000_deliveries {
+            s += &format!(" cpu/1000 deliveries={c:.2}ms");
+        }
+        if let Some(r) = &self.ramp {
+            match r.best_rate {
+                Some(b) => s += &format!(" | ramp best={b:.0}/s at p99<{}ms", r.p99_limit_ms),
+                None => s += &format!(" | ramp: no rate passed p99<{}ms", r.p99_limit_ms),
+            }
+        }
+        s
+    }
+}
+
+/// Writes the JSON (if asked) and prints the summary line.
+pub fn emit(rep: &Report, json: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(p) = json {
+        std::fs::write(p, serde_json::to_string_pretty(rep)? + "\n")
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+    }
+    println!("{}", rep.summary());
+    Ok(())
+}
+
+/// Merges reports of shards that ran at the same time against the same nodes:
+/// counts add up, histograms merge exactly, rates add up, wall times take the longest.
+/// Server samples come from the first report that has any (give `--server-pid` to one
+/// shard, ideally the last to finish connecting).
+pub fn merge(reports: &[Report]) -> anyhow::Result<Report> {
+    anyhow::ensure!(!reports.is_empty(), "nothing to merge");
+    let first = &reports[0];
+    let mut out = Report {
+        command: "merge".into(),
+        nodes: first.nodes.clone(),
+        mode: first.mode,
+        ..Default::default()
+    };
+    let mut sources = std::collections::BTreeSet::new();
+    for r in reports {
+        out.shards.extend(r.shards.iter().copied());
+        sources.extend(r.sources.iter().cloned());
+        let c = &mut out.connections;
+        c.attempted += r.connections.attempted;
+        c.established += r.connections.established;
+        c.failed += r.connections.failed;
+        c.open_at_end += r.connections.open_at_end;
+        c.wall_s = c.wall_s.max(r.connections.wall_s);
+        let p = &mut out.publish;
+        p.mode = p.mode.or(r.publish.mode);
+        p.rate += r.publish.rate;
+        p.duration_s = p.duration_s.max(r.publish.duration_s);
+        p.messages += r.publish.messages;
+        p.accepted += r.publish.accepted;
+        p.requests += r.publish.requests;
+        p.requests_failed += r.publish.requests_failed;
+        p.wall_s = p.wall_s.max(r.publish.wall_s);
+        p.achieved_rate += r.publish.achieved_rate;
+        let d = &mut out.delivery;
+        d.expected += r.delivery.expected;
+        d.delivered += r.delivery.delivered;
+        d.lost += r.delivery.lost;
+        d.duplicated += r.delivery.duplicated;
+        for (k, v) in &r.errors {
+            *out.errors.entry(k.clone()).or_default() += v;
+        }
+        if out.server.is_empty() {
+            out.server = r.server.clone();
+        }
+    }
+    out.sources = sources.into_iter().collect();
+    if out.connections.wall_s > 0.0 {
+        out.connections.rate_per_s = out.connections.established as f64 / out.connections.wall_s;
+    }
+    out.initial_state_us = HistSummary::merge(reports.iter().map(|r| &r.initial_state_us))?;
+    out.latency_us = HistSummary::merge(reports.iter().map(|r| &r.latency_us))?;
+    out.derive();
+    Ok(out)
+}

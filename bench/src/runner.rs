@@ -1,0 +1,401 @@
+//! The phases of a run: connect everything, hold, publish and settle, sample the
+//! servers, stop. A ramp repeats the publish phase at rising rates on the same
+//! connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use herald_shared::config::WS_PATH;
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{Mode, Plan, RampArgs, RunArgs};
+use crate::connections::{self, Counters, Dial};
+use crate::hist::HistSummary;
+use crate::procstat::{self, ServerProc};
+use crate::publisher::{PublishStats, Publisher};
+use crate::report::{ConnStats, Delivery, RampResult, RampStep, Report};
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groups: Option<Vec<&'a str>>,
+}
+
+/// An HS256 client token for `user`, valid one day.
+pub fn token(secret: &str, user: &str, groups: Option<Vec<&str>>) -> anyhow::Result<String> {
+    let exp = connections::now_us() / 1_000_000 + 86_400;
+    let claims = Claims {
+        sub: user,
+        exp,
+        groups,
+    };
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?)
+}
+
+/// A node's socket address and `ws://host:port` prefix, from its base URL.
+async fn resolve(node: &str) -> anyhow::Result<(SocketAddr, String)> {
+    let url = reqwest::Url::parse(node).map_err(|e| anyhow::anyhow!("node URL {node}: {e}"))?;
+    anyhow::ensure!(
+        matches!(url.scheme(), "http" | "ws"),
+        "node URL {node}: only http:// or ws:// (no TLS in the bench)"
+    );
+    let host = url
+        .host_str()
+        .ok_or_else(|| anyhow::anyhow!("node URL {node}: no host"))?
+        .to_owned();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let addr = tokio::net::lookup_host((host.as_str(), port))
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("node URL {node}: host does not resolve"))?;
+    Ok((addr, format!("ws://{host}:{port}")))
+}
+
+/// Connections held open, and what connecting them measured.
+pub struct Session {
+    pub plan: Plan,
+    pub counters: Arc<Counters>,
+    /// Established connections per user of the plan.
+    pub conns_per_user: Vec<u64>,
+    pub stats: ConnStats,
+    pub server: Vec<ServerProc>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    quiet: bool,
+}
+
+impl Session {
+    /// Dials every connection of this shard and waits until each reached
+    /// `initial_state` or failed.
+    pub async fn connect(args: &RunArgs) -> anyhow::Result<Self> {
+        let plan = args.plan();
+        let n = plan.conn_user.len();
+        if let Ok(limit) = rlimit::increase_nofile_limit(u64::MAX)
+            && (limit as usize) < n + 64
+            && !args.quiet
+        {
+            eprintln!(
+                "herald-bench: open-file limit {limit} is below {n} connections: split with --shard"
+            );
+        }
+        let mut nodes = Vec::new();
+        for node in &args.nodes {
+            nodes.push(resolve(node).await?);
+        }
+        anyhow::ensure!(!nodes.is_empty(), "no --node given");
+        let group = (args.mode == Mode::Broadcast).then(|| args.group_name());
+        let tokens: Vec<String> = plan
+            .users
+            .iter()
+            .map(|u| token(&args.jwt_secret, &u.id, group.as_deref().map(|g| vec![g])))
+            .collect::<anyhow::Result<_>>()?;
+
+        let server: Vec<ServerProc> = args
+            .server_pids
+            .iter()
+            .map(|&pid| ServerProc {
+                pid,
+                before: procstat::sample(pid),
+                ..Default::default()
+            })
+            .collect();
+
+        let counters = Arc::new(Counters::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+        let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        let started = Instant::now();
+        let pace =
+            (args.connect_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.connect_rate));
+        for (index, &user) in plan.conn_user.iter().enumerate() {
+            if let Some(p) = pace {
+                tokio::time::sleep_until((started + p * index as u32).into()).await;
+            }
+            let (addr, ws_base) = &nodes[index % nodes.len()];
+            let dial = Dial {
+                index,
+                user,
+                addr: *addr,
+                source: (!args.sources.is_empty())
+                    .then(|| args.sources[index % args.sources.len()]),
+                url: format!("{ws_base}{WS_PATH}?token={}", tokens[user]),
+                subscribe: group.clone(),
+                timeout: Duration::from_secs_f64(args.connect_timeout),
+            };
+            tasks.spawn(connections::run(
+                dial,
+                counters.clone(),
+                gate.clone(),
+                ready_tx.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        drop(ready_tx);
+        let mut conns_per_user = vec![0u64; plan.users.len()];
+        let (mut established, mut failed) = (0u64, 0u64);
+        let mut last_report = Instant::now();
+        while let Some(r) = ready_rx.recv().await {
+            match r {
+                Ok(u) => {
+                    conns_per_user[u] += 1;
+                    established += 1;
+                }
+                Err(_) => failed += 1,
+            }
+            if !args.quiet && last_report.elapsed() > Duration::from_secs(2) {
+                last_report = Instant::now();
+                eprintln!("herald-bench: {established} connected, {failed} failed of {n}");
+            }
+            if established + failed == n as u64 {
+                break;
+            }
+        }
+        let wall_s = started.elapsed().as_secs_f64();
+        Ok(Self {
+            plan,
+            counters,
+            conns_per_user,
+            stats: ConnStats {
+                attempted: n as u64,
+                established,
+                failed,
+                wall_s,
+                rate_per_s: if wall_s > 0.0 {
+                    established as f64 / wall_s
+                } else {
+                    0.0
+                },
+                open_at_end: 0,
+            },
+            server,
+            stop,
+            tasks,
+            quiet: args.quiet,
+        })
+    }
+
+    fn sample(&mut self, at: fn(&mut ServerProc) -> &mut Option<procstat::ProcSample>) {
+        for p in &mut self.server {
+            *at(p) = procstat::sample(p.pid);
+        }
+    }
+
+    /// Closes every connection and waits (bounded) for their tasks.
+    pub async fn stop(mut self) -> ConnStats {
+        let mut stats = self.stats.clone();
+        stats.open_at_end = self.counters.open.load(Ordering::Relaxed);
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::sleep(Duration::from_secs(10));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                r = self.tasks.join_next() => if r.is_none() { break },
+                _ = &mut deadline => {
+                    if !self.quiet {
+                        eprintln!("herald-bench: {} connections did not close in time", self.tasks.len());
+                    }
+                    self.tasks.abort_all();
+                    break;
+                }
+            }
+        }
+        stats
+    }
+}
+
+/// What one publishing phase delivered.
+pub struct Phase {
+    pub publish: PublishStats,
+    pub delivery: Delivery,
+    pub latency: HistSummary,
+}
+
+/// Publishes at `rate` for the run's duration, then waits up to `--settle` for the
+/// expected deliveries.
+pub async fn phase(args: &RunArgs, s: &Session, publisher: &Publisher, rate: f64) -> Phase {
+    let c = &s.counters;
+    let _ = c.latency.take();
+    let acc0 = publisher.accepted_per_user();
+    let del0 = c.delivered.load(Ordering::Relaxed);
+    let dup0 = c.duplicated.load(Ordering::Relaxed);
+    let publish = publisher
+        .run(rate, Duration::from_secs_f64(args.duration))
+        .await;
+    let acc1 = publisher.accepted_per_user();
+    let expected: u64 = if args.mode == Mode::Broadcast {
+        (acc1[0] - acc0[0]) * s.stats.established
+    } else {
+        acc1.iter()
+            .zip(&acc0)
+            .zip(&s.conns_per_user)
+            .map(|((a1, a0), k)| (a1 - a0) * k)
+            .sum()
+    };
+    let settle = Instant::now();
+    while c.delivered.load(Ordering::Relaxed) - del0 < expected
+        && settle.elapsed().as_secs_f64() < args.settle
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let delivered = c.delivered.load(Ordering::Relaxed) - del0;
+    Phase {
+        publish,
+        delivery: Delivery {
+            expected,
+            delivered,
+            lost: expected.saturating_sub(delivered),
+            duplicated: c.duplicated.load(Ordering::Relaxed) - dup0,
+        },
+        latency: HistSummary::of(&c.latency.take()),
+    }
+}
+
+fn publisher(args: &RunArgs, s: &Session) -> Publisher {
+    Publisher::new(
+        args.api_base(),
+        args.api_key.clone(),
+        args.mode,
+        Arc::new(s.plan.users.clone()),
+        args.group_name(),
+        args.batch,
+        args.publish_concurrency,
+    )
+}
+
+fn base_report(command: &str, args: &RunArgs) -> Report {
+    Report {
+        command: command.into(),
+        shards: vec![args.shard],
+        nodes: args.nodes.clone(),
+        sources: args.sources.iter().map(|s| s.to_string()).collect(),
+        mode: Some(args.mode),
+        ..Default::default()
+    }
+}
+
+async fn hold(args: &RunArgs, s: &mut Session) {
+    if args.hold > 0.0 {
+        if !args.quiet {
+            eprintln!(
+                "herald-bench: holding {} connections for {}s",
+                s.stats.established, args.hold
+            );
+        }
+        tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
+    }
+    s.sample(|p| &mut p.connected);
+}
+
+async fn finish(mut rep: Report, mut s: Session, publisher: Option<&Publisher>) -> Report {
+    s.sample(|p| &mut p.after);
+    rep.server = s.server.clone();
+    rep.initial_state_us = HistSummary::of(&s.counters.initial_state.take());
+    let counters = s.counters.clone();
+    rep.connections = s.stop().await;
+    rep.errors = counters.errors();
+    if let Some(p) = publisher {
+        for (k, v) in p.errors() {
+            *rep.errors.entry(k).or_default() += v;
+        }
+    }
+    rep.derive();
+    rep
+}
+
+/// `herald-bench run`.
+pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
+    let mut s = Session::connect(args).await?;
+    hold(args, &mut s).await;
+    let mut rep = base_report("run", args);
+    let publisher = publisher(args, &s);
+    if args.rate > 0.0 {
+        let p = phase(args, &s, &publisher, args.shard_rate()).await;
+        rep.publish = p.publish;
+        rep.delivery = p.delivery;
+        rep.latency_us = p.latency;
+    }
+    Ok(finish(rep, s, Some(&publisher)).await)
+}
+
+/// `herald-bench ramp`: each step publishes for `--duration` at a rate `--factor`
+/// above the last; stops at the first step whose p99 reaches the limit, that loses
+/// messages, or that the publisher cannot drive (under 90% of the rate achieved).
+pub async fn ramp(args: &RampArgs) -> anyhow::Result<Report> {
+    let run = &args.run;
+    let mut s = Session::connect(run).await?;
+    hold(run, &mut s).await;
+    let mut rep = base_report("ramp", run);
+    let publisher = publisher(run, &s);
+    let mut result = RampResult {
+        p99_limit_ms: args.p99_limit_ms,
+        ..Default::default()
+    };
+    let mut rate = args.start_rate / run.shard.count as f64;
+    let mut best: Option<Phase> = None;
+    while rate <= args.max_rate {
+        let p = phase(run, &s, &publisher, rate).await;
+        let reason = if p.latency.p99 as f64 >= args.p99_limit_ms * 1000.0 {
+            Some(format!("p99 {}", crate::hist::fmt_us(p.latency.p99)))
+        } else if p.delivery.lost > 0 {
+            Some(format!("{} lost", p.delivery.lost))
+        } else if p.publish.requests_failed > 0 {
+            Some(format!(
+                "{} publish requests failed",
+                p.publish.requests_failed
+            ))
+        } else if p.publish.achieved_rate < 0.9 * rate {
+            Some(format!(
+                "publisher reached only {:.0}/s",
+                p.publish.achieved_rate
+            ))
+        } else {
+            None
+        };
+        if !run.quiet {
+            eprintln!(
+                "herald-bench ramp: {rate:.0}/s → p99 {} delivered {}/{} {}",
+                crate::hist::fmt_us(p.latency.p99),
+                p.delivery.delivered,
+                p.delivery.expected,
+                reason.as_deref().unwrap_or("pass")
+            );
+        }
+        rep.delivery.expected += p.delivery.expected;
+        rep.delivery.delivered += p.delivery.delivered;
+        rep.delivery.lost += p.delivery.lost;
+        rep.delivery.duplicated += p.delivery.duplicated;
+        result.steps.push(RampStep {
+            rate,
+            achieved_rate: p.publish.achieved_rate,
+            delivery: p.delivery.clone(),
+            p50_us: p.latency.p50,
+            p99_us: p.latency.p99,
+            max_us: p.latency.max,
+            pass: reason.is_none(),
+            reason: reason.clone(),
+        });
+        if reason.is_some() {
+            break;
+        }
+        result.best_rate = Some(rate * run.shard.count as f64);
+        best = Some(p);
+        rate *= args.factor.max(1.01);
+    }
+    if let Some(b) = best {
+        rep.publish = b.publish;
+        rep.latency_us = b.latency;
+    }
+    rep.ramp = Some(result);
+    Ok(finish(rep, s, Some(&publisher)).await)
+}
