@@ -191,17 +191,36 @@ impl Registration {
     }
 
     /// Joins `group`, subscribing at the broker for the first local member.
+    ///
+    /// Guarantee: once this returns `Ok`, every message published on `group` from
+    /// then on reaches this connection, whether it is the group's first local member
+    /// or not. The first member waits for the broker to confirm its subscription
+    /// ([`Broker::subscribe`]); any later member waits until that subscription is
+    /// confirmed too ([`Broker::settled`]), so a member that joins while the first
+    /// one's SUBSCRIBE is still in flight cannot be sent its `initial_state` (or
+    /// `subscribed`) before it can hear the group. A broker that is disconnected
+    /// lets both return at once: its reconnect resubscribes every group the hub
+    /// holds and announces a resync, and the session catches up from the store.
+    /// On `Err` the connection is a member all the same (and stays one), but
+    /// messages may miss it until the broker's next resync.
+    ///
+    /// [`Broker::subscribe`]: crate::broker::Broker::subscribe
+    /// [`Broker::settled`]: crate::broker::Broker::settled
     pub async fn join(&mut self, group: GroupName) -> Result<(), crate::broker::BrokerError> {
         if self.groups.contains(&group) {
             return Ok(());
         }
         let first = self.node.hub.join(&group, &self.outbox);
         self.groups.push(group.clone());
-        if first {
-            if let Err(e) = self.node.broker.subscribe(&group).await {
-                tracing::warn!(%group, error = %e, "subscribe failed");
-                return Err(e);
-            }
+        let broker = &self.node.broker;
+        let confirmed = if first {
+            broker.subscribe(&group).await
+        } else {
+            broker.settled(&group).await
+        };
+        if let Err(e) = confirmed {
+            tracing::warn!(%group, error = %e, "subscribe failed");
+            return Err(e);
         }
         Ok(())
     }

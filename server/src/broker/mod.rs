@@ -6,13 +6,15 @@
 //! Redis, [`RedisClusterBroker`] with sharded pub/sub on a Redis Cluster) implement
 //! the same trait with interest-based routing: a node subscribes to a group when its first local
 //! member joins and unsubscribes after the last one leaves, which is exactly what
-//! [`crate::hub::Hub::join`] and [`crate::hub::Hub::leave`] report.
+//! [`crate::hub::Hub::join`] and [`crate::hub::Hub::leave`] report. Both Redis
+//! brokers are the one pub/sub broker of `broker/pubsub.rs` over their own transport.
 //!
 //! A broker carries copies only; the store holds the truth, so a broker that loses
 //! a message costs a catch-up from the store, never the notification.
 
 pub mod channels;
 mod memory;
+mod pubsub;
 mod redis;
 mod redis_cluster;
 pub mod wire;
@@ -65,8 +67,20 @@ pub trait Broker: Send + Sync + 'static {
     /// Sends `delivery` to every node with local members of `group`, this one included.
     async fn publish(&self, group: &GroupName, delivery: Arc<Delivery>) -> Result<(), BrokerError>;
 
-    /// Called when `group` gets its first local member.
+    /// Called when `group` gets its first local member; returns once the broker
+    /// delivers `group`'s messages to this node (or is disconnected: its reconnect
+    /// then resubscribes and announces a resync).
     async fn subscribe(&self, group: &GroupName) -> Result<(), BrokerError>;
+
+    /// Called when `group` gets a later local member: returns, like [`subscribe`],
+    /// only once the broker delivers `group`'s messages to this node, so a member
+    /// that joins while the first member's subscription is still in flight waits
+    /// for it. Cheap when the subscription is already confirmed (no round trip).
+    ///
+    /// [`subscribe`]: Broker::subscribe
+    async fn settled(&self, _group: &GroupName) -> Result<(), BrokerError> {
+        Ok(())
+    }
 
     /// Called after `group` lost its last local member.
     async fn unsubscribe(&self, group: &GroupName) -> Result<(), BrokerError>;

@@ -1,5 +1,9 @@
-//! The cluster broker on a Redis Cluster: sharded pub/sub (SSUBSCRIBE/SPUBLISH,
-//! Redis 7) with the same interest-based routing as [`super::RedisBroker`].
+//! The transport for a Redis Cluster: sharded pub/sub (SPUBLISH and SSUBSCRIBE,
+//! Redis 7).
+//!
+//! Routing, health and resyncs are the shared pub/sub broker's ([`super::pubsub`]),
+//! exactly as on a single Redis ([`super::RedisBroker`]); this file connects,
+//! publishes and (un)subscribes.
 //!
 //! Selected when `REDIS_URL` is `redis+cluster://host:port[,host:port...]` or several
 //! comma-separated `redis://` URLs (the seed nodes; the rest of the cluster is
@@ -18,11 +22,8 @@
 //! the whole subscriber, reconnects with backoff, resubscribes every group the hub
 //! holds and announces a *resync*, exactly as the single-Redis broker does; so it does
 //! when the server drops a subscription the node still needs (Redis sends an
-//! unrequested `sunsubscribe` when a slot moves to another master). Health is
-//! end to end: the node SPUBLISHes to its own probe channel every second and is `up`
-//! only while the subscriber is connected and the probe comes back. A publish that
-//! fails makes publishes fail fast until the probe gets through again; the node then
-//! SPUBLISHes on `<prefix>:resync` so every node's sessions catch up.
+//! unrequested `sunsubscribe` when a slot moves to another master). The probe and
+//! the resync announcements travel by SPUBLISH too.
 //!
 //! Limits: the probe channel lives on one shard, so a failed master is seen at once
 //! only through its dropped connection (health `down`), and otherwise once the
@@ -31,25 +32,21 @@
 //! own CRC32, not by hash slot), so its pub/sub layer cannot share a cluster with
 //! Herald; use a single Redis ([`super::RedisBroker`]) for Django interop.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::{StreamExt, stream};
-use herald_shared::GroupName;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
-use tokio::sync::{Mutex, Notify, mpsc};
+use tokio::sync::{Notify, mpsc};
 
-use super::{Broker, BrokerError, BrokerHealth, wire};
+use super::BrokerError;
+use super::pubsub::{self, Backoff, PubSubCore, Transport};
 use crate::hub::Hub;
-use crate::outbox::{Delivery, unix_micros};
 
-/// How long the probe may go unanswered before the broker reports `down`.
-const PROBE_DEADLINE_US: u64 = 3_000_000;
-const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// Messages received but not yet handed to the hub; beyond this they are dropped
 /// and counted as a loss (sessions catch up from the store).
 const PUSH_QUEUE: usize = 65_536;
@@ -120,22 +117,8 @@ pub struct RedisClusterBroker {
     seeds: Vec<String>,
     /// Commands and SPUBLISH (no push sender); registry and presence share it.
     publisher: ClusterConnection,
-    prefix: String,
-    hub: Arc<Hub>,
-    /// The live subscriber connection; `None` while reconnecting. The mutex also
-    /// serialises subscribe against unsubscribe, so a leave racing a join can never
-    /// unsubscribe a group that has a member again.
-    sub: Mutex<Option<ClusterConnection>>,
-    connected: AtomicU8,
-    /// When the probe last came back (Unix µs).
-    probe_seen: AtomicU64,
-    probe_channel: String,
-    /// Bumped on every resubscription after a loss, on a dropped message, and
-    /// whenever any node announces on `<prefix>:resync` that its publishes failed.
-    resyncs: tokio::sync::watch::Sender<u64>,
-    resync_channel: String,
-    /// A publish failed: publishes fail fast until the prober gets through again.
-    publish_failed: AtomicBool,
+    /// The subscriber sink is a clone of the subscriber connection.
+    core: PubSubCore<ClusterConnection>,
 }
 
 fn builder(seeds: &[String]) -> ClusterClientBuilder {
@@ -160,32 +143,15 @@ impl RedisClusterBroker {
         let client: ClusterClient = builder(&seeds)
             .build()
             .map_err(|e| BrokerError::Config(e.to_string()))?;
-        let mut delay = Duration::from_millis(200);
-        let publisher = loop {
-            match client.get_async_connection().await {
-                Ok(c) => break c,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "Redis Cluster unreachable at start-up; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
-        };
+        let publisher =
+            pubsub::connect_retrying("Redis Cluster", || client.get_async_connection()).await;
         let broker = Arc::new(Self {
             seeds,
             publisher,
-            prefix: prefix.to_owned(),
-            hub,
-            sub: Mutex::new(None),
-            connected: AtomicU8::new(0),
-            probe_seen: AtomicU64::new(0),
-            probe_channel: format!("{prefix}:probe:{node_id}"),
-            resyncs: tokio::sync::watch::Sender::new(0),
-            resync_channel: format!("{prefix}:resync"),
-            publish_failed: AtomicBool::new(false),
+            core: PubSubCore::new(hub, prefix, None, node_id),
         });
         tokio::spawn(subscriber(Arc::downgrade(&broker)));
-        tokio::spawn(prober(Arc::downgrade(&broker), node_id.to_owned()));
+        tokio::spawn(pubsub::prober(Arc::downgrade(&broker), node_id.to_owned()));
         Ok(broker)
     }
 
@@ -194,13 +160,8 @@ impl RedisClusterBroker {
         self.publisher.clone()
     }
 
-    /// The sharded channel a group's messages travel on.
-    pub fn channel(&self, group: &GroupName) -> String {
-        format!("{}:g:{}", self.prefix, group)
-    }
-
-    /// Routes one pushed message from the subscriber to the hub. Returns `true` when
-    /// the server dropped a subscription this node still needs: Redis sends an
+    /// Routes one pushed message from the subscriber to the core. Returns `true`
+    /// when the server dropped a subscription this node still needs: Redis sends an
     /// unrequested `sunsubscribe` when a channel's slot moves to another master
     /// (resharding, failover), and the subscriber must then start over.
     fn on_push(&self, msg: PushInfo) -> bool {
@@ -214,7 +175,8 @@ impl RedisClusterBroker {
                     tracing::warn!("malformed sharded message; dropped");
                     return false;
                 };
-                self.dispatch(&String::from_utf8_lossy(&channel), &payload);
+                self.core
+                    .dispatch(&String::from_utf8_lossy(&channel), &payload);
                 false
             }
             PushKind::SUnsubscribe => {
@@ -222,11 +184,7 @@ impl RedisClusterBroker {
                     return false;
                 };
                 let channel = String::from_utf8_lossy(&channel);
-                let needed = channel == self.probe_channel
-                    || channel == self.resync_channel
-                    || self
-                        .group_of(&channel)
-                        .is_some_and(|g| self.hub.members(&g) > 0);
+                let needed = self.core.needs(&channel);
                 if needed {
                     tracing::warn!(%channel, "Redis Cluster dropped a subscription (slot moved?)");
                 }
@@ -236,38 +194,38 @@ impl RedisClusterBroker {
             _ => false,
         }
     }
+}
 
-    /// The group a channel of this node's prefix carries.
-    fn group_of(&self, channel: &str) -> Option<GroupName> {
-        channel
-            .strip_prefix(self.prefix.as_str())
-            .and_then(|c| c.strip_prefix(":g:"))
-            .and_then(|g| GroupName::parse(g).ok())
+#[async_trait]
+impl Transport for RedisClusterBroker {
+    type Publisher = ClusterConnection;
+    type Sink = ClusterConnection;
+    const KIND: &'static str = "redis-cluster";
+    const NAME: &'static str = "Redis Cluster";
+    const PUBLISH: &'static str = "SPUBLISH";
+
+    fn core(&self) -> &PubSubCore<ClusterConnection> {
+        &self.core
     }
 
-    fn dispatch(&self, channel: &str, payload: &[u8]) {
-        if channel == self.probe_channel {
-            self.probe_seen.store(unix_micros(), Ordering::Relaxed);
-            return;
-        }
-        if channel == self.resync_channel {
-            tracing::info!(from = %String::from_utf8_lossy(payload), "a node could not publish for a while: catching up");
-            self.resyncs.send_modify(|n| *n += 1);
-            return;
-        }
-        match (self.group_of(channel), wire::decode(payload)) {
-            (Some(g), Some(d)) => {
-                self.hub.deliver(&g, &d);
-            }
-            _ => tracing::warn!(
-                channel,
-                "undecodable message on a subscribed channel; dropped"
-            ),
-        }
+    fn publisher(&self) -> &ClusterConnection {
+        &self.publisher
     }
 
-    fn set_connected(&self, up: bool) {
-        self.connected.store(up as u8, Ordering::Relaxed);
+    async fn listen(
+        &self,
+        sink: &mut ClusterConnection,
+        channels: Vec<String>,
+    ) -> redis::RedisResult<()> {
+        each_channel(sink, channels, true).await
+    }
+
+    async fn unlisten(
+        &self,
+        sink: &mut ClusterConnection,
+        channels: Vec<String>,
+    ) -> redis::RedisResult<()> {
+        each_channel(sink, channels, false).await
     }
 }
 
@@ -297,7 +255,7 @@ async fn each_channel(
 
 /// Owns the subscriber connection: connect, resubscribe, read, and on loss again.
 async fn subscriber(broker: Weak<RedisClusterBroker>) {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut first = true;
     loop {
         let Some(b) = broker.upgrade() else { return };
@@ -332,41 +290,25 @@ async fn subscriber(broker: Weak<RedisClusterBroker>) {
         let con = match connected {
             Ok(c) => c,
             Err(e) => {
-                b.set_connected(false);
+                b.core.set_connected(false);
                 drop(b);
-                tracing::warn!(error = %e, retry_in = ?delay, "Redis Cluster subscriber unreachable");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                tracing::warn!(error = %e, retry_in = ?backoff.delay(), "Redis Cluster subscriber unreachable");
+                backoff.sleep().await;
                 continue;
             }
         };
-        {
-            // Install the connection first: a group that gains its first member from
-            // now on subscribes itself; the ones before are in the snapshot below.
-            let mut guard = b.sub.lock().await;
-            *guard = Some(con.clone());
-            let mut channels = vec![b.probe_channel.clone(), b.resync_channel.clone()];
-            channels.extend(b.hub.groups().iter().map(|g| b.channel(g)));
-            let n = channels.len();
-            if let Err(e) = each_channel(&con, channels, true).await {
-                *guard = None;
-                drop(guard);
-                b.set_connected(false);
+        match pubsub::install(&*b, con.clone()).await {
+            Ok(n) => tracing::info!(channels = n, "Redis Cluster subscriber connected"),
+            Err(e) => {
+                b.core.set_connected(false);
                 drop(b);
-                tracing::warn!(error = %e, retry_in = ?delay, "resubscribe failed; reconnecting");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                tracing::warn!(error = %e, retry_in = ?backoff.delay(), "resubscribe failed; reconnecting");
+                backoff.sleep().await;
                 continue;
             }
-            tracing::info!(channels = n, "Redis Cluster subscriber connected");
         }
-        b.set_connected(true);
-        delay = Duration::from_millis(100);
-        if !first || b.hub.connections() > 0 {
-            // Whatever was published while we were away (or, at start-up, before the
-            // first subscription took) is in the store: sessions catch up.
-            b.resyncs.send_modify(|n| *n += 1);
-        }
+        backoff.reset();
+        b.core.up(first);
         first = false;
         drop(b);
         loop {
@@ -379,113 +321,18 @@ async fn subscriber(broker: Weak<RedisClusterBroker>) {
                     }
                     if signals.overflowed.swap(false, Ordering::Relaxed) {
                         tracing::warn!("subscriber queue overflowed: messages dropped; sessions catch up");
-                        b.resyncs.send_modify(|n| *n += 1);
+                        b.core.resync();
                     }
                 }
                 () = signals.lost.notified() => break,
             }
         }
         let Some(b) = broker.upgrade() else { return };
-        b.set_connected(false);
-        *b.sub.lock().await = None;
+        b.core.lost().await;
         drop(con);
         tracing::warn!("Redis Cluster subscriber connection lost; reconnecting");
         drop(b);
-        tokio::time::sleep(delay).await;
-    }
-}
-
-/// SPUBLISHes to the node's own probe channel every second; once publishing works
-/// again after failures, announces a cluster-wide resync.
-async fn prober(broker: Weak<RedisClusterBroker>, node_id: String) {
-    loop {
-        let Some(b) = broker.upgrade() else { return };
-        let mut con = b.publisher.clone();
-        let probe: Result<i64, _> = redis::cmd("SPUBLISH")
-            .arg(&b.probe_channel)
-            .arg(unix_micros())
-            .query_async(&mut con)
-            .await;
-        if probe.is_ok() && b.publish_failed.load(Ordering::Relaxed) {
-            let announced: Result<i64, _> = redis::cmd("SPUBLISH")
-                .arg(&b.resync_channel)
-                .arg(&node_id)
-                .query_async(&mut con)
-                .await;
-            if announced.is_ok() {
-                b.publish_failed.store(false, Ordering::Relaxed);
-                tracing::info!("Redis Cluster reachable again: asked every node to catch up");
-            }
-        }
-        drop(b);
-        tokio::time::sleep(PROBE_EVERY).await;
-    }
-}
-
-#[async_trait]
-impl Broker for RedisClusterBroker {
-    fn kind(&self) -> &'static str {
-        "redis-cluster"
-    }
-
-    async fn publish(&self, group: &GroupName, delivery: Arc<Delivery>) -> Result<(), BrokerError> {
-        if self.publish_failed.load(Ordering::Relaxed) {
-            return Err(BrokerError::Disconnected(
-                "Redis Cluster publishes failing; will resync".into(),
-            ));
-        }
-        let mut con = self.publisher.clone();
-        redis::cmd("SPUBLISH")
-            .arg(self.channel(group))
-            .arg(wire::encode(&delivery))
-            .query_async::<i64>(&mut con)
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                self.publish_failed.store(true, Ordering::Relaxed);
-                BrokerError::Disconnected(e.to_string())
-            })
-    }
-
-    async fn subscribe(&self, group: &GroupName) -> Result<(), BrokerError> {
-        let mut guard = self.sub.lock().await;
-        match guard.as_mut() {
-            // Not connected: the reconnect resubscribes every group the hub holds.
-            None => Ok(()),
-            Some(con) => con
-                .ssubscribe(self.channel(group))
-                .await
-                .map_err(|e| BrokerError::Disconnected(e.to_string())),
-        }
-    }
-
-    async fn unsubscribe(&self, group: &GroupName) -> Result<(), BrokerError> {
-        let mut guard = self.sub.lock().await;
-        // Re-checked under the lock: a member may have joined since the leave.
-        if self.hub.members(group) > 0 {
-            return Ok(());
-        }
-        match guard.as_mut() {
-            None => Ok(()),
-            Some(con) => con
-                .sunsubscribe(self.channel(group))
-                .await
-                .map_err(|e| BrokerError::Disconnected(e.to_string())),
-        }
-    }
-
-    fn health(&self) -> BrokerHealth {
-        let fresh = unix_micros().saturating_sub(self.probe_seen.load(Ordering::Relaxed))
-            < PROBE_DEADLINE_US;
-        if self.connected.load(Ordering::Relaxed) == 1 && fresh {
-            BrokerHealth::Up
-        } else {
-            BrokerHealth::Down
-        }
-    }
-
-    fn resyncs(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        Some(self.resyncs.subscribe())
+        tokio::time::sleep(backoff.delay()).await;
     }
 }
 
