@@ -70,12 +70,12 @@ impl Hub {
 
     pub fn unregister(&self, id: u64, user: &UserId) {
         let mut r = self.registry.lock().expect("hub registry");
-        if r.conns.remove(&id).is_some() {
-            if let Some(n) = r.users.get_mut(user) {
-                *n -= 1;
-                if *n == 0 {
-                    r.users.remove(user);
-                }
+        if r.conns.remove(&id).is_some()
+            && let Some(n) = r.users.get_mut(user)
+        {
+            *n -= 1;
+            if *n == 0 {
+                r.users.remove(user);
             }
         }
     }

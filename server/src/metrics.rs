@@ -265,6 +265,11 @@ impl Metrics {
         }
     }
 }
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -290,11 +295,5 @@ mod tests {
             text.contains("herald_delivery_latency_seconds_bucket{le=\"0.0003\"}"),
             "{text}"
         );
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
     }
 }

@@ -98,10 +98,10 @@ impl Node {
         let node = self.clone();
         tokio::spawn(async move {
             // Re-check: a member may have joined since the leave.
-            if node.hub.members(&group) == 0 {
-                if let Err(e) = node.broker.unsubscribe(&group).await {
-                    tracing::warn!(%group, error = %e, "unsubscribe failed");
-                }
+            if node.hub.members(&group) == 0
+                && let Err(e) = node.broker.unsubscribe(&group).await
+            {
+                tracing::warn!(%group, error = %e, "unsubscribe failed");
             }
         });
     }

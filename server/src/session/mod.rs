@@ -206,19 +206,20 @@ impl Session {
             let full = batch.frames.len() == BATCH;
             // Catch up first: frames queued behind the gap come after what it lost,
             // and their copies of caught-up ids are dropped by the seam.
-            if batch.resync {
-                if let Some(end) = self.catch_up(ws, expiry).await {
-                    return Some(end);
-                }
+            if batch.resync
+                && let Some(end) = self.catch_up(ws, expiry).await
+            {
+                return Some(end);
             }
             let mut written = Vec::with_capacity(batch.frames.len());
             for d in batch.frames {
                 // Only the user's own notifications can repeat its opening frames;
                 // another user's (a subscribed `user_<x>` group) must not close the seam.
-                if let Some(tag) = &d.notification {
-                    if tag.user == self.ident.user && !self.seam.admit(tag.id) {
-                        continue;
-                    }
+                if let Some(tag) = &d.notification
+                    && tag.user == self.ident.user
+                    && !self.seam.admit(tag.id)
+                {
+                    continue;
                 }
                 written.push(d);
             }

@@ -37,11 +37,11 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        if let Some(dir) = opts.get_filename().parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError::Db(format!("creating {}: {e}", dir.display())))?;
-            }
+        if let Some(dir) = opts.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Db(format!("creating {}: {e}", dir.display())))?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(pool_size.max(1))

@@ -54,10 +54,10 @@ impl Proc {
     async fn until_ready(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = common::api().get(self.url("/readyz")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = common::api().get(self.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
