@@ -1,6 +1,6 @@
 //! Rolling upgrades over the admin API: for each node in turn, drain and wait until
 //! drained, run the operator's command (`sh -c`, `{node}` → the node id), wait until
-//! the node answers again and reports its version, undrain, wait until ready
+//! a new process of the node answers and reports its version, undrain, wait until ready
 //! (`/readyz` 200 on its public address, or `serving` in its status), then the next.
 //! The first failure stops the rollout and names the node and the step.
 
@@ -118,6 +118,7 @@ pub async fn rollout(
             .map_err(|e| fail("wait drained", e.to_string()))?;
         let cmd = exec.replace("{node}", &id);
         writeln!(out, "{id}: running {cmd}")?;
+        let exec_started = Instant::now();
         let st = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(&cmd)
@@ -127,12 +128,14 @@ pub async fn rollout(
         if !st.success() {
             return Err(fail("exec", format!("command exited with {st}")).into());
         }
-        // Back: it answers its status and reports a version.
+        // Back: a NEW process answers (it serves, or started after the command
+        // began; the old one, drained, must not be taken for it) and reports a version.
         let start = Instant::now();
         let (target, version) = loop {
             let cur = refresh(sources, client, t).await;
             if let Ok(s) = client.status(&cur.admin).await
                 && !s.version.is_empty()
+                && (s.state == "serving" || s.uptime_s <= exec_started.elapsed().as_secs())
             {
                 break (cur, s.version);
             }
