@@ -91,6 +91,12 @@ impl Hub {
         r.users.get(user).map_or(0, |n| *n as usize)
     }
 
+    /// Open connections per user on this node (presence's full sync).
+    pub fn user_counts(&self) -> Vec<(UserId, u32)> {
+        let r = self.registry.lock().expect("hub registry");
+        r.users.iter().map(|(u, n)| (u.clone(), *n)).collect()
+    }
+
     /// A snapshot of every open connection's outbox.
     pub fn all(&self) -> Vec<Arc<Outbox>> {
         let r = self.registry.lock().expect("hub registry");

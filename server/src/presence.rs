@@ -8,7 +8,9 @@
 //! lists as live, so a node killed without cleaning up stops counting as soon as
 //! its announcement expires.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_shared::UserId;
@@ -58,54 +60,86 @@ pub struct RedisPresence {
 impl RedisPresence {
     /// Starts the writer task. The node's hash starts empty: counts from a previous
     /// life of the same node id are dropped.
-    pub async fn start(con: RedisConnection, prefix: String, node_id: String) -> Self {
+    pub async fn start(
+        con: RedisConnection,
+        prefix: String,
+        node_id: String,
+        hub: Arc<Hub>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut c = con.clone();
         let _: redis::RedisResult<()> = redis::cmd("DEL")
             .arg(node_hash(&prefix, &node_id))
             .query_async(&mut c)
             .await;
-        tokio::spawn(writer(c, node_hash(&prefix, &node_id), rx));
+        tokio::spawn(writer(c, node_hash(&prefix, &node_id), hub, rx));
         Self { con, prefix, tx }
     }
 }
 
-/// Applies deltas in pipelined batches; a failed batch is retried with the next.
+/// How often the node rewrites its whole presence hash from the hub, so the counts
+/// heal after anything increments cannot fix (Redis restarted empty, a lost batch).
+const FULL_SYNC_EVERY: Duration = Duration::from_secs(10);
+
+/// Applies deltas in pipelined batches (a failed batch is retried with the next),
+/// and rewrites the whole hash from the hub every [`FULL_SYNC_EVERY`].
 async fn writer(
     mut con: RedisConnection,
     hash: String,
+    hub: Arc<Hub>,
     mut rx: mpsc::UnboundedReceiver<(UserId, i64)>,
 ) {
-    let mut pending: std::collections::HashMap<UserId, i64> = std::collections::HashMap::new();
-    while let Some((user, delta)) = rx.recv().await {
-        *pending.entry(user).or_default() += delta;
-        while let Ok((user, delta)) = rx.try_recv() {
-            *pending.entry(user).or_default() += delta;
-            if pending.len() >= 1000 {
-                break;
+    let mut pending: HashMap<UserId, i64> = HashMap::new();
+    let mut full_sync = tokio::time::interval(FULL_SYNC_EVERY);
+    full_sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            delta = rx.recv() => {
+                let Some((user, delta)) = delta else { return };
+                *pending.entry(user).or_default() += delta;
+                while let Ok((user, delta)) = rx.try_recv() {
+                    *pending.entry(user).or_default() += delta;
+                    if pending.len() >= 1000 {
+                        break;
+                    }
+                }
+                pending.retain(|_, d| *d != 0);
+                if pending.is_empty() {
+                    continue;
+                }
+                let mut pipe = redis::pipe();
+                for (user, delta) in &pending {
+                    pipe.cmd("HINCRBY").arg(&hash).arg(user.as_str()).arg(*delta).ignore();
+                }
+                pipe.cmd("PEXPIRE").arg(&hash).arg(crate::registry::TTL.as_millis() as u64).ignore();
+                match pipe.query_async::<()>(&mut con).await {
+                    Ok(()) => pending.clear(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "presence update failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
             }
-        }
-        pending.retain(|_, d| *d != 0);
-        if pending.is_empty() {
-            continue;
-        }
-        let mut pipe = redis::pipe();
-        for (user, delta) in &pending {
-            pipe.cmd("HINCRBY")
-                .arg(&hash)
-                .arg(user.as_str())
-                .arg(*delta)
-                .ignore();
-        }
-        pipe.cmd("PEXPIRE")
-            .arg(&hash)
-            .arg(crate::registry::TTL.as_millis() as u64)
-            .ignore();
-        match pipe.query_async::<()>(&mut con).await {
-            Ok(()) => pending.clear(),
-            Err(e) => {
-                tracing::warn!(error = %e, "presence update failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            _ = full_sync.tick() => {
+                // The hub is the truth: what it holds now replaces the hash, and the
+                // deltas already queued are in it.
+                let counts = hub.user_counts();
+                while rx.try_recv().is_ok() {}
+                pending.clear();
+                let mut pipe = redis::pipe();
+                pipe.atomic().cmd("DEL").arg(&hash).ignore();
+                for chunk in counts.chunks(1000) {
+                    let mut hset = redis::cmd("HSET");
+                    hset.arg(&hash);
+                    for (user, n) in chunk {
+                        hset.arg(user.as_str()).arg(*n);
+                    }
+                    pipe.add_command(hset).ignore();
+                }
+                pipe.cmd("PEXPIRE").arg(&hash).arg(crate::registry::TTL.as_millis() as u64).ignore();
+                if let Err(e) = pipe.query_async::<()>(&mut con).await {
+                    tracing::warn!(error = %e, "presence full sync failed; next in {FULL_SYNC_EVERY:?}");
+                }
             }
         }
     }

@@ -67,13 +67,16 @@ impl Publisher {
         // Across nodes (a shared PostgreSQL), the same order needs a lock every node
         // sees: the store's per-user advisory lock, held until the broker has it.
         let users: Vec<&UserId> = items.iter().map(|i| &i.user).collect();
-        let cluster_lock = if self.broker.kind() == "memory" {
+        let mut cluster_lock = if self.broker.kind() == "memory" {
             None
         } else {
             self.store.order_lock(&users).await?
         };
 
-        let stored = self.store.insert(items).await?;
+        let stored = match cluster_lock.as_mut() {
+            Some(lock) => lock.insert(items).await?,
+            None => self.store.insert(items).await?,
+        };
 
         for (n, item) in stored.iter().zip(items) {
             let delivery = Delivery::notification(encode_notification(n), n.id, &item.user);

@@ -100,8 +100,13 @@ pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
                         (b, con)
                     }
                 };
-                let presence =
-                    RedisPresence::start(con.clone(), cfg.redis_prefix.clone(), id.clone()).await;
+                let presence = RedisPresence::start(
+                    con.clone(),
+                    cfg.redis_prefix.clone(),
+                    id.clone(),
+                    hub.clone(),
+                )
+                .await;
                 (
                     broker,
                     Arc::new(presence),

@@ -20,7 +20,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Notification>), ApiError> {
     let item: NewNotification = parse(body)?;
     check_size("message", &item.message, node.config.max_message_bytes)?;
-    let mut stored = node.publisher.notify(std::slice::from_ref(&item)).await?;
+    let mut stored = notify(&node, vec![item]).await?;
     let n = stored
         .pop()
         .ok_or_else(|| ApiError::Internal("insert returned no row".into()))?;
@@ -45,9 +45,22 @@ pub async fn create_batch(
             node.config.max_message_bytes,
         )?;
     }
-    let notifications = node.publisher.notify(&batch.notifications).await?;
+    let notifications = notify(&node, batch.notifications).await?;
     Ok((
         StatusCode::CREATED,
         Json(NotificationList { notifications }),
     ))
+}
+
+/// Publishes on a task of its own: a backend that hangs up mid-request must not
+/// cancel a publish between its commit and its fan-out (nor mid-lock).
+async fn notify(
+    node: &Arc<Node>,
+    items: Vec<NewNotification>,
+) -> Result<Vec<Notification>, ApiError> {
+    let node = node.clone();
+    tokio::spawn(async move { node.publisher.notify(&items).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("publish task: {e}")))?
+        .map_err(ApiError::from)
 }

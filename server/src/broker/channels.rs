@@ -32,7 +32,14 @@ pub fn decode(
         .strip_prefix(asgi_prefix)?
         .strip_prefix("__group__")?;
     let group = GroupName::parse(group).ok()?;
-    let message: serde_json::Value = rmp_serde::from_slice(payload).ok()?;
+    // A group message is a msgpack map, and all of the payload is that map: this
+    // refuses other serializers (JSON text would read as the number 123) and
+    // Fernet-encrypted payloads instead of delivering garbage.
+    let mut cursor = std::io::Cursor::new(payload);
+    let message: serde_json::Value = rmp_serde::from_read(&mut cursor).ok()?;
+    if !message.is_object() || cursor.position() != payload.len() as u64 {
+        return None;
+    }
     let raw = serde_json::value::to_raw_value(&message).ok()?;
     let frame = encode_event(group.as_str(), &raw);
     Some((group, Delivery::event(frame)))
@@ -64,5 +71,11 @@ mod tests {
         assert!(decode("asgi", "other__group__x", &payload).is_none());
         assert!(decode("asgi", "asgi__group__bad name", &payload).is_none());
         assert!(decode("asgi", "asgi__group__g", b"\xc1").is_none());
+        // channels' JSON serializer, and a Fernet token: not msgpack maps.
+        assert!(decode("asgi", "asgi__group__g", br#"{"type":"notify"}"#).is_none());
+        assert!(decode("asgi", "asgi__group__g", b"gAAAAABl-encrypted").is_none());
+        let mut trailing = payload.clone();
+        trailing.push(0x01);
+        assert!(decode("asgi", "asgi__group__g", &trailing).is_none());
     }
 }

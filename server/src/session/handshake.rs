@@ -45,7 +45,13 @@ impl Seam {
         }
     }
 
-    /// The newest id the client has been sent outside the live stream.
+    /// Records that the client has (or does not need) everything up to `id`, without
+    /// filtering any live copy: only ids actually sent are filtered.
+    pub fn seen_up_to(&mut self, id: i64) {
+        self.newest = self.newest.max(id);
+    }
+
+    /// The newest id the client has been sent or had at connect time.
     pub fn newest(&self) -> i64 {
         self.newest
     }
@@ -71,6 +77,9 @@ pub async fn opening(
     after: Option<i64>,
 ) -> Result<Opening, StoreError> {
     let unread = node.store.unread(user, INITIAL_STATE_LIMIT).await?;
+    // Everything up to here existed at connect time (or precedes `after`): a later
+    // catch-up starts beyond it, never replaying what the client already had.
+    let baseline = unread.newest_id.max(after.unwrap_or(0));
     let mut ids: Vec<i64> = unread.newest.iter().map(|n| n.id).collect();
     let mut frames = vec![ServerFrame::InitialState {
         unread_count: unread.unread_count,
@@ -88,9 +97,11 @@ pub async fn opening(
             truncated,
         });
     }
+    let mut seam = Seam::new(ids);
+    seam.seen_up_to(baseline);
     Ok(Opening {
         frames,
-        seam: Seam::new(ids),
+        seam,
         replayed,
     })
 }

@@ -271,50 +271,49 @@ impl Session {
     /// seen, after the broker may have lost messages; live copies of those are then
     /// filtered by the seam like at connect time.
     async fn catch_up(&mut self, ws: &mut WebSocket, expiry: Duration) -> Option<End> {
-        let since = self.seam.newest();
-        let missed = match self
-            .node
-            .store
-            .after(&self.ident.user, since, MISSED_LIMIT)
-            .await
-        {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "catch-up read failed");
-                return Some(End::Close(
-                    close::INTERNAL,
-                    "store unavailable; reconnect with after",
-                ));
-            }
-        };
-        if missed.is_empty() {
-            return None;
-        }
-        self.node
-            .metrics
-            .resume_replayed
-            .inc_by(missed.len() as u64);
-        self.seam.extend(missed.iter().map(|n| n.id));
-        for n in &missed {
-            let frame = encode_notification(n);
-            match timeout(expiry, ws.feed(Message::Text(frame.into()))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Some(End::Gone),
-                Err(_) => {
+        const SLOW: End = End::Close(
+            close::TRY_AGAIN_LATER,
+            "slow consumer; reconnect with after",
+        );
+        // Page by page, so a long outage is replayed whole, never cut at one page.
+        loop {
+            let since = self.seam.newest();
+            let page = match self
+                .node
+                .store
+                .after(&self.ident.user, since, MISSED_LIMIT)
+                .await
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "catch-up read failed");
                     return Some(End::Close(
-                        close::TRY_AGAIN_LATER,
-                        "slow consumer; reconnect with after",
+                        close::INTERNAL,
+                        "store unavailable; reconnect with after",
                     ));
                 }
+            };
+            if page.is_empty() {
+                return None;
             }
-        }
-        match timeout(expiry, ws.flush()).await {
-            Ok(Ok(())) => None,
-            Ok(Err(_)) => Some(End::Gone),
-            Err(_) => Some(End::Close(
-                close::TRY_AGAIN_LATER,
-                "slow consumer; reconnect with after",
-            )),
+            self.node.metrics.resume_replayed.inc_by(page.len() as u64);
+            self.seam.extend(page.iter().map(|n| n.id));
+            for n in &page {
+                let frame = encode_notification(n);
+                match timeout(expiry, ws.feed(Message::Text(frame.into()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Some(End::Gone),
+                    Err(_) => return Some(SLOW),
+                }
+            }
+            match timeout(expiry, ws.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Some(End::Gone),
+                Err(_) => return Some(SLOW),
+            }
+            if (page.len() as i64) < MISSED_LIMIT {
+                return None;
+            }
         }
     }
 

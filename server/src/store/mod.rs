@@ -98,6 +98,9 @@ pub struct UnreadSnapshot {
     pub unread_count: i64,
     /// Newest first.
     pub newest: Vec<Notification>,
+    /// The user's highest notification id, read or not (0 for none): where a later
+    /// catch-up starts.
+    pub newest_id: i64,
 }
 
 /// Durable notification state. Implementations must be safe to share across tasks.
@@ -152,10 +155,14 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
-/// A held publish-order lock. Dropping it releases the lock too (the holding
-/// transaction rolls back); `release` does it without waiting for the pool.
+/// A held publish-order lock, with the connection that holds it: inserts made
+/// under the lock go through the guard. `release` unlocks; dropping the guard
+/// without it frees the lock too (the store closes the holding connection).
 #[async_trait]
 pub trait OrderGuard: Send {
+    /// Stores `items` like [`Store::insert`], under the held lock.
+    async fn insert(&mut self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError>;
+
     async fn release(self: Box<Self>);
 }
 

@@ -50,15 +50,76 @@ impl PgStore {
     }
 }
 
-/// Transaction-scoped advisory locks: they go with the transaction, so a guard that
-/// is dropped (error path, cancelled request) cannot leak a lock into the pool.
-struct PgOrderGuard(sqlx::Transaction<'static, sqlx::Postgres>);
+/// Inserts `items` in one statement (one transaction) on `conn`. Rows are inserted,
+/// and ids drawn from the identity sequence, in array order, so sorted ids line up
+/// with `items`.
+async fn insert_on(
+    conn: &mut sqlx::PgConnection,
+    items: &[NewNotification],
+) -> Result<Vec<Notification>, StoreError> {
+    let created = now_ms();
+    let users: Vec<&str> = items.iter().map(|i| i.user.as_str()).collect();
+    let messages: Vec<&str> = items.iter().map(|i| i.message.get()).collect();
+    let mut ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO notifications (user_id, message, created_at) \
+         SELECT u, m::json, $3 FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS t(u, m, o) \
+         ORDER BY o RETURNING id",
+    )
+    .bind(&users)
+    .bind(&messages)
+    .bind(created)
+    .fetch_all(&mut *conn)
+    .await?;
+    ids.sort_unstable();
+    Ok(items
+        .iter()
+        .zip(ids)
+        .map(|(item, id)| Notification {
+            id,
+            user: item.user.to_string(),
+            message: RawJson(item.message.clone()),
+            created_at: format_time(created),
+            read: false,
+        })
+        .collect())
+}
+
+/// Session advisory locks on one pooled connection, which also runs the insert: a
+/// publish needs one connection, not two (two per publish starve the pool under a
+/// burst: every connection holds a lock and waits for a second one).
+///
+/// Released with `pg_advisory_unlock_all()` before the connection goes back to the
+/// pool. A guard dropped without `release` (an error, a cancelled task) closes its
+/// connection instead, which frees the locks on the server: a lock can never leak
+/// into the pool.
+struct PgOrderGuard(Option<sqlx::pool::PoolConnection<sqlx::Postgres>>);
 
 #[async_trait]
 impl OrderGuard for PgOrderGuard {
-    async fn release(self: Box<Self>) {
-        if let Err(e) = self.0.commit().await {
-            tracing::warn!(error = %e, "releasing the publish order lock failed (it ends with the connection)");
+    async fn insert(&mut self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {
+        let conn = self.0.as_mut().expect("held until release");
+        insert_on(conn, items).await
+    }
+
+    async fn release(mut self: Box<Self>) {
+        let mut conn = self.0.take().expect("released once");
+        match sqlx::query("SELECT pg_advisory_unlock_all()")
+            .execute(&mut *conn)
+            .await
+        {
+            Ok(_) => drop(conn),
+            Err(e) => {
+                tracing::warn!(error = %e, "unlocking failed; closing the connection instead");
+                drop(conn.detach());
+            }
+        }
+    }
+}
+
+impl Drop for PgOrderGuard {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(conn.detach());
         }
     }
 }
@@ -92,33 +153,8 @@ impl Store for PgStore {
     }
 
     async fn insert(&self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {
-        let created = now_ms();
-        let users: Vec<&str> = items.iter().map(|i| i.user.as_str()).collect();
-        let messages: Vec<&str> = items.iter().map(|i| i.message.get()).collect();
-        // One statement is one transaction. Rows are inserted, and ids drawn from the
-        // identity sequence, in array order, so sorted ids line up with `items`.
-        let mut ids: Vec<i64> = sqlx::query_scalar(
-            "INSERT INTO notifications (user_id, message, created_at) \
-             SELECT u, m::json, $3 FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS t(u, m, o) \
-             ORDER BY o RETURNING id",
-        )
-        .bind(&users)
-        .bind(&messages)
-        .bind(created)
-        .fetch_all(&self.pool)
-        .await?;
-        ids.sort_unstable();
-        Ok(items
-            .iter()
-            .zip(ids)
-            .map(|(item, id)| Notification {
-                id,
-                user: item.user.to_string(),
-                message: RawJson(item.message.clone()),
-                created_at: format_time(created),
-                read: false,
-            })
-            .collect())
+        let mut conn = self.pool.acquire().await?;
+        insert_on(&mut conn, items).await
     }
 
     async fn unread(&self, user: &UserId, limit: i64) -> Result<UnreadSnapshot, StoreError> {
@@ -133,6 +169,11 @@ impl Store for PgStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
+        let newest_id: i64 =
+            sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM notifications WHERE user_id = $1")
+                .bind(user.as_str())
+                .fetch_one(&self.pool)
+                .await?;
         let unread_count = match rs.first() {
             Some(r) => r.try_get("unread_count")?,
             None => 0,
@@ -140,6 +181,7 @@ impl Store for PgStore {
         Ok(UnreadSnapshot {
             unread_count,
             newest: rows(rs)?,
+            newest_id,
         })
     }
 
@@ -209,12 +251,14 @@ impl Store for PgStore {
         // One order for every node: two publishers can never wait on each other.
         keys.sort_unstable();
         keys.dedup();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k")
+        let mut conn = self.pool.acquire().await?;
+        let mut guard = PgOrderGuard(None);
+        sqlx::query("SELECT pg_advisory_lock(k) FROM unnest($1::bigint[]) AS k")
             .bind(&keys)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
-        Ok(Some(Box::new(PgOrderGuard(tx))))
+        guard.0 = Some(conn);
+        Ok(Some(Box::new(guard)))
     }
 
     async fn audit(&self, e: &NewAudit) -> Result<(), StoreError> {

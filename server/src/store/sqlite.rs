@@ -127,10 +127,16 @@ impl Store for SqliteStore {
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
+        let newest_id: i64 =
+            sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM notifications WHERE user_id = ?")
+                .bind(user.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
         tx.commit().await?;
         Ok(UnreadSnapshot {
             unread_count,
             newest: rows(newest)?,
+            newest_id,
         })
     }
 

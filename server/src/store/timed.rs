@@ -87,7 +87,15 @@ impl Store for Timed {
         &self,
         users: &[&UserId],
     ) -> Result<Option<Box<dyn OrderGuard>>, StoreError> {
-        self.time("order_lock", self.inner.order_lock(users)).await
+        let guard = self
+            .time("order_lock", self.inner.order_lock(users))
+            .await?;
+        Ok(guard.map(|inner| {
+            Box::new(TimedGuard {
+                inner,
+                metrics: self.metrics.clone(),
+            }) as Box<dyn OrderGuard>
+        }))
     }
 
     async fn audit(&self, entry: &NewAudit) -> Result<(), StoreError> {
@@ -96,5 +104,32 @@ impl Store for Timed {
 
     async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
         self.time("audit_log", self.inner.audit_log(limit)).await
+    }
+}
+
+/// Measures inserts made through an order lock like any other insert.
+struct TimedGuard {
+    inner: Box<dyn OrderGuard>,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl OrderGuard for TimedGuard {
+    async fn insert(&mut self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {
+        let started = Instant::now();
+        let out = self.inner.insert(items).await;
+        let label = OpLabel { op: "insert" };
+        self.metrics
+            .store_latency
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
+        if out.is_err() {
+            self.metrics.store_errors.get_or_create(&label).inc();
+        }
+        out
+    }
+
+    async fn release(self: Box<Self>) {
+        self.inner.release().await
     }
 }

@@ -386,3 +386,57 @@ async fn redis_restart_loses_nothing_stored() {
     assert_eq!(got, sent, "every stored notification once, in order");
     client.silent_for(Duration::from_millis(300)).await;
 }
+
+/// After Redis restarts empty, presence heals (the node rewrites its counts) and a
+/// catch-up replays only what is new, never what the client already had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_heals_presence_and_replays_only_new() {
+    let mut redis = OwnRedis::start();
+    let c = Cluster::start_on_redis(2, &redis.url()).await;
+    until_ready(&c.nodes).await;
+    // Three old notifications, all read: the client's initial_state is empty.
+    let mut old = Vec::new();
+    for i in 0..3 {
+        old.push(c.nodes[0].notify("42", json!(i)).await.id);
+    }
+    let (mut reader, _) = c.nodes[0].connect("42").await;
+    reader
+        .send_json(json!({"type": "mark_read", "ids": old}))
+        .await;
+    reader.frame().await;
+    drop(reader);
+    let (mut client, initial) = c.nodes[1].connect("42").await;
+    assert!(initial.is_empty());
+    let (_other, _) = c.nodes[0].connect("42").await;
+    let presence =
+        async || c.nodes[0].api_get("/api/v1/users/42/presence").await["connections"].clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while presence().await != 2 {
+        assert!(tokio::time::Instant::now() < deadline, "presence never 2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    redis.kill();
+    redis.restart();
+    until_ready(&c.nodes).await;
+    let fresh = c.nodes[0].notify("42", json!("new")).await.id;
+    match tokio::time::timeout(Duration::from_secs(15), client.frame())
+        .await
+        .expect("the new one arrives")
+    {
+        ServerFrame::Notification { notification } => {
+            assert_eq!(notification.id, fresh, "old ids replayed")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    client.silent_for(Duration::from_millis(500)).await;
+    // The restarted Redis lost every count; the nodes' full sync restores them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while presence().await != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presence never healed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
