@@ -119,6 +119,12 @@ async fn event(s: &TestServer, group: &str, payload: Value) {
 async fn notifications_reach_every_node_once() {
     let c = Cluster::start(3).await;
     until_ready(&c.nodes).await;
+    assert_fan_out_once(&c).await;
+}
+
+/// Publishes nine notifications to user 42 round-robin over three nodes: clients of
+/// the user on every node get all nine once, in id order; another user gets none.
+pub async fn assert_fan_out_once(c: &Cluster) {
     let mut clients = Vec::new();
     for s in &c.nodes {
         clients.push(s.connect("42").await.0);

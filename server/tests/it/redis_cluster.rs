@@ -238,21 +238,7 @@ async fn notifications_reach_every_node_once_on_a_redis_cluster() {
     for s in &c.nodes {
         assert_eq!(s.node.broker.kind(), "redis-cluster");
     }
-    let mut clients = Vec::new();
-    for s in &c.nodes {
-        clients.push(s.connect("42").await.0);
-    }
-    let (mut other, _) = c.nodes[1].connect("43").await;
-    let mut sent = Vec::new();
-    for i in 0..9 {
-        sent.push(c.nodes[i % 3].notify("42", json!({"i": i})).await.id);
-    }
-    for cl in &mut clients {
-        let got: Vec<i64> = cl.notifications(9).await.iter().map(|n| n.id).collect();
-        assert_eq!(got, sent);
-        cl.silent_for(Duration::from_millis(300)).await;
-    }
-    other.silent_for(Duration::from_millis(100)).await;
+    crate::cluster::assert_fan_out_once(&c).await;
 }
 
 /// Group events cross nodes through sharded channels spread over the three masters:
