@@ -58,6 +58,14 @@ pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
     metrics.queue_capacity.set(cfg.queue_capacity as i64);
     log_tuning(&profile, &host, capacity);
 
+    if cfg.cluster_mode() && !cfg.database_url().starts_with("postgres") {
+        // Allowed for a single node that only wants Redis for discovery; several nodes
+        // need one shared PostgreSQL (a SQLite file cannot be shared between hosts, and
+        // it has no cross-node order lock).
+        tracing::warn!(
+            "REDIS_URL is set but the store is SQLite: run one node only, or use DATABASE_URL=postgres://..."
+        );
+    }
     let store: Arc<dyn store::Store> = Arc::new(store::Timed::new(
         store::connect(&cfg.database_url(), cfg.db_pool).await?,
         metrics.clone(),
