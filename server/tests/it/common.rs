@@ -329,6 +329,12 @@ impl Client {
 
     /// The next text frame, parsed; panics on timeout, close or garbage.
     pub async fn frame(&mut self) -> ServerFrame {
+        self.frame_as().await
+    }
+
+    /// The next text frame parsed as `T` (`Value` keeps the wire bytes' content
+    /// exactly, where `ServerFrame` compacts payloads).
+    pub async fn frame_as<T: serde::de::DeserializeOwned>(&mut self) -> T {
         loop {
             let msg = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())
                 .await
@@ -346,10 +352,9 @@ impl Client {
         }
     }
 
-    /// The next frame as raw JSON.
+    /// The next frame as JSON, read straight from the wire.
     pub async fn raw(&mut self) -> Value {
-        let f = self.frame().await;
-        serde_json::to_value(f).unwrap()
+        self.frame_as().await
     }
 
     /// Nothing arrives within `wait`.

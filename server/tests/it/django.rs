@@ -24,13 +24,11 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use herald_shared::ServerFrame;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::cluster::{Cluster, REDIS, until_ready};
-use crate::common::{Client, FRAME_TIMEOUT};
+use crate::common::Client;
 
 /// What `pip install` gets: the Django Channels stack at its 4.x major versions.
 const PACKAGES: &[&str] = &["channels>=4,<5", "channels_redis>=4,<5", "msgpack"];
@@ -235,21 +233,7 @@ async fn django_group_send(prefix: &str, sends: &[(&str, Value)]) {
 
 /// The next text frame exactly as it went over the wire, as JSON.
 async fn wire_frame(c: &mut Client) -> Value {
-    loop {
-        let msg = tokio::time::timeout(FRAME_TIMEOUT, c.ws.next())
-            .await
-            .expect("a frame within the timeout")
-            .expect("stream open")
-            .expect("no transport error");
-        match msg {
-            Message::Text(t) => {
-                return serde_json::from_str(t.as_str())
-                    .unwrap_or_else(|e| panic!("unparseable frame {t}: {e}"));
-            }
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
+    c.frame_as().await
 }
 
 /// A Django `group_send` to `user_42` through the pub/sub layer reaches the user's
