@@ -4,7 +4,8 @@
 #   sudo ops/tuning/install.sh [profile.conf]
 #
 # Writes /etc/sysctl.d/60-herald.conf, /etc/security/limits.d/60-herald.conf and
-# /etc/systemd/system/herald-server.service.d/60-nofile.conf, then loads the
+# LimitNOFILE drop-ins for herald-server.service and the per-node template
+# herald-server@.service (ops/systemd/), then loads the
 # sysctls. The node itself can apply the same values live (POST /admin/tuning/apply);
 # this script makes them survive a reboot. A `>=` item never lowers a host value
 # that is already higher (nor `<=` raise one that is lower): the written value is
@@ -16,7 +17,9 @@ root="${HERALD_INSTALL_ROOT:-}"   # for a dry run into a scratch directory
 sysctl_out="$root/etc/sysctl.d/60-herald.conf"
 limits_out="$root/etc/security/limits.d/60-herald.conf"
 unit_out="$root/etc/systemd/system/herald-server.service.d/60-nofile.conf"
-mkdir -p "$(dirname "$sysctl_out")" "$(dirname "$limits_out")" "$(dirname "$unit_out")"
+template_out="$root/etc/systemd/system/herald-server@.service.d/60-nofile.conf"
+mkdir -p "$(dirname "$sysctl_out")" "$(dirname "$limits_out")" "$(dirname "$unit_out")" \
+  "$(dirname "$template_out")"
 
 current() { cat "/proc/sys/${1//.//}" 2>/dev/null | tr -s '[:space:]' ' ' | sed 's/ $//'; }
 
@@ -42,10 +45,12 @@ nofile=$(awk '$1 == "nofile" { print $3 }' "$profile")
   echo "root hard nofile $nofile"
 } > "$limits_out"
 
-printf '# Generated from %s by ops/tuning/install.sh.\n[Service]\nLimitNOFILE=%s\n' \
-  "$(basename "$profile")" "$nofile" > "$unit_out"
+for out in "$unit_out" "$template_out"; do
+  printf '# Generated from %s by ops/tuning/install.sh.\n[Service]\nLimitNOFILE=%s\n' \
+    "$(basename "$profile")" "$nofile" > "$out"
+done
 
-echo "wrote $sysctl_out, $limits_out, $unit_out"
+echo "wrote $sysctl_out, $limits_out, $unit_out, $template_out"
 if [ -z "$root" ]; then
   sysctl --load "$sysctl_out"
   systemctl daemon-reload 2>/dev/null || true
