@@ -27,18 +27,27 @@ impl Timed {
         op: &'static str,
         f: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let started = Instant::now();
-        let out = f.await;
-        let label = OpLabel { op };
-        self.metrics
-            .store_latency
-            .get_or_create(&label)
-            .observe(started.elapsed().as_secs_f64());
-        if out.is_err() {
-            self.metrics.store_errors.get_or_create(&label).inc();
-        }
-        out
+        timed(&self.metrics, op, f).await
     }
+}
+
+/// Runs one store operation, recording its latency and, if it fails, its error.
+async fn timed<T>(
+    metrics: &Metrics,
+    op: &'static str,
+    f: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let started = Instant::now();
+    let out = f.await;
+    let label = OpLabel { op };
+    metrics
+        .store_latency
+        .get_or_create(&label)
+        .observe(started.elapsed().as_secs_f64());
+    if out.is_err() {
+        metrics.store_errors.get_or_create(&label).inc();
+    }
+    out
 }
 
 #[async_trait]
@@ -116,17 +125,7 @@ struct TimedGuard {
 #[async_trait]
 impl OrderGuard for TimedGuard {
     async fn insert(&mut self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {
-        let started = Instant::now();
-        let out = self.inner.insert(items).await;
-        let label = OpLabel { op: "insert" };
-        self.metrics
-            .store_latency
-            .get_or_create(&label)
-            .observe(started.elapsed().as_secs_f64());
-        if out.is_err() {
-            self.metrics.store_errors.get_or_create(&label).inc();
-        }
-        out
+        timed(&self.metrics, "insert", self.inner.insert(items)).await
     }
 
     async fn release(self: Box<Self>) {

@@ -8,7 +8,7 @@ use herald_shared::{ErrorCode, ServerFrame};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::{self, API_KEY, Db, start, start_with};
+use crate::common::{self, Db, start, start_with};
 
 async fn expect_error(c: &mut common::Client, want: ErrorCode) -> String {
     match c.frame().await {
@@ -123,20 +123,7 @@ async fn queue_overflow_closes_with_1013_and_resume_loses_nothing() {
     let items: Vec<_> = (0..300)
         .map(|i| json!({"user": "42", "message": {"n": i}}))
         .collect();
-    let r = common::api()
-        .post(s.http("/api/v1/notifications/batch"))
-        .bearer_auth(API_KEY)
-        .json(&json!({"notifications": items}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let all: Vec<i64> = r.json::<serde_json::Value>().await.unwrap()["notifications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["id"].as_i64().unwrap())
-        .collect();
+    let all = s.notify_batch(items).await;
 
     let (closed, frames) = c.closed().await;
     assert_eq!(closed.clone_code(), Some(1013), "{closed:?}");
@@ -183,22 +170,7 @@ async fn stalled_reader_is_dropped_after_expiry_and_resumes() {
         let items: Vec<_> = (0..20)
             .map(|_| json!({"user": "42", "message": big}))
             .collect();
-        let r = common::api()
-            .post(s.http("/api/v1/notifications/batch"))
-            .bearer_auth(API_KEY)
-            .json(&json!({"notifications": items}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        let v: serde_json::Value = r.json().await.unwrap();
-        all.extend(
-            v["notifications"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|n| n["id"].as_i64().unwrap()),
-        );
+        all.extend(s.notify_batch(items).await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Now read what did arrive, then resume.

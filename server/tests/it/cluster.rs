@@ -357,7 +357,7 @@ async fn redis_restart_loses_nothing_stored() {
     for i in 0..10 {
         sent.push(c.nodes[0].notify("42", json!(i)).await.id);
     }
-    let mut got: Vec<i64> = client
+    let got: Vec<i64> = client
         .notifications(10)
         .await
         .iter()
@@ -382,15 +382,7 @@ async fn redis_restart_loses_nothing_stored() {
     for i in 20..30 {
         sent.push(c.nodes[0].notify("42", json!(i)).await.id);
     }
-    while got.len() < sent.len() {
-        match tokio::time::timeout(Duration::from_secs(15), client.frame()).await {
-            Ok(ServerFrame::Notification { notification }) => got.push(notification.id),
-            Ok(other) => panic!("unexpected {other:?}"),
-            Err(_) => panic!("stalled: got {got:?} of {sent:?}"),
-        }
-    }
-    assert_eq!(got, sent, "every stored notification once, in order");
-    client.silent_for(Duration::from_millis(300)).await;
+    crate::cluster::receive_all(&mut client, got, &sent).await;
 }
 
 /// After Redis restarts empty, presence heals (the node rewrites its counts) and a
@@ -445,4 +437,19 @@ async fn redis_restart_heals_presence_and_replays_only_new() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Reads the client's notifications after `got` (allowing 15 s between two, for a
+/// resync to run) until it has as many as `sent`: they must be exactly `sent`, once
+/// and in order, with nothing after them.
+pub async fn receive_all(client: &mut crate::common::Client, mut got: Vec<i64>, sent: &[i64]) {
+    while got.len() < sent.len() {
+        match tokio::time::timeout(Duration::from_secs(15), client.frame()).await {
+            Ok(ServerFrame::Notification { notification }) => got.push(notification.id),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => panic!("stalled: got {got:?} of {sent:?}"),
+        }
+    }
+    assert_eq!(got, sent, "every stored notification once, in order");
+    client.silent_for(Duration::from_millis(300)).await;
 }

@@ -486,6 +486,26 @@ impl TestServer {
         get_json(self.http(path), API_KEY).await
     }
 
+    /// POSTs one batch of `{"user", "message"}` items; expects 201 and returns the
+    /// stored ids in order.
+    pub async fn notify_batch(&self, items: Vec<Value>) -> Vec<i64> {
+        let r = api()
+            .post(self.http("/api/v1/notifications/batch"))
+            .bearer_auth(API_KEY)
+            .json(&json!({ "notifications": items }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+        let v: Value = r.json().await.unwrap();
+        v["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_i64().unwrap())
+            .collect()
+    }
+
     /// Publishes an event to `group`; expects 202.
     pub async fn event(&self, group: &str, payload: Value) {
         let r = api()

@@ -6,7 +6,7 @@ use herald_shared::ServerFrame;
 use serde_json::json;
 
 use crate::both_stores;
-use crate::common::{self, API_KEY, Client, Db, JWT_SECRET, refused, start, start_with};
+use crate::common::{self, Client, Db, JWT_SECRET, refused, start, start_with};
 
 both_stores!(
     welcome_then_initial_state_newest_unread_first,
@@ -111,14 +111,7 @@ async fn missed_is_truncated_past_1000(db: Db) {
     let s = start(db).await;
     for chunk in [0..1000, 1000..1001] {
         let items: Vec<_> = chunk.map(|i| json!({"user": "42", "message": i})).collect();
-        let r = common::api()
-            .post(s.http("/api/v1/notifications/batch"))
-            .bearer_auth(API_KEY)
-            .json(&json!({"notifications": items}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        s.notify_batch(items).await;
     }
     let (mut c, _) = s.connect_with("42", &[], Some(0)).await;
     let v = c.raw().await;

@@ -396,7 +396,7 @@ async fn dropped_cluster_connections_lose_nothing_stored() {
     for i in 0..10 {
         sent.push(c.nodes[0].notify("42", json!(i)).await.id);
     }
-    let mut got: Vec<i64> = client
+    let got: Vec<i64> = client
         .notifications(10)
         .await
         .iter()
@@ -424,15 +424,7 @@ async fn dropped_cluster_connections_lose_nothing_stored() {
     for i in 20..30 {
         sent.push(c.nodes[0].notify("42", json!(i)).await.id);
     }
-    while got.len() < sent.len() {
-        match tokio::time::timeout(Duration::from_secs(15), client.frame()).await {
-            Ok(ServerFrame::Notification { notification }) => got.push(notification.id),
-            Ok(other) => panic!("unexpected {other:?}"),
-            Err(_) => panic!("stalled: got {got:?} of {sent:?}"),
-        }
-    }
-    assert_eq!(got, sent, "every stored notification once, in order");
-    client.silent_for(Duration::from_millis(300)).await;
+    crate::cluster::receive_all(&mut client, got, &sent).await;
 }
 
 /// A group's slot moved to another master: the node follows its sharded channel
