@@ -74,72 +74,20 @@ impl Session {
             End::Close(code, _) | End::Peer(code) => *code,
             End::Gone => 1006,
         });
-        match end {
-            End::Close(code, reason) => {
-                let frame = CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from_static(reason),
-                };
-                if let Ok(Ok(())) = timeout(CLOSE_GRACE, ws.send(Message::Close(Some(frame)))).await
-                {
-                    // Let the client answer, so it (not the node) holds TIME_WAIT.
-                    let _ = timeout(CLOSE_GRACE, async {
-                        while let Some(Ok(m)) = ws.recv().await {
-                            if matches!(m, Message::Close(_)) {
-                                break;
-                            }
-                        }
-                    })
-                    .await;
-                }
-            }
-            // The protocol layer queued the echo of the client's close frame when it
-            // read it; write it out before the socket goes.
-            End::Peer(_) => {
-                let _ = timeout(CLOSE_GRACE, ws.flush()).await;
-            }
-            End::Gone => {}
-        }
+        Box::pin(finish(&mut ws, end)).await;
     }
 
     async fn serve(&mut self, ws: &mut WebSocket) -> End {
         let node = self.node.clone();
         let expiry = node.config.queue_expiry();
-        let welcome = ServerFrame::Welcome {
-            user: self.ident.user.to_string(),
-            node: node.id.clone(),
-            connection: format!("{}-{}", node.id, self.reg.outbox.id),
-            heartbeat_s: node.config.heartbeat_s,
-        };
-        if send(ws, &welcome, expiry).await.is_err() {
-            return End::Gone;
+        // Every step that is not the idle wait below runs in a boxed future: a task's
+        // future is as large as its largest state, and it is held for the whole life
+        // of the connection; the opening (store reads), a command (store writes) or
+        // a write batch would otherwise make every idle connection carry their
+        // state (2.8 KiB per connection before this was boxed; see bench/RESULTS.md).
+        if let Some(end) = Box::pin(self.open(ws, expiry)).await {
+            return end;
         }
-        match handshake::opening(&node, &self.ident.user, self.after).await {
-            Ok(opening) => {
-                if opening.replayed > 0 || self.after.is_some() {
-                    node.metrics.resumes.inc();
-                    node.metrics.resume_replayed.inc_by(opening.replayed as u64);
-                }
-                for f in &opening.frames {
-                    if send(ws, f, expiry).await.is_err() {
-                        return End::Gone;
-                    }
-                }
-                self.seam = opening.seam;
-                self.reg.opened();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "opening snapshot failed");
-                let _ = send(
-                    ws,
-                    &commands::error(ErrorCode::Internal, "store unavailable"),
-                    expiry,
-                )
-                .await;
-                return End::Close(close::INTERNAL, "store unavailable; reconnect with after");
-            }
-        }
-
         let heartbeat = node.config.heartbeat();
         let ttl = Duration::from_secs(self.ident.exp.saturating_sub(now_unix()).min(365 * 86_400));
         let expires_at = Instant::now() + ttl;
@@ -156,7 +104,7 @@ impl Session {
         loop {
             tokio::select! {
                 _ = self.reg.outbox.ready() => {
-                    if let Some(end) = self.write_deliveries(ws, expiry).await {
+                    if let Some(end) = Box::pin(self.write_deliveries(ws, expiry)).await {
                         return end;
                     }
                 }
@@ -166,7 +114,7 @@ impl Session {
                         None => Some(End::Gone),
                         Some(Err(e)) => Some(read_error(e)),
                         Some(Ok(Message::Text(text))) => {
-                            self.client_frame(ws, &mut limiter, text.as_str(), expiry).await
+                            Box::pin(self.client_frame(ws, &mut limiter, text.as_str(), expiry)).await
                         }
                         Some(Ok(Message::Binary(_))) => {
                             Some(End::Close(close::UNSUPPORTED_DATA, "binary frames are not supported; send JSON text"))
@@ -194,6 +142,49 @@ impl Session {
                     }
                     timer.as_mut().reset(next_ping.min(expires_at));
                 }
+            }
+        }
+    }
+
+    /// Sends `welcome`, then the opening frames (`initial_state`, `missed`).
+    async fn open(&mut self, ws: &mut WebSocket, expiry: Duration) -> Option<End> {
+        let node = self.node.clone();
+        let welcome = ServerFrame::Welcome {
+            user: self.ident.user.to_string(),
+            node: node.id.clone(),
+            connection: format!("{}-{}", node.id, self.reg.outbox.id),
+            heartbeat_s: node.config.heartbeat_s,
+        };
+        if send(ws, &welcome, expiry).await.is_err() {
+            return Some(End::Gone);
+        }
+        match handshake::opening(&node, &self.ident.user, self.after).await {
+            Ok(opening) => {
+                if opening.replayed > 0 || self.after.is_some() {
+                    node.metrics.resumes.inc();
+                    node.metrics.resume_replayed.inc_by(opening.replayed as u64);
+                }
+                for f in &opening.frames {
+                    if send(ws, f, expiry).await.is_err() {
+                        return Some(End::Gone);
+                    }
+                }
+                self.seam = opening.seam;
+                self.reg.opened();
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "opening snapshot failed");
+                let _ = send(
+                    ws,
+                    &commands::error(ErrorCode::Internal, "store unavailable"),
+                    expiry,
+                )
+                .await;
+                Some(End::Close(
+                    close::INTERNAL,
+                    "store unavailable; reconnect with after",
+                ))
             }
         }
     }
@@ -345,6 +336,35 @@ impl Session {
             .message_duration
             .observe(started.elapsed().as_secs_f64());
         sent.err()
+    }
+}
+
+/// Completes the closing handshake for how the session ended.
+async fn finish(ws: &mut WebSocket, end: End) {
+    match end {
+        End::Close(code, reason) => {
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            };
+            if let Ok(Ok(())) = timeout(CLOSE_GRACE, ws.send(Message::Close(Some(frame)))).await {
+                // Let the client answer, so it (not the node) holds TIME_WAIT.
+                let _ = timeout(CLOSE_GRACE, async {
+                    while let Some(Ok(m)) = ws.recv().await {
+                        if matches!(m, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+        }
+        // The protocol layer queued the echo of the client's close frame when it
+        // read it; write it out before the socket goes.
+        End::Peer(_) => {
+            let _ = timeout(CLOSE_GRACE, ws.flush()).await;
+        }
+        End::Gone => {}
     }
 }
 
