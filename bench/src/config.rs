@@ -57,6 +57,11 @@ pub struct RunArgs {
     )]
     pub nodes: Vec<String>,
 
+    /// Nodes no connection dials at first, but `--reconnect` moves connections to
+    /// (e.g. the node that takes over while the `--node` ones drain).
+    #[arg(long = "standby", value_delimiter = ',')]
+    pub standby: Vec<String>,
+
     /// Where the backend API is called (default: the first node).
     #[arg(long)]
     pub api_url: Option<String>,
@@ -135,6 +140,18 @@ pub struct RunArgs {
     /// Seconds a connection may take to reach `initial_state`.
     #[arg(long, default_value_t = 15.0)]
     pub connect_timeout: f64,
+
+    /// After a 1012 (drain) or 1013 (slow consumer) close, reconnect to the next node
+    /// with `after=<last notification id>`; the `missed` frame counts as delivery.
+    #[arg(long)]
+    pub reconnect: bool,
+
+    /// Connect and count, but publish nothing; listen for `--duration` + `--settle`
+    /// after the hold. Implied on shards other than 0 when a broadcast `--group` has
+    /// no `{shard}` (one group shared by all shards, published to by shard 0 at the
+    /// whole `--rate`); `merge` computes what was expected.
+    #[arg(long)]
+    pub listen_only: bool,
 
     /// Server process ids to sample from /proc (repeatable).
     #[arg(long = "server-pid")]
@@ -224,9 +241,26 @@ impl RunArgs {
         self.users.unwrap_or(self.connections).max(1)
     }
 
-    /// The rate this shard publishes at.
+    /// One broadcast group shared by every shard (no `{shard}` in its name).
+    pub fn shared_group(&self) -> bool {
+        self.mode == Mode::Broadcast && !self.group.contains("{shard}")
+    }
+
+    /// This shard publishes nothing (see `--listen-only`).
+    pub fn listens_only(&self) -> bool {
+        self.listen_only || (self.shared_group() && self.shard.index > 0)
+    }
+
+    /// The rate this shard publishes at: its part of `--rate`, or all of it when it
+    /// alone publishes to a shared group.
     pub fn shard_rate(&self) -> f64 {
-        self.rate / self.shard.count as f64
+        if self.listens_only() {
+            0.0
+        } else if self.shared_group() {
+            self.rate
+        } else {
+            self.rate / self.shard.count as f64
+        }
     }
 
     pub fn group_name(&self) -> String {

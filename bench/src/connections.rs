@@ -52,6 +52,11 @@ pub struct Counters {
     pub duplicated: AtomicU64,
     /// Connections currently past `initial_state` and still open.
     pub open: AtomicU64,
+    /// Connections that were closed by a node (1012 drain, 1013 slow consumer) and
+    /// came back on another node (`--reconnect`).
+    pub reconnects: AtomicU64,
+    /// Close received to `initial_state` on the next node, µs.
+    pub reconnect_time: Recorder,
     errors: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -65,6 +70,13 @@ impl Counters {
     }
 }
 
+/// A node a connection may dial: its address and `ws://host:port` prefix.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub ws_base: String,
+}
+
 /// Where and as whom one connection dials.
 #[derive(Debug, Clone)]
 pub struct Dial {
@@ -72,13 +84,44 @@ pub struct Dial {
     pub index: usize,
     /// Index of its user in the plan.
     pub user: usize,
-    pub addr: SocketAddr,
+    /// Every node of the run; the connection starts on `nodes[first]` and, with
+    /// `reconnect`, moves on to the next one when closed.
+    pub nodes: Arc<Vec<Target>>,
+    pub first: usize,
     pub source: Option<IpAddr>,
-    /// Full `ws://.../ws/notifications/?token=...` URL.
-    pub url: String,
+    /// The client token (query parameter `token`).
+    pub token: String,
     /// Group to subscribe to after `initial_state`.
     pub subscribe: Option<String>,
     pub timeout: Duration,
+    /// Come back after a 1012 (drain) or 1013 (slow consumer) close, on the next
+    /// node, with `after=<last notification id>`, as the contract asks clients to.
+    pub reconnect: bool,
+}
+
+impl Dial {
+    fn url(&self, node: usize, after: Option<i64>) -> String {
+        let mut url = format!(
+            "{}{}?token={}",
+            self.nodes[node].ws_base,
+            herald_shared::config::WS_PATH,
+            self.token
+        );
+        if let Some(a) = after {
+            url += &format!("&after={a}");
+        }
+        url
+    }
+}
+
+/// Why a read loop ended.
+enum Ended {
+    /// The run told it to stop.
+    Stopped,
+    /// The node closed with this code.
+    Closed(u16),
+    /// Anything else (reset, EOF, protocol error): already counted as an error.
+    Failed,
 }
 
 /// How a connection attempt ended: ready (with its user), or failed with a cause.
@@ -93,7 +136,8 @@ fn ws_config() -> WebSocketConfig {
         .max_message_size(Some(16 << 20))
 }
 
-/// Connects, reports readiness on `ready`, then reads until `stop` turns true.
+/// Connects, reports readiness on `ready`, then reads until `stop` turns true,
+/// reconnecting when a node closes it and `dial.reconnect` is set.
 pub async fn run(
     dial: Dial,
     counters: Arc<Counters>,
@@ -103,7 +147,7 @@ pub async fn run(
 ) {
     let permit = gate.acquire_owned().await;
     let started = Instant::now();
-    let ws = match timeout(dial.timeout, open(&dial)).await {
+    let ws = match timeout(dial.timeout, open(&dial, dial.first, None)).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(cause)) => {
             counters.error(cause.clone());
@@ -122,13 +166,78 @@ pub async fn run(
     drop(permit);
     counters.open.fetch_add(1, Ordering::Relaxed);
     let _ = ready.send(Ok(dial.user));
-    read_loop(ws, &dial, &counters, &mut stop).await;
+    let mut seen = Seen::default();
+    let mut ws = ws;
+    let mut node = dial.first;
+    loop {
+        match read_loop(ws, &dial, &counters, &mut stop, &mut seen).await {
+            Ended::Closed(code @ (1012 | 1013)) if dial.reconnect => {
+                let closed = Instant::now();
+                match reopen(&dial, &mut node, seen.last_id, &mut stop).await {
+                    Some(next) => {
+                        counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                        counters
+                            .reconnect_time
+                            .record(dial.index, closed.elapsed().as_micros() as u64);
+                        ws = next;
+                    }
+                    None => {
+                        if !*stop.borrow() {
+                            counters.error(format!("reconnect_failed_after_{code}"));
+                        }
+                        break;
+                    }
+                }
+            }
+            Ended::Closed(code) => {
+                counters.error(format!("closed_{code}"));
+                break;
+            }
+            Ended::Stopped | Ended::Failed => break,
+        }
+    }
     counters.open.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Dials and reads up to `initial_state` (and `subscribed`, if asked to subscribe).
-async fn open(dial: &Dial) -> Result<WebSocketStream<TcpStream>, String> {
-    let socket = if dial.addr.is_ipv4() {
+/// Dials the nodes after `node` in turn until one answers with `initial_state`
+/// (a draining node answers 503), with a short backoff, within the dial timeout.
+async fn reopen(
+    dial: &Dial,
+    node: &mut usize,
+    after: Option<i64>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<WebSocketStream<TcpStream>> {
+    let deadline = Instant::now() + dial.timeout;
+    let mut backoff = Duration::from_millis(50);
+    while Instant::now() < deadline && !*stop.borrow() {
+        *node = (*node + 1) % dial.nodes.len();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(Ok(ws)) = timeout(left, open(dial, *node, after)).await {
+            return Some(ws);
+        }
+        tokio::time::sleep(backoff.min(left)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+    None
+}
+
+/// What one logical connection has received, across its reconnects.
+#[derive(Default)]
+struct Seen {
+    seqs: HashSet<u64>,
+    /// Highest notification id received: the `after` of a reconnect.
+    last_id: Option<i64>,
+}
+
+/// Dials `dial.nodes[node]` and reads up to `initial_state` (and `subscribed`, if
+/// asked to subscribe).
+async fn open(
+    dial: &Dial,
+    node: usize,
+    after: Option<i64>,
+) -> Result<WebSocketStream<TcpStream>, String> {
+    let addr = dial.nodes[node].addr;
+    let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
         TcpSocket::new_v6()
@@ -141,11 +250,11 @@ async fn open(dial: &Dial) -> Result<WebSocketStream<TcpStream>, String> {
             .map_err(|e| io_cause("bind", &e))?;
     }
     let stream = socket
-        .connect(dial.addr)
+        .connect(addr)
         .await
         .map_err(|e| io_cause("connect", &e))?;
     let _ = stream.set_nodelay(true);
-    let (mut ws, _) = client_async_with_config(dial.url.as_str(), stream, Some(ws_config()))
+    let (mut ws, _) = client_async_with_config(dial.url(node, after), stream, Some(ws_config()))
         .await
         .map_err(|e| ws_cause("handshake", e))?;
     let mut subscribed = dial.subscribe.is_none();
@@ -208,67 +317,71 @@ async fn read_loop(
     dial: &Dial,
     counters: &Counters,
     stop: &mut watch::Receiver<bool>,
-) {
-    let mut seen: HashSet<u64> = HashSet::new();
+    seen: &mut Seen,
+) -> Ended {
     loop {
         let msg = tokio::select! {
             biased;
             m = ws.next() => m,
             _ = async { let _ = stop.wait_for(|s| *s).await; } => {
                 let _ = timeout(Duration::from_secs(2), ws.close(None)).await;
-                return;
+                return Ended::Stopped;
             }
         };
         match msg {
             Some(Ok(Message::Text(t))) => {
                 let now = now_us();
-                let probe = match serde_json::from_str::<ServerFrame>(&t) {
+                match serde_json::from_str::<ServerFrame>(&t) {
                     Ok(ServerFrame::Notification { notification }) => {
-                        serde_json::from_str::<Probe>(notification.message.get()).ok()
+                        receive(dial, counters, seen, now, notification.message.get());
+                        seen.last_id = seen.last_id.max(Some(notification.id));
+                    }
+                    Ok(ServerFrame::Missed { notifications, .. }) => {
+                        for n in notifications {
+                            receive(dial, counters, seen, now, n.message.get());
+                            seen.last_id = seen.last_id.max(Some(n.id));
+                        }
                     }
                     Ok(ServerFrame::Event { payload, .. }) => {
-                        serde_json::from_str::<Probe>(payload.get()).ok()
+                        receive(dial, counters, seen, now, payload.get());
                     }
                     Ok(ServerFrame::Error { code, .. }) => {
                         counters.error(format!("server_error_{}", snake(&code)));
-                        continue;
                     }
-                    Ok(_) => continue,
-                    Err(_) => {
-                        counters.error("bad_frame");
-                        continue;
-                    }
-                };
-                let Some(p) = probe else {
-                    counters.error("foreign_message");
-                    continue;
-                };
-                if seen.insert(p.seq) {
-                    counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    counters
-                        .latency
-                        .record(dial.index, now.saturating_sub(p.sent_us));
-                } else {
-                    counters.duplicated.fetch_add(1, Ordering::Relaxed);
+                    Ok(_) => {}
+                    Err(_) => counters.error("bad_frame"),
                 }
             }
             Some(Ok(Message::Close(c))) => {
-                counters.error(format!(
-                    "closed_{}",
-                    c.map(|c| u16::from(c.code)).unwrap_or(1005)
-                ));
-                return;
+                return Ended::Closed(c.map(|c| u16::from(c.code)).unwrap_or(1005));
             }
             Some(Ok(_)) => {}
             Some(Err(e)) => {
                 counters.error(ws_cause("read", e));
-                return;
+                return Ended::Failed;
             }
             None => {
                 counters.error("eof");
-                return;
+                return Ended::Failed;
             }
         }
+    }
+}
+
+/// Counts one received message: delivered the first time its probe's sequence
+/// number shows up on this connection, duplicated after that.
+fn receive(dial: &Dial, counters: &Counters, seen: &mut Seen, now: u64, body: &str) {
+    let Ok(p) = serde_json::from_str::<Probe>(body) else {
+        counters.error("foreign_message");
+        return;
+    };
+    if seen.seqs.insert(p.seq) {
+        counters.delivered.fetch_add(1, Ordering::Relaxed);
+        counters
+            .latency
+            .record(dial.index, now.saturating_sub(p.sent_us));
+    } else {
+        counters.duplicated.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -20,6 +20,12 @@ pub struct Report {
     pub nodes: Vec<String>,
     pub sources: Vec<String>,
     pub mode: Option<Mode>,
+    /// The group of a broadcast run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// This shard only listened (another one published to the shared group).
+    #[serde(default)]
+    pub listen_only: bool,
     pub connections: ConnStats,
     /// Dial start to `initial_state`, µs.
     pub initial_state_us: HistSummary,
@@ -27,6 +33,9 @@ pub struct Report {
     pub delivery: Delivery,
     /// Publish (request built) to receive, µs.
     pub latency_us: HistSummary,
+    /// Connections that a node closed (1012, 1013) and that came back elsewhere.
+    #[serde(default)]
+    pub reconnects: Reconnects,
     /// Failures by cause, connections and publishing alike.
     pub errors: BTreeMap<String, u64>,
     pub server: Vec<ServerProc>,
@@ -59,6 +68,13 @@ pub struct Delivery {
     pub lost: u64,
     /// Receptions of a message already received on the same connection.
     pub duplicated: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reconnects {
+    pub count: u64,
+    /// Close received to `initial_state` on the next node, µs.
+    pub time_us: HistSummary,
 }
 
 /// Costs derived from the server samples.
@@ -144,6 +160,15 @@ impl Report {
             fmt_us(l.max),
             errors,
         );
+        if self.reconnects.count > 0 {
+            s += &format!(
+                " | reconnects={} p50={} p99={} max={}",
+                self.reconnects.count,
+                fmt_us(self.reconnects.time_us.p50),
+                fmt_us(self.reconnects.time_us.p99),
+                fmt_us(self.reconnects.time_us.max)
+            );
+        }
         if let Some(r) = self.derived.rss_per_connection_bytes {
             s += &format!(" | server rss/conn={:.2}KiB", r / 1024.0);
         }
@@ -170,6 +195,54 @@ pub fn emit(rep: &Report, json: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The ramps of shards that stepped together: step i of the merge adds the shards'
+/// rates and counts, and takes the worst p50/p99/max of any shard (the shards' step
+/// histograms are not kept, so this is an upper bound); a step passes when it passed
+/// on every shard, and the best rate is the last step of the passing prefix.
+fn merge_ramps(reports: &[Report]) -> Option<RampResult> {
+    let ramps: Vec<&RampResult> = reports.iter().filter_map(|r| r.ramp.as_ref()).collect();
+    let first = ramps.first()?;
+    let n = ramps.iter().map(|r| r.steps.len()).max().unwrap_or(0);
+    let mut out = RampResult {
+        p99_limit_ms: first.p99_limit_ms,
+        ..Default::default()
+    };
+    for i in 0..n {
+        let mut step = RampStep {
+            pass: true,
+            ..Default::default()
+        };
+        for r in &ramps {
+            let Some(s) = r.steps.get(i) else {
+                step.pass = false;
+                step.reason
+                    .get_or_insert_with(|| "a shard stopped earlier".into());
+                continue;
+            };
+            step.rate += s.rate;
+            step.achieved_rate += s.achieved_rate;
+            step.delivery.expected += s.delivery.expected;
+            step.delivery.delivered += s.delivery.delivered;
+            step.delivery.lost += s.delivery.lost;
+            step.delivery.duplicated += s.delivery.duplicated;
+            step.p50_us = step.p50_us.max(s.p50_us);
+            step.p99_us = step.p99_us.max(s.p99_us);
+            step.max_us = step.max_us.max(s.max_us);
+            if !s.pass {
+                step.pass = false;
+                if step.reason.is_none() {
+                    step.reason = s.reason.clone();
+                }
+            }
+        }
+        if step.pass && out.steps.iter().all(|s| s.pass) {
+            out.best_rate = Some(step.rate);
+        }
+        out.steps.push(step);
+    }
+    Some(out)
+}
+
 /// Merges reports of shards that ran at the same time against the same nodes:
 /// counts add up, histograms merge exactly, rates add up, wall times take the longest.
 /// Server samples come from the first report that has any (give `--server-pid` to one
@@ -181,6 +254,7 @@ pub fn merge(reports: &[Report]) -> anyhow::Result<Report> {
         command: "merge".into(),
         nodes: first.nodes.clone(),
         mode: first.mode,
+        group: first.group.clone(),
         ..Default::default()
     };
     let mut sources = std::collections::BTreeSet::new();
@@ -211,9 +285,20 @@ pub fn merge(reports: &[Report]) -> anyhow::Result<Report> {
         for (k, v) in &r.errors {
             *out.errors.entry(k.clone()).or_default() += v;
         }
+        out.reconnects.count += r.reconnects.count;
         if out.server.is_empty() {
             out.server = r.server.clone();
         }
+    }
+    // One group shared by every shard (only some of which publish): every accepted
+    // broadcast is expected on every connection of every shard.
+    let shared_group = first.mode == Some(Mode::Broadcast)
+        && first.group.is_some()
+        && reports.iter().all(|r| r.group == first.group);
+    if shared_group && reports.len() > 1 {
+        let d = &mut out.delivery;
+        d.expected = out.publish.accepted * out.connections.established;
+        d.lost = d.expected.saturating_sub(d.delivered);
     }
     out.sources = sources.into_iter().collect();
     if out.connections.wall_s > 0.0 {
@@ -221,6 +306,68 @@ pub fn merge(reports: &[Report]) -> anyhow::Result<Report> {
     }
     out.initial_state_us = HistSummary::merge(reports.iter().map(|r| &r.initial_state_us))?;
     out.latency_us = HistSummary::merge(reports.iter().map(|r| &r.latency_us))?;
+    out.ramp = merge_ramps(reports);
+    out.reconnects.time_us = HistSummary::merge(reports.iter().map(|r| &r.reconnects.time_us))?;
     out.derive();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(rate: f64, p99_us: u64, pass: bool) -> RampStep {
+        RampStep {
+            rate,
+            achieved_rate: rate,
+            delivery: Delivery {
+                expected: 10,
+                delivered: 10,
+                ..Default::default()
+            },
+            p99_us,
+            pass,
+            reason: (!pass).then(|| "p99".to_owned()),
+            ..Default::default()
+        }
+    }
+
+    fn ramp(steps: Vec<RampStep>) -> Report {
+        Report {
+            ramp: Some(RampResult {
+                p99_limit_ms: 50.0,
+                best_rate: None,
+                steps,
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Steps add up across shards, take the worst p99, and the best rate is the last
+    /// step that passed on every shard.
+    #[test]
+    fn ramps_merge_step_by_step() {
+        let a = ramp(vec![
+            step(100.0, 1_000, true),
+            step(150.0, 2_000, true),
+            step(225.0, 60_000, false),
+        ]);
+        let b = ramp(vec![step(100.0, 3_000, true), step(150.0, 70_000, false)]);
+        let m = merge(&[a, b]).unwrap().ramp.unwrap();
+        assert_eq!(m.steps.len(), 3);
+        assert_eq!(m.steps[0].rate, 200.0);
+        assert_eq!(m.steps[0].p99_us, 3_000);
+        assert_eq!(m.steps[0].delivery.delivered, 20);
+        assert!(m.steps[0].pass);
+        assert!(
+            !m.steps[1].pass,
+            "a step passes only when it passed on every shard"
+        );
+        assert_eq!(m.steps[1].p99_us, 70_000);
+        assert!(
+            !m.steps[2].pass,
+            "a shard that stopped earlier fails the step"
+        );
+        assert_eq!(m.best_rate, Some(200.0));
+    }
 }

@@ -2,22 +2,20 @@
 //! servers, stop. A ramp repeats the publish phase at rising rates on the same
 //! connections.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use herald_shared::config::WS_PATH;
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{Mode, Plan, RampArgs, RunArgs};
-use crate::connections::{self, Counters, Dial};
+use crate::connections::{self, Counters, Dial, Target};
 use crate::hist::HistSummary;
 use crate::procstat::{self, ServerProc};
 use crate::publisher::{PublishStats, Publisher};
-use crate::report::{ConnStats, Delivery, RampResult, RampStep, Report};
+use crate::report::{ConnStats, Delivery, RampResult, RampStep, Reconnects, Report};
 
 #[derive(Serialize)]
 struct Claims<'a> {
@@ -43,7 +41,7 @@ pub fn token(secret: &str, user: &str, groups: Option<Vec<&str>>) -> anyhow::Res
 }
 
 /// A node's socket address and `ws://host:port` prefix, from its base URL.
-async fn resolve(node: &str) -> anyhow::Result<(SocketAddr, String)> {
+async fn resolve(node: &str) -> anyhow::Result<Target> {
     let url = reqwest::Url::parse(node).map_err(|e| anyhow::anyhow!("node URL {node}: {e}"))?;
     anyhow::ensure!(
         matches!(url.scheme(), "http" | "ws"),
@@ -58,7 +56,10 @@ async fn resolve(node: &str) -> anyhow::Result<(SocketAddr, String)> {
         .await?
         .next()
         .ok_or_else(|| anyhow::anyhow!("node URL {node}: host does not resolve"))?;
-    Ok((addr, format!("ws://{host}:{port}")))
+    Ok(Target {
+        addr,
+        ws_base: format!("ws://{host}:{port}"),
+    })
 }
 
 /// Connections held open, and what connecting them measured.
@@ -89,10 +90,12 @@ impl Session {
             );
         }
         let mut nodes = Vec::new();
-        for node in &args.nodes {
+        for node in args.nodes.iter().chain(&args.standby) {
             nodes.push(resolve(node).await?);
         }
-        anyhow::ensure!(!nodes.is_empty(), "no --node given");
+        anyhow::ensure!(!args.nodes.is_empty(), "no --node given");
+        let dialed = args.nodes.len();
+        let nodes = Arc::new(nodes);
         let group = (args.mode == Mode::Broadcast).then(|| args.group_name());
         let tokens: Vec<String> = plan
             .users
@@ -122,16 +125,17 @@ impl Session {
             if let Some(p) = pace {
                 tokio::time::sleep_until((started + p * index as u32).into()).await;
             }
-            let (addr, ws_base) = &nodes[index % nodes.len()];
             let dial = Dial {
                 index,
                 user,
-                addr: *addr,
+                nodes: nodes.clone(),
+                first: index % dialed,
                 source: (!args.sources.is_empty())
                     .then(|| args.sources[index % args.sources.len()]),
-                url: format!("{ws_base}{WS_PATH}?token={}", tokens[user]),
+                token: tokens[user].clone(),
                 subscribe: group.clone(),
                 timeout: Duration::from_secs_f64(args.connect_timeout),
+                reconnect: args.reconnect,
             };
             tasks.spawn(connections::run(
                 dial,
@@ -224,6 +228,9 @@ pub struct Phase {
 /// Publishes at `rate` for the run's duration, then waits up to `--settle` for the
 /// expected deliveries.
 pub async fn phase(args: &RunArgs, s: &Session, publisher: &Publisher, rate: f64) -> Phase {
+    if args.listens_only() {
+        return listen(args, s).await;
+    }
     let c = &s.counters;
     let _ = c.latency.take();
     let acc0 = publisher.accepted_per_user();
@@ -261,6 +268,58 @@ pub async fn phase(args: &RunArgs, s: &Session, publisher: &Publisher, rate: f64
     }
 }
 
+/// A listening shard's phase: it cannot know when the publishing shard starts or
+/// what it will send, so it listens until `--duration` has passed since the first
+/// message and then nothing new arrived for `--settle` (at least two publishing
+/// intervals); if nothing arrives within `--duration` + `--settle`, it gives up.
+/// What was expected is known only to the merge (the publishing shard's accepted
+/// count times every shard's connections).
+///
+/// It counts from the moment its connections were up (the publisher may have
+/// started during this shard's hold).
+async fn listen(args: &RunArgs, s: &Session) -> Phase {
+    let c = &s.counters;
+    let started = Instant::now();
+    let duration = Duration::from_secs_f64(args.duration);
+    let quiet = Duration::from_secs_f64(args.settle.max(if args.rate > 0.0 {
+        2.0 / args.rate
+    } else {
+        0.0
+    }));
+    let (mut seen, mut first, mut last_change) = (0, None, started);
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = Instant::now();
+        let d = c.delivered.load(Ordering::Relaxed);
+        if d > seen {
+            seen = d;
+            last_change = now;
+            first.get_or_insert(now);
+        }
+        let done = match first {
+            None => now >= started + duration + quiet,
+            Some(t) => now >= t + duration && now - last_change >= quiet,
+        };
+        if done {
+            break;
+        }
+    }
+    Phase {
+        publish: PublishStats {
+            mode: Some(args.mode),
+            duration_s: args.duration,
+            ..Default::default()
+        },
+        delivery: Delivery {
+            expected: 0,
+            delivered: seen,
+            lost: 0,
+            duplicated: c.duplicated.load(Ordering::Relaxed),
+        },
+        latency: HistSummary::of(&c.latency.take()),
+    }
+}
+
 fn publisher(args: &RunArgs, s: &Session) -> Publisher {
     Publisher::new(
         args.api_base(),
@@ -280,6 +339,8 @@ fn base_report(command: &str, args: &RunArgs) -> Report {
         nodes: args.nodes.clone(),
         sources: args.sources.iter().map(|s| s.to_string()).collect(),
         mode: Some(args.mode),
+        group: (args.mode == Mode::Broadcast).then(|| args.group_name()),
+        listen_only: args.listens_only(),
         ..Default::default()
     }
 }
@@ -301,6 +362,10 @@ async fn finish(mut rep: Report, mut s: Session, publisher: Option<&Publisher>) 
     s.sample(|p| &mut p.after);
     rep.server = s.server.clone();
     rep.initial_state_us = HistSummary::of(&s.counters.initial_state.take());
+    rep.reconnects = Reconnects {
+        count: s.counters.reconnects.load(Ordering::Relaxed),
+        time_us: HistSummary::of(&s.counters.reconnect_time.take()),
+    };
     let counters = s.counters.clone();
     rep.connections = s.stop().await;
     rep.errors = counters.errors();

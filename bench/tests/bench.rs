@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::Node;
+use common::{Cluster, Node};
 use herald_bench::report::{self, Report};
 use herald_bench::runner;
 
@@ -100,6 +100,88 @@ async fn broadcast_reaches_all_connections() {
     assert_clean(&rep);
     assert_eq!(rep.publish.accepted, 10);
     assert_eq!(rep.delivery.expected, 300);
+}
+
+/// With one group shared by two shards, shard 0 alone publishes (at the whole rate),
+/// shard 1 listens, and the merge expects every broadcast on every connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_broadcast_group_is_published_once_and_merged() {
+    let node = Node::start().await;
+    let shard = |i: &str| {
+        node.run_args(&[
+            "-c",
+            "40",
+            "--shard",
+            i,
+            "--mode",
+            "broadcast",
+            "--group",
+            "everyone",
+            "--rate",
+            "8",
+            "--duration",
+            "1",
+            "--hold",
+            "0.5",
+            "--settle",
+            "1",
+        ])
+    };
+    let (a, b) = (shard("0/2"), shard("1/2"));
+    assert!(!a.listens_only() && b.listens_only());
+    let (ra, rb) = tokio::join!(runner::run(&a), runner::run(&b));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.publish.accepted, 8, "shard 0 publishes the whole rate");
+    assert_eq!(rb.publish.accepted, 0, "shard 1 only listens");
+    assert!(rb.listen_only);
+    assert_eq!(rb.delivery.delivered, 8 * 20, "{rb:#?}");
+    let merged = report::merge(&[ra, rb]).unwrap();
+    assert_clean(&merged);
+    assert_eq!(merged.delivery.expected, 8 * 40);
+    assert_eq!(merged.latency_us.count, 8 * 40);
+}
+
+/// Connections drained off one node come back on the standby node with `after`:
+/// the notifications published while they moved arrive in `missed`, so nothing is
+/// lost or duplicated, and every reconnect is counted and timed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_connections_reconnect_elsewhere_without_loss() {
+    let cluster = Cluster::start(2).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let b_url = b.url();
+    let args = a.run_args(&[
+        "-c",
+        "20",
+        "--standby",
+        &b_url,
+        "--api-url",
+        &b_url,
+        "--reconnect",
+        "--rate",
+        "100",
+        "--duration",
+        "2",
+        "--batch",
+        "5",
+        "--settle",
+        "5",
+    ]);
+    let drain = async {
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        a.drain(0).await;
+    };
+    let (rep, ()) = tokio::join!(runner::run(&args), drain);
+    let rep = rep.unwrap();
+    assert_clean(&rep);
+    assert_eq!(rep.connections.established, 20);
+    assert_eq!(
+        rep.connections.open_at_end, 20,
+        "every connection came back"
+    );
+    assert_eq!(rep.reconnects.count, 20, "{rep:#?}");
+    assert_eq!(rep.reconnects.time_us.count, 20);
+    assert_eq!(rep.delivery.expected, 200);
+    assert!(rep.summary().contains("reconnects=20"));
 }
 
 /// Shards split the users so that together they cover each exactly once.

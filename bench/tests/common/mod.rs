@@ -11,36 +11,121 @@ use tokio::sync::oneshot;
 
 pub const JWT_SECRET: &str = "s";
 pub const API_KEY: &str = "k";
+pub const ADMIN_TOKEN: &str = "t";
 
 /// A node serving on free ports until dropped.
 pub struct Node {
     pub public: SocketAddr,
-    _dir: tempfile::TempDir,
+    pub admin: SocketAddr,
+    _dir: Option<tempfile::TempDir>,
     _shutdown: oneshot::Sender<()>,
+}
+
+/// Nodes of one cluster: a shared SQLite file and a Redis key prefix of their own,
+/// deleted when dropped.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    prefix: String,
+    _dir: tempfile::TempDir,
+}
+
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+impl Cluster {
+    pub async fn start(n: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = format!("herald-bench-test-{}-{}", std::process::id(), rand_suffix());
+        let db = format!("sqlite://{}/h.db", dir.path().display());
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let data = dir.path().join(format!("node-{i}"));
+            std::fs::create_dir_all(&data).unwrap();
+            nodes.push(
+                Node::start_with(
+                    None,
+                    vec![
+                        "--database-url".into(),
+                        db.clone(),
+                        "--data-dir".into(),
+                        data.display().to_string(),
+                        "--redis-url".into(),
+                        REDIS_URL.into(),
+                        "--redis-prefix".into(),
+                        prefix.clone(),
+                        "--node-id".into(),
+                        format!("bench-test-{i}"),
+                    ],
+                )
+                .await,
+            );
+        }
+        Self {
+            nodes,
+            prefix,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Ok(client) = redis::Client::open(REDIS_URL)
+            && let Ok(mut c) = client.get_connection()
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}*", self.prefix))
+                .query(&mut c)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut c);
+            }
+        }
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) % 1_000_000
 }
 
 impl Node {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display().to_string();
-        let cfg = herald_server::Config::from_args([
-            "--database-url".to_owned(),
-            format!("sqlite://{d}/h.db"),
-            "--data-dir".into(),
-            d.clone(),
-            "--jwt-secret".into(),
-            JWT_SECRET.into(),
-            "--api-key".into(),
-            API_KEY.into(),
-            "--admin-token".into(),
-            "t".into(),
-            "--shutdown-drain-s".into(),
-            "0".into(),
-        ])
-        .expect("config parses");
+        Self::start_with(
+            Some(dir),
+            vec![
+                "--database-url".to_owned(),
+                format!("sqlite://{d}/h.db"),
+                "--data-dir".into(),
+                d.clone(),
+            ],
+        )
+        .await
+    }
+
+    /// A node with the bench's secrets and `store` (database and data-dir flags).
+    async fn start_with(dir: Option<tempfile::TempDir>, store: Vec<String>) -> Self {
+        let mut argv = store;
+        argv.extend(
+            [
+                "--jwt-secret",
+                JWT_SECRET,
+                "--api-key",
+                API_KEY,
+                "--admin-token",
+                ADMIN_TOKEN,
+                "--shutdown-drain-s",
+                "0",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        let cfg = herald_server::Config::from_args(argv).expect("config parses");
         let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = public.local_addr().unwrap();
+        let admin_addr = admin.local_addr().unwrap();
         let node = herald_server::build(cfg).await.expect("node builds");
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(herald_server::serve(node, public, admin, async {
@@ -48,9 +133,22 @@ impl Node {
         }));
         Self {
             public: addr,
+            admin: admin_addr,
             _dir: dir,
             _shutdown: tx,
         }
+    }
+
+    /// `POST /admin/drain` with this window.
+    pub async fn drain(&self, window_s: u64) {
+        let r = reqwest::Client::new()
+            .post(format!("http://{}/admin/drain", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({ "window_s": window_s }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202, "drain refused");
     }
 
     pub fn url(&self) -> String {
