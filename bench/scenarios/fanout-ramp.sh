@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Targeted fan-out ramp: CONNECTIONS connections (one user each), notifications
+# published in batches to individual users at a rising rate (×FACTOR per STEP
+# seconds) until p99 publish-to-receive latency reaches 50 ms or anything is lost;
+# the best passing rate is the figure.
+#
+#   bench/scenarios/fanout-ramp.sh                     # one node, SQLite (the default)
+#   STORE=postgres bench/scenarios/fanout-ramp.sh      # one node, PostgreSQL
+#   MODE=event bench/scenarios/fanout-ramp.sh          # user events (not stored)
+#
+# Settings: CONNECTIONS (10000), MODE (notify), STORE (sqlite|postgres), START
+# msgs/s (5000), FACTOR (1.25), MAX rate (400000), STEP s (5), BATCH (100), SHARDS (2,
+# each publishing half the rate to its own users), SOURCES, PORT (18020), ADMIN_PORT (19020).
+source "$(dirname "$0")/lib.sh"
+
+CONNECTIONS=${CONNECTIONS:-10000}
+MODE=${MODE:-notify}
+STORE=${STORE:-sqlite}
+START=${START:-5000}
+FACTOR=${FACTOR:-1.25}
+MAX=${MAX:-400000}
+STEP=${STEP:-5}
+BATCH=${BATCH:-100}
+SHARDS=${SHARDS:-2}
+SOURCES=${SOURCES:-127.0.0.2,127.0.0.3}
+PORT=${PORT:-18020}
+ADMIN_PORT=${ADMIN_PORT:-19020}
+
+scenario_init fanout-ramp
+build_release
+[[ $STORE == postgres ]] && use_postgres
+start_node 0 "$PORT" "$ADMIN_PORT" HERALD_MAX_CONNECTIONS=$((CONNECTIONS + 100))
+wait_ready 0
+
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-900} bench_shards ramp "$SHARDS" ramp \
+    --node "$(node_urls 0)" --jwt-secret "$SECRET" --api-key "$API_KEY" \
+    -c "$CONNECTIONS" --source "$SOURCES" --mode "$MODE" --batch "$BATCH" \
+    --start-rate "$START" --factor "$FACTOR" --max-rate "$MAX" --duration "$STEP" \
+    --settle 3 --hold 2 --publish-concurrency 16 --server-pid "${NODE_PID[0]}"
+python3 - "$OUT/ramp.json" <<'PY' | tee "$OUT/steps.txt"
+import json, sys
+r = json.load(open(sys.argv[1]))["ramp"]
+for s in r["steps"]:
+    d = s["delivery"]
+    print(f'{s["rate"]:>9.0f}/s achieved {s["achieved_rate"]:>9.0f}/s p50 {s["p50_us"]/1000:7.1f} ms '
+          f'p99 {s["p99_us"]/1000:7.1f} ms delivered {d["delivered"]}/{d["expected"]} '
+          f'{"pass" if s["pass"] else "FAIL: " + (s["reason"] or "")}')
+print("best:", r["best_rate"])
+PY
+log "results in $OUT"
