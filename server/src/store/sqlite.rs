@@ -4,6 +4,16 @@
 //! `synchronous=NORMAL` keeps commits durable across a process crash (not an OS
 //! crash), the usual trade for a notification cache. Times are stored as Unix
 //! milliseconds.
+//!
+//! SQLite admits one writer at a time, and a second connection that wants to write
+//! does not queue: it gets `SQLITE_BUSY` and sleeps in the busy handler (1, 2, 5, 10
+//! ... 100 ms) before it tries again. With writes spread over the read pool, 16
+//! concurrent publish batches made p99 publish-to-receive latency 700 ms at 5,000
+//! notifications/s (bench/RESULTS.md). So every write goes through `writer`, a pool of
+//! exactly one connection, whose FIFO acquire queue is the write lock: a writer never
+//! meets another writer, and readers never block it. Each write is as few round trips
+//! to sqlx's worker thread as it can be: a batch is one multi-row `INSERT`, the connect
+//! snapshot one `SELECT`.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -25,8 +35,15 @@ use super::{ListQuery, NewAudit, Store, StoreError, UnreadSnapshot, format_time,
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 pub struct SqliteStore {
+    /// Reads: connect snapshots, resumes, listings.
     pool: SqlitePool,
+    /// Every write, one at a time (see the module doc).
+    writer: SqlitePool,
 }
+
+/// Rows per `INSERT` statement: full chunks of a large batch share one prepared
+/// statement, and 100 rows × 3 parameters stay far below SQLite's variable limit.
+const INSERT_CHUNK: usize = 100;
 
 impl SqliteStore {
     pub async fn connect(url: &str, pool_size: u32) -> Result<Self, StoreError> {
@@ -43,16 +60,21 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Db(format!("creating {}: {e}", dir.display())))?;
         }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts.clone())
+            .await?;
+        MIGRATOR
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Db(format!("sqlite migrations: {e}")))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(pool_size.max(1))
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(opts)
             .await?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Db(format!("sqlite migrations: {e}")))?;
-        Ok(Self { pool })
+        Ok(Self { pool, writer })
     }
 }
 
@@ -87,55 +109,63 @@ impl Store for SqliteStore {
     async fn insert(&self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {
         let created = now_ms();
         let ms = created.timestamp_millis();
-        let mut tx = self.pool.begin().await?;
+        let created_at = format_time(created);
+        let mut tx = self.writer.begin().await?;
         let mut out = Vec::with_capacity(items.len());
-        for item in items {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO notifications (user_id, message, created_at, read) \
-                 VALUES (?, ?, ?, 0) RETURNING id",
-            )
-            .bind(item.user.as_str())
-            .bind(item.message.get())
-            .bind(ms)
-            .fetch_one(&mut *tx)
-            .await?;
-            out.push(Notification {
+        for chunk in items.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "INSERT INTO notifications (user_id, message, created_at, read) VALUES {} RETURNING id",
+                vec!["(?, ?, ?, 0)"; chunk.len()].join(", ")
+            );
+            let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
+            for item in chunk {
+                q = q.bind(item.user.as_str()).bind(item.message.get()).bind(ms);
+            }
+            // RETURNING gives no order guarantee, but one statement on the only
+            // writer inserts its rows in VALUES order under increasing ids.
+            let mut ids = q.fetch_all(&mut *tx).await?;
+            ids.sort_unstable();
+            out.extend(chunk.iter().zip(ids).map(|(item, id)| Notification {
                 id,
                 user: item.user.to_string(),
                 message: RawJson(item.message.clone()),
-                created_at: format_time(created),
+                created_at: created_at.clone(),
                 read: false,
-            });
+            }));
         }
         tx.commit().await?;
         Ok(out)
     }
 
     async fn unread(&self, user: &UserId, limit: i64) -> Result<UnreadSnapshot, StoreError> {
-        // One read transaction: the count and the page come from the same snapshot.
-        let mut tx = self.pool.begin().await?;
-        let unread_count: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM notifications WHERE user_id = ? AND read = 0")
-                .bind(user.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-        let newest = sqlx::query(
-            "SELECT id, user_id, message, created_at, read FROM notifications \
-             WHERE user_id = ? AND read = 0 ORDER BY id DESC LIMIT ?",
+        // One statement, so one read snapshot: the count, the newest id and the page
+        // agree. The one-row `head` keeps the counts when the user has no unread row.
+        let rs = sqlx::query(
+            "WITH head AS (SELECT \
+                 (SELECT count(*) FROM notifications WHERE user_id = ?1 AND read = 0) AS unread_count, \
+                 (SELECT coalesce(max(id), 0) FROM notifications WHERE user_id = ?1) AS newest_id), \
+             page AS (SELECT id, user_id, message, created_at, read FROM notifications \
+                 WHERE user_id = ?1 AND read = 0 ORDER BY id DESC LIMIT ?2) \
+             SELECT head.unread_count, head.newest_id, page.* FROM head LEFT JOIN page ORDER BY page.id DESC",
         )
         .bind(user.as_str())
         .bind(limit)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        let newest_id: i64 =
-            sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM notifications WHERE user_id = ?")
-                .bind(user.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-        tx.commit().await?;
+        let head = rs
+            .first()
+            .ok_or_else(|| StoreError::Db("unread snapshot returned no row".into()))?;
+        let unread_count: i64 = head.try_get("unread_count")?;
+        let newest_id: i64 = head.try_get("newest_id")?;
+        let mut newest = Vec::with_capacity(rs.len());
+        for r in &rs {
+            if r.try_get::<Option<i64>, _>("id")?.is_some() {
+                newest.push(row_to_notification(r)?);
+            }
+        }
         Ok(UnreadSnapshot {
             unread_count,
-            newest: rows(newest)?,
+            newest,
             newest_id,
         })
     }
@@ -175,7 +205,7 @@ impl Store for SqliteStore {
 
     async fn mark_read(&self, user: &UserId, ids: &[i64]) -> Result<(Vec<i64>, i64), StoreError> {
         let ids_json = serde_json::to_string(ids).expect("ids serialise");
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let mut marked: Vec<i64> = sqlx::query_scalar(
             "UPDATE notifications SET read = 1 \
              WHERE user_id = ? AND id IN (SELECT value FROM json_each(?)) RETURNING id",
@@ -197,7 +227,7 @@ impl Store for SqliteStore {
     async fn mark_all_read(&self, user: &UserId) -> Result<i64, StoreError> {
         sqlx::query("UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0")
             .bind(user.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(0)
     }
@@ -212,7 +242,7 @@ impl Store for SqliteStore {
         .bind(e.args.to_string())
         .bind(e.result.to_string())
         .bind(&e.caller)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
