@@ -60,8 +60,11 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Db(format!("creating {}: {e}", dir.display())))?;
         }
+        // No test before acquire: a connection to a local file does not go stale,
+        // and the test is one more round trip to sqlx's worker thread per query.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(opts.clone())
             .await?;
@@ -71,6 +74,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Db(format!("sqlite migrations: {e}")))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(pool_size.max(1))
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(opts)
             .await?;
@@ -89,6 +93,16 @@ fn row_to_notification(r: &SqliteRow) -> Result<Notification, StoreError> {
         created_at: format_time(Utc.timestamp_millis_opt(ms).single().unwrap_or_default()),
         read: r.try_get("read")?,
     })
+}
+
+/// A LIMIT written into the SQL instead of bound. SQLite (3.51, as bundled) plans
+/// with the value of a bound LIMIT, so every execution of a statement with `LIMIT ?`
+/// re-prepares it (`SQLITE_STMTSTATUS_REPREPARE`): that was a third of the node's CPU
+/// while clients connected (bench/RESULTS.md). The connect snapshot and the resume use
+/// fixed limits, so each stays one cached statement (a listing, one per limit asked
+/// for). An integer cannot inject SQL.
+fn literal_limit(limit: i64) -> i64 {
+    limit.max(0)
 }
 
 fn rows(rs: Vec<SqliteRow>) -> Result<Vec<Notification>, StoreError> {
@@ -140,18 +154,19 @@ impl Store for SqliteStore {
     async fn unread(&self, user: &UserId, limit: i64) -> Result<UnreadSnapshot, StoreError> {
         // One statement, so one read snapshot: the count, the newest id and the page
         // agree. The one-row `head` keeps the counts when the user has no unread row.
-        let rs = sqlx::query(
+        let sql = format!(
             "WITH head AS (SELECT \
                  (SELECT count(*) FROM notifications WHERE user_id = ?1 AND read = 0) AS unread_count, \
                  (SELECT coalesce(max(id), 0) FROM notifications WHERE user_id = ?1) AS newest_id), \
              page AS (SELECT id, user_id, message, created_at, read FROM notifications \
-                 WHERE user_id = ?1 AND read = 0 ORDER BY id DESC LIMIT ?2) \
+                 WHERE user_id = ?1 AND read = 0 ORDER BY id DESC LIMIT {}) \
              SELECT head.unread_count, head.newest_id, page.* FROM head LEFT JOIN page ORDER BY page.id DESC",
-        )
-        .bind(user.as_str())
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+            literal_limit(limit)
+        );
+        let rs = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user.as_str())
+            .fetch_all(&self.pool)
+            .await?;
         let head = rs
             .first()
             .ok_or_else(|| StoreError::Db("unread snapshot returned no row".into()))?;
@@ -176,30 +191,32 @@ impl Store for SqliteStore {
         after: i64,
         limit: i64,
     ) -> Result<Vec<Notification>, StoreError> {
-        let rs = sqlx::query(
+        let sql = format!(
             "SELECT id, user_id, message, created_at, read FROM notifications \
-             WHERE user_id = ? AND id > ? ORDER BY id ASC LIMIT ?",
-        )
-        .bind(user.as_str())
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+             WHERE user_id = ? AND id > ? ORDER BY id ASC LIMIT {}",
+            literal_limit(limit)
+        );
+        let rs = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user.as_str())
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
         rows(rs)
     }
 
     async fn list(&self, user: &UserId, q: ListQuery) -> Result<Vec<Notification>, StoreError> {
-        let rs = sqlx::query(
+        let sql = format!(
             "SELECT id, user_id, message, created_at, read FROM notifications \
              WHERE user_id = ?1 AND id < ?2 AND (?3 = 0 OR read = 0) \
-             ORDER BY id DESC LIMIT ?4",
-        )
-        .bind(user.as_str())
-        .bind(q.before.unwrap_or(i64::MAX))
-        .bind(q.unread_only)
-        .bind(q.limit)
-        .fetch_all(&self.pool)
-        .await?;
+             ORDER BY id DESC LIMIT {}",
+            literal_limit(q.limit)
+        );
+        let rs = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user.as_str())
+            .bind(q.before.unwrap_or(i64::MAX))
+            .bind(q.unread_only)
+            .fetch_all(&self.pool)
+            .await?;
         rows(rs)
     }
 
