@@ -39,6 +39,10 @@ pub struct Report {
     /// Failures by cause, connections and publishing alike.
     pub errors: BTreeMap<String, u64>,
     pub server: Vec<ServerProc>,
+    /// The load generator's own processes (one per shard), sampled at the same
+    /// moments: what the box spent on generating the load, beside the server.
+    #[serde(default)]
+    pub generator: Vec<ServerProc>,
     pub derived: Derived,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ramp: Option<RampResult>,
@@ -87,6 +91,12 @@ pub struct Derived {
     pub deliveries_per_cpu_s: Option<f64>,
     /// Server CPU from before to connected, per established connection.
     pub connect_cpu_us_per_connection: Option<f64>,
+    /// Load generator CPU (all shards) while connecting, and while publishing and
+    /// receiving, seconds.
+    #[serde(default)]
+    pub generator_connect_cpu_s: Option<f64>,
+    #[serde(default)]
+    pub generator_run_cpu_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -113,13 +123,16 @@ pub struct RampStep {
 impl Report {
     /// Recomputes [`Derived`] from the server samples and the counts.
     pub fn derive(&mut self) {
-        let sum = |f: &dyn Fn(&ServerProc) -> Option<f64>| -> Option<f64> {
-            let v: Vec<f64> = self.server.iter().filter_map(f).collect();
+        let total = |procs: &[ServerProc], f: &dyn Fn(&ServerProc) -> Option<f64>| -> Option<f64> {
+            let v: Vec<f64> = procs.iter().filter_map(f).collect();
             (!v.is_empty()).then(|| v.iter().sum())
         };
+        let connect = |p: &ServerProc| Some(p.connected?.cpu_s - p.before?.cpu_s);
+        let running = |p: &ServerProc| Some(p.after?.cpu_s - p.connected?.cpu_s);
+        let sum = |f: &dyn Fn(&ServerProc) -> Option<f64>| total(&self.server, f);
         let rss = sum(&|p| Some((p.connected?.rss_kib as f64 - p.before?.rss_kib as f64) * 1024.0));
-        let connect_cpu = sum(&|p| Some(p.connected?.cpu_s - p.before?.cpu_s));
-        let run_cpu = sum(&|p| Some(p.after?.cpu_s - p.connected?.cpu_s));
+        let connect_cpu = sum(&connect);
+        let run_cpu = sum(&running);
         let est = self.connections.established as f64;
         let del = self.delivery.delivered as f64;
         self.derived = Derived {
@@ -127,6 +140,8 @@ impl Report {
             connect_cpu_us_per_connection: connect_cpu.filter(|_| est > 0.0).map(|c| c * 1e6 / est),
             cpu_ms_per_1000_deliveries: run_cpu.filter(|_| del > 0.0).map(|c| c * 1e6 / del),
             deliveries_per_cpu_s: run_cpu.filter(|c| *c > 0.0 && del > 0.0).map(|c| del / c),
+            generator_connect_cpu_s: total(&self.generator, &connect),
+            generator_run_cpu_s: total(&self.generator, &running),
         };
     }
 
@@ -174,6 +189,12 @@ impl Report {
         }
         if let Some(c) = self.derived.cpu_ms_per_1000_deliveries {
             s += &format!(" cpu/1000 deliveries={c:.2}ms");
+        }
+        if let (Some(c), Some(r)) = (
+            self.derived.generator_connect_cpu_s,
+            self.derived.generator_run_cpu_s,
+        ) {
+            s += &format!(" | generator cpu connect={c:.1}s run={r:.1}s");
         }
         if let Some(r) = &self.ramp {
             match r.best_rate {
@@ -289,6 +310,7 @@ pub fn merge(reports: &[Report]) -> anyhow::Result<Report> {
         if out.server.is_empty() {
             out.server = r.server.clone();
         }
+        out.generator.extend(r.generator.iter().cloned());
     }
     // One group shared by every shard (only some of which publish): every accepted
     // broadcast is expected on every connection of every shard.

@@ -70,6 +70,8 @@ pub struct Session {
     pub conns_per_user: Vec<u64>,
     pub stats: ConnStats,
     pub server: Vec<ServerProc>,
+    /// This process, sampled with the servers.
+    pub generator: ServerProc,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     quiet: bool,
@@ -113,6 +115,12 @@ impl Session {
             })
             .collect();
 
+        let me = std::process::id();
+        let generator = ServerProc {
+            pid: me,
+            before: procstat::sample(me),
+            ..Default::default()
+        };
         let counters = Arc::new(Counters::default());
         let (stop, stop_rx) = watch::channel(false);
         let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
@@ -183,6 +191,7 @@ impl Session {
                 open_at_end: 0,
             },
             server,
+            generator,
             stop,
             tasks,
             quiet: args.quiet,
@@ -190,7 +199,7 @@ impl Session {
     }
 
     fn sample(&mut self, at: fn(&mut ServerProc) -> &mut Option<procstat::ProcSample>) {
-        for p in &mut self.server {
+        for p in self.server.iter_mut().chain([&mut self.generator]) {
             *at(p) = procstat::sample(p.pid);
         }
     }
@@ -361,6 +370,7 @@ async fn hold(args: &RunArgs, s: &mut Session) {
 async fn finish(mut rep: Report, mut s: Session, publisher: Option<&Publisher>) -> Report {
     s.sample(|p| &mut p.after);
     rep.server = s.server.clone();
+    rep.generator = vec![s.generator.clone()];
     rep.initial_state_us = HistSummary::of(&s.counters.initial_state.take());
     rep.reconnects = Reconnects {
         count: s.counters.reconnects.load(Ordering::Relaxed),
@@ -406,9 +416,11 @@ pub async fn ramp(args: &RampArgs) -> anyhow::Result<Report> {
         p99_limit_ms: args.p99_limit_ms,
         ..Default::default()
     };
-    let mut rate = args.start_rate / run.shard.count as f64;
+    // `rate` is this shard's part; the start and maximum are totals over all shards.
+    let shards = run.shard.count as f64;
+    let mut rate = args.start_rate / shards;
     let mut best: Option<Phase> = None;
-    while rate <= args.max_rate {
+    while rate * shards <= args.max_rate * (1.0 + 1e-9) {
         let p = phase(run, &s, &publisher, rate).await;
         let reason = if p.latency.p99 as f64 >= args.p99_limit_ms * 1000.0 {
             Some(format!("p99 {}", crate::hist::fmt_us(p.latency.p99)))
@@ -453,7 +465,7 @@ pub async fn ramp(args: &RampArgs) -> anyhow::Result<Report> {
         if reason.is_some() {
             break;
         }
-        result.best_rate = Some(rate * run.shard.count as f64);
+        result.best_rate = Some(rate * shards);
         best = Some(p);
         rate *= args.factor.max(1.01);
     }
