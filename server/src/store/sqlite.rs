@@ -14,6 +14,13 @@
 //! meets another writer, and readers never block it. Each write is as few round trips
 //! to sqlx's worker thread as it can be: a batch is one multi-row `INSERT`, the connect
 //! snapshot one `SELECT`.
+//!
+//! Checkpoints (copying the WAL back into the database file, with an fsync) run on a
+//! connection of their own, every second, instead of inside whichever commit pushed
+//! the WAL past 1,000 pages: each row touches a random page of each per-user index,
+//! so at thousands of notifications a second SQLite's own auto-checkpoint ran many
+//! times a second in the writer's commit and stalled every publish behind it. The
+//! writer keeps an auto-checkpoint at [`WRITER_AUTOCHECKPOINT_PAGES`] as a backstop.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -39,7 +46,17 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// Every write, one at a time (see the module doc).
     writer: SqlitePool,
+    /// The background checkpointer, stopped with the store.
+    checkpointer: tokio::task::AbortHandle,
 }
+
+/// The writer checkpoints in its own commit only once the WAL holds this many pages
+/// (64 MiB): the checkpointer normally keeps it far shorter.
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16_384;
+/// How often the checkpointer copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// The WAL file is truncated back to this after a checkpoint let it restart.
+const WAL_SIZE_LIMIT: u64 = 64 << 20;
 
 /// Rows per `INSERT` statement: full chunks of a large batch share one prepared
 /// statement, and 100 rows × 3 parameters stay far below SQLite's variable limit.
@@ -66,7 +83,14 @@ impl SqliteStore {
             .max_connections(1)
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(opts.clone())
+            .connect_with(
+                opts.clone()
+                    .pragma(
+                        "wal_autocheckpoint",
+                        WRITER_AUTOCHECKPOINT_PAGES.to_string(),
+                    )
+                    .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string()),
+            )
             .await?;
         MIGRATOR
             .run(&writer)
@@ -76,9 +100,42 @@ impl SqliteStore {
             .max_connections(pool_size.max(1))
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts.clone())
+            .await?;
+        let checkpoints = SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(opts)
             .await?;
-        Ok(Self { pool, writer })
+        let checkpointer =
+            tokio::spawn(checkpoint_every(checkpoints, CHECKPOINT_EVERY)).abort_handle();
+        Ok(Self {
+            pool,
+            writer,
+            checkpointer,
+        })
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.checkpointer.abort();
+    }
+}
+
+/// Copies the WAL into the database file every `every`, without blocking readers or
+/// the writer (`PASSIVE`: it copies what no reader still needs and stops there).
+async fn checkpoint_every(conn: SqlitePool, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&conn)
+            .await
+        {
+            tracing::warn!(error = %e, "sqlite checkpoint failed; retrying");
+        }
     }
 }
 
