@@ -41,7 +41,8 @@ pub enum Command {
 pub enum Mode {
     /// Per-user notifications through `/api/v1/notifications/batch`.
     Notify,
-    /// Events to each user's personal group `user_<id>` (one request each).
+    /// Events to each user's personal group `user_<id>`: alone through
+    /// `/api/v1/groups/<group>/events`, or several through `/api/v1/events/batch`.
     Event,
     /// Events to one group every connection of this shard subscribes to.
     Broadcast,
@@ -113,7 +114,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
 
-    /// Notifications per batch request (at most 1000).
+    /// Notifications (or user events) per request at most (1000); what falls due
+    /// within one 5 ms tick goes out together.
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
 

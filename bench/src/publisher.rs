@@ -107,8 +107,8 @@ impl Publisher {
         }
         let total = (rate * duration.as_secs_f64()).round() as u64;
         let per_request = match self.mode {
-            Mode::Notify => self.batch as u64,
-            Mode::Event | Mode::Broadcast => 1,
+            Mode::Notify | Mode::Event => self.batch as u64,
+            Mode::Broadcast => 1,
         };
         let start = Instant::now();
         let mut tasks: JoinSet<(u64, u64, bool)> = JoinSet::new();
@@ -196,13 +196,25 @@ impl Publisher {
                     format!(r#"{{"notifications":[{}]}}"#, items.join(",")),
                 )
             }
-            Mode::Event => (
+            Mode::Event if n == 1 => (
                 format!(
                     "/api/v1/groups/user_{}/events",
                     self.users[self.target(first)].id
                 ),
                 format!(r#"{{"payload":{}}}"#, probe(first)),
             ),
+            Mode::Event => {
+                let items: Vec<String> = (first..first + n)
+                    .map(|s| {
+                        let group = format!("user_{}", self.users[self.target(s)].id);
+                        format!(r#"{{"group":{},"payload":{}}}"#, json_str(&group), probe(s))
+                    })
+                    .collect();
+                (
+                    "/api/v1/events/batch".to_owned(),
+                    format!(r#"{{"events":[{}]}}"#, items.join(",")),
+                )
+            }
             Mode::Broadcast => (
                 format!("/api/v1/groups/{}/events", self.group),
                 format!(r#"{{"payload":{}}}"#, probe(first)),

@@ -82,6 +82,35 @@ async fn user_events_reach_every_connection_of_the_user() {
     assert_eq!(rep.latency_us.count, 100);
 }
 
+/// At a rate that puts several user events in one tick, they go out as event
+/// batches: fewer requests than events, every event delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_events_go_out_in_batches() {
+    let node = Node::start().await;
+    let args = node.run_args(&[
+        "-c",
+        "20",
+        "--mode",
+        "event",
+        "--rate",
+        "4000",
+        "--duration",
+        "0.25",
+        "--batch",
+        "50",
+    ]);
+    let rep = runner::run(&args).await.unwrap();
+    assert_clean(&rep);
+    assert_eq!(rep.publish.accepted, 1000);
+    assert!(
+        rep.publish.requests < 500,
+        "{} requests for 1000 events",
+        rep.publish.requests
+    );
+    assert_eq!(rep.delivery.expected, 1000);
+    assert_eq!(rep.latency_us.count, 1000);
+}
+
 /// A broadcast group event reaches all subscribed connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_reaches_all_connections() {

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use herald_shared::api::NewNotification;
+use herald_shared::api::{GroupEvent, NewNotification};
 use herald_shared::frames::{encode_event, encode_notification};
 use herald_shared::{GroupName, Notification, UserId};
 use serde_json::value::RawValue;
@@ -78,15 +78,20 @@ impl Publisher {
             None => self.store.insert(items).await?,
         };
 
-        for (n, item) in stored.iter().zip(items) {
-            let delivery = Delivery::notification(encode_notification(n), n.id, &item.user);
-            if let Err(e) = self.broker.publish(&item.user.group(), delivery).await {
-                self.metrics
-                    .broker_errors
-                    .get_or_create(&OpLabel { op: "publish" })
-                    .inc();
-                tracing::warn!(error = %e, id = n.id, "stored notification not published; clients will resume it");
-            }
+        let frames: Vec<(GroupName, Arc<Delivery>)> = stored
+            .iter()
+            .zip(items)
+            .map(|(n, item)| {
+                let delivery = Delivery::notification(encode_notification(n), n.id, &item.user);
+                (item.user.group(), delivery)
+            })
+            .collect();
+        if let Err((i, e)) = self.broker.publish_all(&frames).await {
+            self.metrics
+                .broker_errors
+                .get_or_create(&OpLabel { op: "publish" })
+                .inc();
+            tracing::warn!(error = %e, id = stored[i].id, count = stored.len(), "stored notifications not all published; clients will resume them");
         }
         self.metrics
             .published
@@ -99,6 +104,38 @@ impl Publisher {
         }
         drop(guards);
         Ok(stored)
+    }
+
+    /// Publishes each event to its group, in order, and names the index of an event
+    /// the broker refused; a single Redis takes them in one pipeline
+    /// ([`Broker::publish_all`]), so after a refusal others may have gone out.
+    pub async fn events(
+        &self,
+        events: &[GroupEvent],
+    ) -> Result<(), (usize, crate::broker::BrokerError)> {
+        let frames: Vec<(GroupName, Arc<Delivery>)> = events
+            .iter()
+            .map(|e| {
+                let delivery = Delivery::event(encode_event(e.group.as_str(), &e.payload));
+                (e.group.clone(), delivery)
+            })
+            .collect();
+        match self.broker.publish_all(&frames).await {
+            Ok(()) => {
+                self.metrics
+                    .published
+                    .get_or_create(&KindLabel { kind: "event" })
+                    .inc_by(events.len() as u64);
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics
+                    .broker_errors
+                    .get_or_create(&OpLabel { op: "publish" })
+                    .inc();
+                Err(e)
+            }
+        }
     }
 
     /// Publishes an ephemeral event to every member of `group`, on every node.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::frames::Notification;
-use crate::ids::UserId;
+use crate::ids::{GroupName, UserId};
 
 /// Most notifications one batch request may create.
 pub const BATCH_MAX: usize = 1000;
@@ -43,6 +43,29 @@ pub struct EventRequest {
     pub payload: Box<RawValue>,
 }
 
+/// One event of `POST /api/v1/events/batch` **[ext]**.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupEvent {
+    pub group: GroupName,
+    pub payload: Box<RawValue>,
+}
+
+/// `POST /api/v1/events/batch` **[ext]**: up to [`BATCH_MAX`] events, each to its
+/// own group, published in order. What a backend that notifies many users at once
+/// (without storing) needs, in one request instead of one per user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventBatchRequest {
+    pub events: Vec<GroupEvent>,
+}
+
+/// The 202 answer to an event batch: how many events were published (all of them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchAccepted {
+    pub accepted: usize,
+}
+
 /// The 202 answer to an event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Accepted {
@@ -61,4 +84,23 @@ pub struct Presence {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_batch_keeps_payloads_exactly() {
+        let b: EventBatchRequest =
+            serde_json::from_str(r#"{"events":[{"group":"user_1","payload":{"n":1, "z":[3,2]}}]}"#)
+                .unwrap();
+        assert_eq!(b.events[0].payload.get(), r#"{"n":1, "z":[3,2]}"#);
+        assert!(
+            serde_json::from_str::<EventBatchRequest>(
+                r#"{"events":[{"group":"a b","payload":1}]}"#
+            )
+            .is_err()
+        );
+    }
 }

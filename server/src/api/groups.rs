@@ -1,4 +1,5 @@
-//! `POST /api/v1/groups/<group>/events`: ephemeral, not stored, every node.
+//! `POST /api/v1/groups/<group>/events` and, as an extension, `POST
+//! /api/v1/events/batch`: ephemeral, not stored, every node.
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use herald_shared::GroupName;
-use herald_shared::api::{Accepted, EventRequest};
+use herald_shared::api::{Accepted, BATCH_MAX, BatchAccepted, EventBatchRequest, EventRequest};
 
 use super::body::{check_size, parse};
 use super::error::ApiError;
@@ -30,4 +31,37 @@ pub async fn publish_event(
         .await
         .map_err(|e| ApiError::Unavailable(format!("event not accepted: {e}"), 1))?;
     Ok((StatusCode::ACCEPTED, Json(Accepted { accepted: true })))
+}
+
+/// Publishes every event of the batch, in order, each to its own group. All are
+/// checked before any is published: a bad item (400) or an oversized payload (413,
+/// naming its index) publishes nothing.
+pub async fn publish_batch(
+    State(node): State<Arc<Node>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<BatchAccepted>), ApiError> {
+    let batch: EventBatchRequest = parse(body)?;
+    let n = batch.events.len();
+    if n == 0 || n > BATCH_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "events must hold 1 to {BATCH_MAX} items (got {n})"
+        )));
+    }
+    for (i, e) in batch.events.iter().enumerate() {
+        check_size(
+            &format!("events[{i}].payload"),
+            &e.payload,
+            node.config.max_message_bytes,
+        )?;
+    }
+    node.publisher
+        .events(&batch.events)
+        .await
+        .map_err(|(i, e)| {
+            ApiError::Unavailable(
+                format!("events[{i}] not accepted (others may have been published): {e}"),
+                1,
+            )
+        })?;
+    Ok((StatusCode::ACCEPTED, Json(BatchAccepted { accepted: n })))
 }

@@ -33,6 +33,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/notifications", post(notifications::create))
         .route("/notifications/batch", post(notifications::create_batch))
         .route("/groups/{group}/events", post(groups::publish_event))
+        .route("/events/batch", post(groups::publish_batch))
         .route("/users/{id}/notifications", get(users::list))
         .route("/users/{id}/presence", get(users::presence))
         .route_layer(middleware::from_fn_with_state(

@@ -67,6 +67,17 @@ pub trait Broker: Send + Sync + 'static {
     /// Sends `delivery` to every node with local members of `group`, this one included.
     async fn publish(&self, group: &GroupName, delivery: Arc<Delivery>) -> Result<(), BrokerError>;
 
+    /// Publishes each delivery to its group, in order, as if one after another;
+    /// on failure names the index of the refused one (others may have gone out). A
+    /// broker that can ship them together, a single Redis in one pipeline, does:
+    /// one round trip for a whole batch instead of one per item.
+    async fn publish_all(
+        &self,
+        items: &[(GroupName, Arc<Delivery>)],
+    ) -> Result<(), (usize, BrokerError)> {
+        publish_in_turn(self, items).await
+    }
+
     /// Called when `group` gets its first local member; returns once the broker
     /// delivers `group`'s messages to this node (or is disconnected: its reconnect
     /// then resubscribes and announces a resync).
@@ -92,4 +103,18 @@ pub trait Broker: Send + Sync + 'static {
     fn resyncs(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+}
+
+/// [`Broker::publish_all`] one publish after another.
+pub async fn publish_in_turn<B: Broker + ?Sized>(
+    broker: &B,
+    items: &[(GroupName, Arc<Delivery>)],
+) -> Result<(), (usize, BrokerError)> {
+    for (i, (group, delivery)) in items.iter().enumerate() {
+        broker
+            .publish(group, delivery.clone())
+            .await
+            .map_err(|e| (i, e))?;
+    }
+    Ok(())
 }

@@ -57,6 +57,9 @@ pub trait Transport: Send + Sync + 'static {
     const NAME: &'static str;
     /// `"PUBLISH"` or `"SPUBLISH"`.
     const PUBLISH: &'static str;
+    /// Whether a batch of publishes may go out as one pipeline: on a single Redis
+    /// yes; on a Redis Cluster each channel's shard is another node, so no.
+    const PIPELINE: bool;
 
     fn core(&self) -> &PubSubCore<Self::Sink>;
 
@@ -355,6 +358,34 @@ impl<T: Transport> Broker for T {
             })
     }
 
+    async fn publish_all(
+        &self,
+        items: &[(GroupName, Arc<Delivery>)],
+    ) -> Result<(), (usize, BrokerError)> {
+        if !T::PIPELINE || items.len() < 2 {
+            return super::publish_in_turn(self, items).await;
+        }
+        let core = self.core();
+        if core.publish_failed.load(Ordering::Relaxed) {
+            return Err((
+                0,
+                BrokerError::Disconnected(format!("{} publishes failing; will resync", T::NAME)),
+            ));
+        }
+        let mut pipe = redis::pipe();
+        for (group, delivery) in items {
+            pipe.cmd(T::PUBLISH)
+                .arg(core.channel(group))
+                .arg(wire::encode(delivery))
+                .ignore();
+        }
+        let mut con = self.publisher().clone();
+        pipe.query_async::<()>(&mut con).await.map_err(|e| {
+            core.publish_failed.store(true, Ordering::Relaxed);
+            (0, BrokerError::Disconnected(e.to_string()))
+        })
+    }
+
     async fn subscribe(&self, group: &GroupName) -> Result<(), BrokerError> {
         let core = self.core();
         let mut guard = core.sub.lock().await;
@@ -454,6 +485,7 @@ mod tests {
         const KIND: &'static str = "fake";
         const NAME: &'static str = "Fake";
         const PUBLISH: &'static str = "PUBLISH";
+        const PIPELINE: bool = false;
 
         fn core(&self) -> &PubSubCore<()> {
             &self.core

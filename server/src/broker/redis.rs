@@ -70,6 +70,7 @@ impl Transport for RedisBroker {
     const KIND: &'static str = "redis";
     const NAME: &'static str = "Redis";
     const PUBLISH: &'static str = "PUBLISH";
+    const PIPELINE: bool = true;
 
     fn core(&self) -> &PubSubCore<PubSubSink> {
         &self.core

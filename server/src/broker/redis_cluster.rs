@@ -203,6 +203,7 @@ impl Transport for RedisClusterBroker {
     const KIND: &'static str = "redis-cluster";
     const NAME: &'static str = "Redis Cluster";
     const PUBLISH: &'static str = "SPUBLISH";
+    const PIPELINE: bool = false;
 
     fn core(&self) -> &PubSubCore<ClusterConnection> {
         &self.core

@@ -20,6 +20,8 @@ crate::both_stores!(
     event_reaches_subscribed_connections_only,
     event_reaches_the_personal_group,
     event_bad_requests,
+    event_batch_reaches_each_group_in_order,
+    event_batch_bad_requests_publish_nothing,
     listing_is_newest_first_and_filters,
     listing_refuses_bad_parameters,
     presence_counts_open_connections,
@@ -530,6 +532,119 @@ async fn event_bad_requests(db: Db) {
 }
 
 // ---------------------------------------------------------------------------------
+// POST /api/v1/events/batch [ext]
+// ---------------------------------------------------------------------------------
+
+/// A batch answers 202 {"accepted":n}; each event reaches its own group's
+/// connections, and a connection in several of the batch's groups gets its events
+/// in batch order, payloads as sent.
+async fn event_batch_reaches_each_group_in_order(db: Db) {
+    let s = common::start(db).await;
+    let (mut one, _) = s.connect_with("1", &["org_5"], None).await;
+    one.send_json(json!({"type":"subscribe","group":"org_5"}))
+        .await;
+    match one.frame().await {
+        ServerFrame::Subscribed { group } => assert_eq!(group, "org_5"),
+        f => panic!("expected subscribed, got {f:?}"),
+    }
+    let (mut two, _) = s.connect("2").await;
+    let (status, resp) = post_raw(
+        &s,
+        "/api/v1/events/batch",
+        r#"{"events":[
+            {"group":"user_1","payload":{"n":1, "z":[3,2]}},
+            {"group":"user_2","payload":"two"},
+            {"group":"org_5","payload":3},
+            {"group":"user_1","payload":null}
+        ]}"#,
+    )
+    .await;
+    assert_eq!(status, 202, "{resp}");
+    assert_eq!(resp, json!({"accepted": 4}));
+    // Read as the wire has it (`ServerFrame` compacts payloads).
+    #[derive(serde::Deserialize)]
+    struct WireEvent {
+        r#type: String,
+        group: String,
+        payload: Box<serde_json::value::RawValue>,
+    }
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let e: WireEvent = one.frame_as().await;
+        assert_eq!(e.r#type, "event");
+        got.push((e.group, e.payload.get().to_owned()));
+    }
+    assert_eq!(
+        got,
+        vec![
+            ("user_1".into(), r#"{"n":1, "z":[3,2]}"#.into()),
+            ("org_5".into(), "3".into()),
+            ("user_1".into(), "null".into()),
+        ]
+    );
+    match two.frame().await {
+        ServerFrame::Event { group, payload } => {
+            assert_eq!(group, "user_2");
+            assert_eq!(payload.get(), r#""two""#);
+        }
+        f => panic!("expected the event, got {f:?}"),
+    }
+    // Not stored.
+    assert!(listing(&s, "1", "").await.is_empty());
+}
+
+/// A batch with no events or more than 1000, a bad group name or body anywhere,
+/// is 400; an oversized payload is 413 naming its index; none of them publishes
+/// the good events beside the bad one.
+async fn event_batch_bad_requests_publish_nothing(db: Db) {
+    let s = common::start(db).await;
+    let (mut c, _) = s.connect("7").await;
+    let good = json!({"group":"user_7","payload":"must not arrive"});
+    let too_many: Vec<Value> = (0..1001).map(|_| good.clone()).collect();
+    let big = json!({"group":"user_7","payload":{"text":"x".repeat(17 * 1024)}});
+    for (body, want, what) in [
+        (json!({"events": []}), 400, "no events"),
+        (json!({"events": too_many}), 400, "1001 events"),
+        (
+            json!({"events": [good, {"group":"bad group","payload":1}]}),
+            400,
+            "bad group name",
+        ),
+        (
+            json!({"events": [good, {"group":"user_7"}]}),
+            400,
+            "missing payload",
+        ),
+        (
+            json!({"events": [good, {"group":"user_7","payload":1,"x":2}]}),
+            400,
+            "unknown field in an event",
+        ),
+        (
+            json!({"events": [good], "x": 1}),
+            400,
+            "unknown top-level field",
+        ),
+        (json!({"events": [good, big]}), 413, "oversized payload"),
+    ] {
+        let (status, resp) = post(&s, "/api/v1/events/batch", &body).await;
+        assert_error(status, &resp, want, what);
+        if want == 413 {
+            let e = resp["error"].as_str().unwrap();
+            assert!(e.contains("events[1].payload"), "{what}: {e}");
+        }
+    }
+    let (status, resp) = post_raw(&s, "/api/v1/events/batch", "not json").await;
+    assert_error(status, &resp, 400, "invalid JSON");
+    // Nothing of the refused batches arrived: the next frame is this notification.
+    let n = s.notify("7", json!("after")).await;
+    match c.frame().await {
+        ServerFrame::Notification { notification } => assert_eq!(notification.id, n.id),
+        f => panic!("expected the notification (no event), got {f:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------
 // GET /api/v1/users/<id>/notifications
 // ---------------------------------------------------------------------------------
 
@@ -704,7 +819,7 @@ async fn presence_counts_open_connections(db: Db) {
 /// Every backend route answers 401 with a JSON error for a missing or wrong API key.
 async fn missing_or_wrong_api_key_is_401(db: Db) {
     let s = common::start(db).await;
-    let routes: [(&str, &str, Value); 5] = [
+    let routes: [(&str, &str, Value); 6] = [
         (
             "POST",
             "/api/v1/notifications",
@@ -716,6 +831,11 @@ async fn missing_or_wrong_api_key_is_401(db: Db) {
             json!({"notifications":[{"user":"42","message":1}]}),
         ),
         ("POST", "/api/v1/groups/org_5/events", json!({"payload":1})),
+        (
+            "POST",
+            "/api/v1/events/batch",
+            json!({"events":[{"group":"org_5","payload":1}]}),
+        ),
         ("GET", "/api/v1/users/42/notifications", Value::Null),
         ("GET", "/api/v1/users/42/presence", Value::Null),
     ];

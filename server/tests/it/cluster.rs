@@ -175,6 +175,34 @@ async fn group_events_cross_nodes() {
     subs[0].silent_for(Duration::from_millis(300)).await;
 }
 
+/// An event batch published on one node reaches each group's members on the other
+/// nodes, in batch order (the publishes are pipelined on one Redis connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_batches_cross_nodes_in_order() {
+    let c = Cluster::start(2).await;
+    until_ready(&c.nodes).await;
+    let (mut a, _) = c.nodes[1].connect("7").await;
+    let (mut b, _) = c.nodes[1].connect("8").await;
+    let events: Vec<Value> = (0..200)
+        .map(|i| json!({"group": format!("user_{}", 7 + i % 2), "payload": i}))
+        .collect();
+    let r = common::api()
+        .post(c.nodes[0].http("/api/v1/events/batch"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"events": events}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"accepted": 200}));
+    for (cl, first) in [(&mut a, 0), (&mut b, 1)] {
+        for i in (first..200).step_by(2) {
+            assert_eq!(cl.raw().await["payload"], i);
+        }
+        cl.silent_for(Duration::from_millis(200)).await;
+    }
+}
+
 /// The registry lists exactly the live nodes, with their addresses; a stopped node
 /// leaves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
