@@ -9,13 +9,13 @@
 #   bench/scenarios/reconnect-storm.sh
 #   WINDOW=0 bench/scenarios/reconnect-storm.sh      # everyone at once (no pacing)
 #
-# Settings: CONNECTIONS (19000), WINDOW s (10), RATE notifications/s (2000),
+# Settings: CONNECTIONS (19000), WINDOW s (10), RATE notifications/s (500),
 # DURATION s of publishing (25), SHARDS (2), SOURCES, BASE_PORT (18030), BASE_ADMIN (19030).
 source "$(dirname "$0")/lib.sh"
 
 CONNECTIONS=${CONNECTIONS:-19000}
 WINDOW=${WINDOW:-10}
-RATE=${RATE:-2000}
+RATE=${RATE:-500}
 DURATION=${DURATION:-25}
 SHARDS=${SHARDS:-2}
 SOURCES=${SOURCES:-127.0.0.2,127.0.0.3,127.0.0.4}
@@ -54,7 +54,7 @@ BENCH_TIMEOUT=$((240 + DURATION)) bench_shards storm "$SHARDS" run \
     --node "$(node_urls 0)" --standby "$(node_urls 1)" --api-url "$(node_urls 1)" --reconnect \
     --jwt-secret "$SECRET" --api-key "$API_KEY" \
     -c "$CONNECTIONS" --source "$SOURCES" --mode notify --batch 50 \
-    --rate "$RATE" --duration "$DURATION" --settle 10 --connect-timeout 60 \
+    --rate "$RATE" --duration "$DURATION" --settle 30 --connect-timeout 60 \
     --server-pid "${NODE_PID[1]}"
 admin 0 GET /admin/status >"$OUT/status-0.json"
 admin 1 GET /admin/status >"$OUT/status-1.json"
