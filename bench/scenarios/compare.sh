@@ -18,12 +18,12 @@
 #   bench/scenarios/compare.sh
 #   CONNECTIONS=1000 RATE=100 bench/scenarios/compare.sh
 #
-# Settings: CONNECTIONS (2000), RATE (200; the baseline's 2 workers saturate near
+# Settings: CONNECTIONS (5000), RATE (200; the baseline's 2 workers saturate near
 # 500/s), DURATION (20), BATCH per publish request (10), START_HERALD (2000),
 # START_BASELINE (50), SOURCES, PORT (18060), ADMIN_PORT (19060), BASELINE_PORT (18160).
 source "$(dirname "$0")/lib.sh"
 
-CONNECTIONS=${CONNECTIONS:-2000}
+CONNECTIONS=${CONNECTIONS:-5000}
 RATE=${RATE:-200}
 DURATION=${DURATION:-20}
 BATCH=${BATCH:-10}
