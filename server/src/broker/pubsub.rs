@@ -91,6 +91,9 @@ pub struct PubSubCore<S> {
     /// channels_redis prefix for Django interop (`asgi`), if enabled.
     asgi_prefix: Option<String>,
     sub: Mutex<Subscriber<S>>,
+    /// Groups whose first local member is waiting for the subscriber lock: whoever
+    /// takes the lock next subscribes them all in one command.
+    wanted: std::sync::Mutex<Vec<GroupName>>,
     connected: AtomicBool,
     /// When the probe last came back (Unix µs).
     probe_seen: AtomicU64,
@@ -114,6 +117,7 @@ impl<S: Send + 'static> PubSubCore<S> {
                 sink: None,
                 groups: HashSet::new(),
             }),
+            wanted: std::sync::Mutex::new(Vec::new()),
             connected: AtomicBool::new(false),
             probe_seen: AtomicU64::new(0),
             probe_channel: format!("{prefix}:probe:{node_id}"),
@@ -248,6 +252,43 @@ pub async fn install<T: Transport>(broker: &T, sink: T::Sink) -> redis::RedisRes
         Err(e) => {
             sub.sink = None;
             Err(e)
+        }
+    }
+}
+
+/// Under the subscriber lock: returns at once if `group` is confirmed (or there is
+/// no subscriber: its reconnect resubscribes what the hub holds); otherwise
+/// subscribes `group` together with every group whose first member queued behind
+/// it ([`PubSubCore::wanted`]), in one command. A connect storm of new users is then
+/// a few SUBSCRIBEs of many channels, not one round trip per user, one at a time
+/// (which held a node in cluster mode to about 1,400 connects a second). Queued
+/// groups that lost their members meanwhile are left out, so no subscription
+/// outlives its group. On failure the waiters of the batch subscribe for themselves
+/// when they get the lock.
+async fn subscribe_batch<T: Transport>(broker: &T, group: &GroupName) -> Result<(), BrokerError> {
+    let core = broker.core();
+    let mut guard = core.sub.lock().await;
+    let sub = &mut *guard;
+    match sub.sink.as_mut() {
+        None => {
+            core.wanted.lock().expect("wanted groups").clear();
+            Ok(())
+        }
+        // Confirmed already: by the first member, or in a batch.
+        Some(_) if sub.groups.contains(group) => Ok(()),
+        Some(sink) => {
+            let mut batch = std::mem::take(&mut *core.wanted.lock().expect("wanted groups"));
+            batch.push(group.clone());
+            batch.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+            batch.dedup();
+            batch.retain(|g| !sub.groups.contains(g) && (g == group || core.hub.members(g) > 0));
+            let channels = batch.iter().flat_map(|g| core.channels(g)).collect();
+            broker
+                .listen(sink, channels)
+                .await
+                .map_err(|e| BrokerError::Disconnected(e.to_string()))?;
+            sub.groups.extend(batch);
+            Ok(())
         }
     }
 }
@@ -387,29 +428,18 @@ impl<T: Transport> Broker for T {
     }
 
     async fn subscribe(&self, group: &GroupName) -> Result<(), BrokerError> {
-        let core = self.core();
-        let mut guard = core.sub.lock().await;
-        let sub = &mut *guard;
-        match sub.sink.as_mut() {
-            // Not connected: the reconnect resubscribes every group the hub holds.
-            None => Ok(()),
-            // Confirmed already: by the first member, or by a later one that got
-            // the lock before the first one did.
-            Some(_) if sub.groups.contains(group) => Ok(()),
-            Some(sink) => {
-                self.listen(sink, core.channels(group))
-                    .await
-                    .map_err(|e| BrokerError::Disconnected(e.to_string()))?;
-                sub.groups.insert(group.clone());
-                Ok(())
-            }
-        }
+        self.core()
+            .wanted
+            .lock()
+            .expect("wanted groups")
+            .push(group.clone());
+        subscribe_batch(self, group).await
     }
 
     /// Waits on the subscriber lock, behind the first member's SUBSCRIBE; if that
     /// one has not taken the lock yet (or failed), subscribes itself.
     async fn settled(&self, group: &GroupName) -> Result<(), BrokerError> {
-        self.subscribe(group).await
+        subscribe_batch(self, group).await
     }
 
     async fn unsubscribe(&self, group: &GroupName) -> Result<(), BrokerError> {
@@ -570,6 +600,52 @@ mod tests {
             2,
             "an unsubscribed group subscribes again"
         );
+    }
+
+    /// First members queued behind an in-flight SUBSCRIBE go out together in the
+    /// next one; a queued group whose members left meanwhile is not subscribed for
+    /// them (its own waiter still subscribes it, as before).
+    #[tokio::test]
+    async fn first_members_queued_behind_a_subscribe_share_the_next_one() {
+        let fake = connected().await;
+        let groups: Vec<GroupName> = (1..=4)
+            .map(|i| GroupName::parse(format!("user_{i}")).unwrap())
+            .collect();
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let _members: Vec<_> = groups[..3]
+            .iter()
+            .map(|g| {
+                let o = crate::outbox::Outbox::new(10, Duration::from_secs(10), metrics.clone());
+                fake.core.hub.join(g, &o);
+                o
+            })
+            .collect();
+        let spawn = |g: &GroupName| {
+            let (fake, g) = (fake.clone(), g.clone());
+            tokio::spawn(async move { fake.subscribe(&g).await })
+        };
+        let first = spawn(&groups[0]);
+        while fake.core.sub.try_lock().is_ok() {
+            tokio::task::yield_now().await;
+        }
+        let rest: Vec<_> = groups[1..].iter().map(spawn).collect();
+        while fake.core.wanted.lock().unwrap().len() < 3 {
+            tokio::task::yield_now().await;
+        }
+        fake.gate.add_permits(3);
+        first.await.unwrap().unwrap();
+        for r in rest {
+            r.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            *fake.listened.lock().unwrap(),
+            vec![
+                vec!["h:g:user_1"],
+                vec!["h:g:user_2", "h:g:user_3"],
+                vec!["h:g:user_4"],
+            ]
+        );
+        assert!(fake.core.wanted.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
