@@ -144,7 +144,8 @@ pub struct RunArgs {
     pub connect_timeout: f64,
 
     /// After a 1012 (drain) or 1013 (slow consumer) close, reconnect to the next node
-    /// with `after=<last notification id>`; the `missed` frame counts as delivery.
+    /// with `after=<newest notification id known>` (from `initial_state` or live
+    /// frames; 0 if none); the `missed` frame counts as delivery.
     #[arg(long)]
     pub reconnect: bool,
 

@@ -174,8 +174,8 @@ pub async fn run(
 ) {
     let permit = gate.acquire_owned().await;
     let started = Instant::now();
-    let ws = match timeout(dial.timeout, open(&dial, dial.first, None)).await {
-        Ok(Ok(ws)) => ws,
+    let (ws, newest) = match timeout(dial.timeout, open(&dial, dial.first, None)).await {
+        Ok(Ok(opened)) => opened,
         Ok(Err(cause)) => {
             counters.error(cause.clone());
             let _ = ready.send(Err(cause));
@@ -193,14 +193,20 @@ pub async fn run(
     drop(permit);
     counters.open.fetch_add(1, Ordering::Relaxed);
     let _ = ready.send(Ok(dial.user));
-    let mut seen = Seen::default();
+    let mut seen = Seen {
+        last_id: newest,
+        ..Seen::default()
+    };
     let mut ws = ws;
     let mut node = dial.first;
     loop {
         match read_loop(ws, &dial, &counters, &mut stop, &mut seen).await {
             Ended::Closed(code @ (1012 | 1013)) if dial.reconnect => {
                 let closed = Instant::now();
-                match reopen(&dial, &mut node, seen.last_id, &mut stop).await {
+                // The newest id the client knows, from `initial_state` or live
+                // frames; a client that knows none asks for everything (after=0).
+                let after = seen.last_id.unwrap_or(0);
+                match reopen(&dial, &mut node, Some(after), &mut stop).await {
                     Some(next) => {
                         counters.reconnects.fetch_add(1, Ordering::Relaxed);
                         counters
@@ -239,7 +245,7 @@ async fn reopen(
     while Instant::now() < deadline && !*stop.borrow() {
         *node = (*node + 1) % dial.nodes.len();
         let left = deadline.saturating_duration_since(Instant::now());
-        if let Ok(Ok(ws)) = timeout(left, open(dial, *node, after)).await {
+        if let Ok(Ok((ws, _))) = timeout(left, open(dial, *node, after)).await {
             return Some(ws);
         }
         tokio::time::sleep(backoff.min(left)).await;
@@ -252,17 +258,18 @@ async fn reopen(
 #[derive(Default)]
 struct Seen {
     seqs: HashSet<u64>,
-    /// Highest notification id received: the `after` of a reconnect.
+    /// Highest notification id received or in `initial_state`: the `after` of a
+    /// reconnect.
     last_id: Option<i64>,
 }
 
 /// Dials `dial.nodes[node]` and reads up to `initial_state` (and `subscribed`, if
-/// asked to subscribe).
+/// asked to subscribe); also returns the newest notification id `initial_state` held.
 async fn open(
     dial: &Dial,
     node: usize,
     after: Option<i64>,
-) -> Result<WebSocketStream<TcpStream>, String> {
+) -> Result<(WebSocketStream<TcpStream>, Option<i64>), String> {
     let addr = dial.nodes[node].addr;
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
@@ -286,11 +293,13 @@ async fn open(
         .map_err(|e| ws_cause("handshake", e))?;
     let mut subscribed = dial.subscribe.is_none();
     let mut initial = false;
+    let mut newest = None;
     while !(initial && subscribed) {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerFrame>(&t) {
-                Ok(ServerFrame::InitialState { .. }) => {
+                Ok(ServerFrame::InitialState { notifications, .. }) => {
                     initial = true;
+                    newest = notifications.iter().map(|n| n.id).max();
                     if let Some(group) = &dial.subscribe {
                         let f = serde_json::to_string(&ClientFrame::Subscribe {
                             group: group.clone(),
@@ -319,7 +328,7 @@ async fn open(
             None => return Err("eof_opening".into()),
         }
     }
-    Ok(ws)
+    Ok((ws, newest))
 }
 
 /// Lets `connect` pick the port per (source, destination) pair, so each source
