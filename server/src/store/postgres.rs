@@ -158,29 +158,36 @@ impl Store for PgStore {
     }
 
     async fn unread(&self, user: &UserId, limit: i64) -> Result<UnreadSnapshot, StoreError> {
-        // One statement, one snapshot: the count agrees with the page. With no unread
-        // rows there is no row to carry the count, and the count is 0.
+        // One statement, one snapshot, one round trip: the count and the newest id
+        // ride on a one-row head that the page is joined to, so they are there when
+        // the user has no unread row (a reconnect storm was bound by the pool's
+        // round trips).
         let rs = sqlx::query(
-            "SELECT id, user_id, message::text AS message, created_at, read, \
-               (SELECT count(*) FROM notifications WHERE user_id = $1 AND NOT read) AS unread_count \
-             FROM notifications WHERE user_id = $1 AND NOT read ORDER BY id DESC LIMIT $2",
+            "SELECT head.unread_count, head.newest_id, page.id, page.user_id, page.message, \
+                    page.created_at, page.read \
+             FROM (SELECT \
+                     (SELECT count(*) FROM notifications WHERE user_id = $1 AND NOT read) AS unread_count, \
+                     (SELECT coalesce(max(id), 0) FROM notifications WHERE user_id = $1) AS newest_id) AS head \
+             LEFT JOIN LATERAL (SELECT id, user_id, message::text AS message, created_at, read \
+                     FROM notifications WHERE user_id = $1 AND NOT read ORDER BY id DESC LIMIT $2) AS page ON true \
+             ORDER BY page.id DESC",
         )
         .bind(user.as_str())
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let newest_id: i64 =
-            sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM notifications WHERE user_id = $1")
-                .bind(user.as_str())
-                .fetch_one(&self.pool)
-                .await?;
-        let unread_count = match rs.first() {
-            Some(r) => r.try_get("unread_count")?,
-            None => 0,
-        };
+        let head = rs
+            .first()
+            .ok_or_else(|| StoreError::Db("unread snapshot returned no row".into()))?;
+        let unread_count: i64 = head.try_get("unread_count")?;
+        let newest_id: i64 = head.try_get("newest_id")?;
+        let page: Vec<PgRow> = rs
+            .into_iter()
+            .filter(|r| matches!(r.try_get::<Option<i64>, _>("id"), Ok(Some(_))))
+            .collect();
         Ok(UnreadSnapshot {
             unread_count,
-            newest: rows(rs)?,
+            newest: rows(page)?,
             newest_id,
         })
     }
