@@ -9,7 +9,9 @@
 #
 # Settings: NODES (4), CONNECTIONS (NODES × 19000), SHARDS bench processes
 # (CONNECTIONS / 19000, rounded up), RATE notifications/s (5000), DURATION s (10),
-# HOLD s (15), SOURCES (127.0.0.2-9), BASE_PORT (18040), BASE_ADMIN (19040).
+# HOLD s (15), CONNECT_CONCURRENCY dials in flight per bench process (128; at 256 the
+# nodes' PostgreSQL pools could not answer every opening within their 3 s acquire
+# timeout), SOURCES (127.0.0.2-9), BASE_PORT (18040), BASE_ADMIN (19040).
 source "$(dirname "$0")/lib.sh"
 
 NODES=${NODES:-4}
@@ -40,7 +42,7 @@ BENCH_TIMEOUT=$((300 + HOLD + DURATION + CONNECTIONS / 500)) bench_shards cluste
     --jwt-secret "$SECRET" --api-key "$API_KEY" \
     -c "$CONNECTIONS" --source "$SOURCES" --mode notify --batch 100 \
     --rate "$RATE" --duration "$DURATION" --hold "$HOLD" --settle 10 \
-    --connect-timeout 120 --connect-concurrency 256 "${pids[@]}"
+    --connect-timeout 120 --connect-concurrency "${CONNECT_CONCURRENCY:-128}" "${pids[@]}"
 for ((n = 0; n < NODES; n++)); do
     admin "$n" GET /admin/status >"$OUT/status-$n.json"
 done

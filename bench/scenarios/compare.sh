@@ -20,7 +20,7 @@
 #
 # Settings: CONNECTIONS (5000), RATE (200; the baseline's 2 workers saturate near
 # 500/s), DURATION (20), BATCH per publish request (10), START_HERALD (2000),
-# START_BASELINE (50), SOURCES, PORT (18060), ADMIN_PORT (19060), BASELINE_PORT (18160).
+# START_BASELINE (20), SOURCES, PORT (18060), ADMIN_PORT (19060), BASELINE_PORT (18160).
 source "$(dirname "$0")/lib.sh"
 
 CONNECTIONS=${CONNECTIONS:-5000}
@@ -28,7 +28,7 @@ RATE=${RATE:-200}
 DURATION=${DURATION:-20}
 BATCH=${BATCH:-10}
 START_HERALD=${START_HERALD:-2000}
-START_BASELINE=${START_BASELINE:-50}
+START_BASELINE=${START_BASELINE:-20}
 SOURCES=${SOURCES:-127.0.0.2,127.0.0.3}
 PORT=${PORT:-18060}
 ADMIN_PORT=${ADMIN_PORT:-19060}
@@ -48,7 +48,7 @@ drive() {
     bench_shards "$name-hold" 1 run "${common[@]}" --rate 0 --hold 10
     bench_shards "$name-steady" 1 run "${common[@]}" --rate "$RATE" --duration "$DURATION" --hold 3 --settle 10
     BENCH_TIMEOUT=900 bench_shards "$name-ramp" 1 ramp "${common[@]}" --start-rate "$start" \
-        --factor 1.5 --duration 5 --settle 5 --hold 3
+        --factor 1.5 --duration 5 --settle 5 --hold 3 --warmup 3
 }
 
 # --- Herald: one node, PostgreSQL + Redis.

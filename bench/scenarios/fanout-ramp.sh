@@ -9,7 +9,8 @@
 #   MODE=event bench/scenarios/fanout-ramp.sh          # user events (not stored)
 #
 # Settings: CONNECTIONS (10000), MODE (notify), STORE (sqlite|postgres), START
-# msgs/s (5000), FACTOR (1.25), MAX rate (400000), STEP s (5), BATCH (100), SHARDS (2,
+# msgs/s (5000), FACTOR (1.25), MAX rate (400000), STEP s (5), WARMUP s at START before
+# the first step, not counted (5: a fresh database's files grow), BATCH (100), SHARDS (2,
 # each publishing half the rate to its own users), SOURCES, PORT (18020), ADMIN_PORT (19020).
 source "$(dirname "$0")/lib.sh"
 
@@ -20,6 +21,7 @@ START=${START:-5000}
 FACTOR=${FACTOR:-1.25}
 MAX=${MAX:-400000}
 STEP=${STEP:-5}
+WARMUP=${WARMUP:-5}
 BATCH=${BATCH:-100}
 SHARDS=${SHARDS:-2}
 SOURCES=${SOURCES:-127.0.0.2,127.0.0.3}
@@ -35,7 +37,7 @@ wait_ready 0
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-900} bench_shards ramp "$SHARDS" ramp \
     --node "$(node_urls 0)" --jwt-secret "$SECRET" --api-key "$API_KEY" \
     -c "$CONNECTIONS" --source "$SOURCES" --mode "$MODE" --batch "$BATCH" \
-    --start-rate "$START" --factor "$FACTOR" --max-rate "$MAX" --duration "$STEP" \
+    --start-rate "$START" --factor "$FACTOR" --max-rate "$MAX" --duration "$STEP" --warmup "$WARMUP" \
     --settle 3 --hold 2 --publish-concurrency 16 --server-pid "${NODE_PID[0]}"
 python3 - "$OUT/ramp.json" <<'PY' | tee "$OUT/steps.txt"
 import json, sys

@@ -185,6 +185,10 @@ pub struct RampArgs {
     /// A step passes while its p99 is under this (ms) and nothing is lost.
     #[arg(long, default_value_t = 50.0)]
     pub p99_limit_ms: f64,
+    /// Seconds of publishing at the start rate before the first step, not counted:
+    /// a fresh node's first writes also grow its database files.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup: f64,
 }
 
 /// `i/n`: this process handles the i-th of n parts of the users.

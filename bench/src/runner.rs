@@ -237,6 +237,17 @@ pub struct Phase {
 /// Publishes at `rate` for the run's duration, then waits up to `--settle` for the
 /// expected deliveries.
 pub async fn phase(args: &RunArgs, s: &Session, publisher: &Publisher, rate: f64) -> Phase {
+    phase_for(args, s, publisher, rate, args.duration).await
+}
+
+/// [`phase`] for `duration` seconds.
+async fn phase_for(
+    args: &RunArgs,
+    s: &Session,
+    publisher: &Publisher,
+    rate: f64,
+    duration: f64,
+) -> Phase {
     if args.listens_only() {
         return listen(args, s).await;
     }
@@ -245,9 +256,7 @@ pub async fn phase(args: &RunArgs, s: &Session, publisher: &Publisher, rate: f64
     let acc0 = publisher.accepted_per_user();
     let del0 = c.delivered.load(Ordering::Relaxed);
     let dup0 = c.duplicated.load(Ordering::Relaxed);
-    let publish = publisher
-        .run(rate, Duration::from_secs_f64(args.duration))
-        .await;
+    let publish = publisher.run(rate, Duration::from_secs_f64(duration)).await;
     let acc1 = publisher.accepted_per_user();
     let expected: u64 = if args.mode == Mode::Broadcast {
         (acc1[0] - acc0[0]) * s.stats.established
@@ -419,6 +428,17 @@ pub async fn ramp(args: &RampArgs) -> anyhow::Result<Report> {
     // `rate` is this shard's part; the start and maximum are totals over all shards.
     let shards = run.shard.count as f64;
     let mut rate = args.start_rate / shards;
+    if args.warmup > 0.0 && !run.listens_only() {
+        let w = phase_for(run, &s, &publisher, rate, args.warmup).await;
+        if !run.quiet {
+            eprintln!(
+                "herald-bench ramp: warm-up at {rate:.0}/s, not counted: p99 {}",
+                crate::hist::fmt_us(w.latency.p99)
+            );
+        }
+        // Server CPU per delivery counts the steps only.
+        s.sample(|p| &mut p.connected);
+    }
     let mut best: Option<Phase> = None;
     while rate * shards <= args.max_rate * (1.0 + 1e-9) {
         let p = phase(run, &s, &publisher, rate).await;

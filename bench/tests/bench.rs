@@ -328,6 +328,37 @@ async fn ramp_reports_steps_and_best_rate() {
     assert_eq!(rep.delivery.lost, 0);
 }
 
+/// A warm-up publishes before the first step without counting: the steps and their
+/// expected counts are those of a ramp without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ramp_warmup_is_not_counted() {
+    let node = Node::start().await;
+    let args = node.ramp_args(&[
+        "-c",
+        "10",
+        "--duration",
+        "0.2",
+        "--start-rate",
+        "100",
+        "--factor",
+        "2",
+        "--max-rate",
+        "200",
+        "--p99-limit-ms",
+        "5000",
+        "--warmup",
+        "0.3",
+    ]);
+    let rep = runner::ramp(&args).await.unwrap();
+    let ramp = rep.ramp.as_ref().unwrap();
+    assert_eq!(ramp.steps.len(), 2, "{ramp:#?}");
+    assert_eq!(ramp.steps[0].delivery.expected, 20, "{ramp:#?}");
+    assert_eq!(ramp.steps[1].delivery.expected, 40, "{ramp:#?}");
+    assert_eq!(rep.delivery.expected, 60);
+    assert_eq!(rep.delivery.lost, 0);
+    assert_eq!(rep.publish.accepted, 40, "the best step's publishing");
+}
+
 /// The binary writes a JSON report and merges reports from files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_writes_and_merges_json() {

@@ -25,8 +25,8 @@ use crate::session::Session;
 
 /// Read buffer per connection. Client frames are small (pings, commands), and the
 /// buffer is allocated and zero-filled up front, so it is resident for every idle
-/// connection: 512 bytes instead of 2048 took 1.8 KiB off RSS per connection
-/// (bench/RESULTS.md). A bigger frame grows it on demand.
+/// connection: 512 bytes, not tungstenite's 128 KiB. A bigger frame grows it on
+/// demand.
 const READ_BUFFER: usize = 512;
 /// Frames are batched up to this many bytes before a write (a flush writes at once).
 const WRITE_BUFFER: usize = 8 * 1024;

@@ -84,7 +84,7 @@ impl Session {
         // future is as large as its largest state, and it is held for the whole life
         // of the connection; the opening (store reads), a command (store writes) or
         // a write batch would otherwise make every idle connection carry their
-        // state (2.8 KiB per connection before this was boxed; see bench/RESULTS.md).
+        // state.
         if let Some(end) = Box::pin(self.open(ws, expiry)).await {
             return end;
         }
