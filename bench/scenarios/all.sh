@@ -29,7 +29,7 @@ run() {
 
 run idle-hold
 run fanout-ramp
-run fanout-ramp:event MODE=event START=10000
+run fanout-ramp:event MODE=event START=30000 FACTOR=1.08
 run broadcast
 run broadcast:two-nodes NODES=2 CONNECTIONS=20000
 run reconnect-storm

@@ -12,12 +12,14 @@
 #   bench_shards <shards> <pid args...> -- <bench args...>
 #                               herald-bench in <shards> processes, merged into $OUT/report.json
 # Settings every scenario takes: OUT (bench/results/<name>-<time>), SKIP_BUILD=1,
-# REDIS_URL (redis://127.0.0.1:6379), PGHOST/PGPORT/PGUSER (127.0.0.1/5432/root).
+# REDIS_URL (redis://127.0.0.1:6379), PGHOST/PGPORT/PGUSER (127.0.0.1/5432/root),
+# HERALD_SERVER_BIN (target/release/herald-server).
 
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-SERVER=$ROOT/target/release/herald-server
+# HERALD_SERVER_BIN runs another build of the node (before-after.sh: an older commit's).
+SERVER=${HERALD_SERVER_BIN:-$ROOT/target/release/herald-server}
 BENCH=$ROOT/target/release/herald-bench
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-root}

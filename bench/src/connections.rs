@@ -333,7 +333,7 @@ async fn open(
 
 /// Lets `connect` pick the port per (source, destination) pair, so each source
 /// address gets ~28k ports per node rather than ~28k in all.
-fn bind_no_port(socket: &TcpSocket) {
+pub fn bind_no_port(socket: &TcpSocket) {
     use std::os::fd::AsRawFd;
     let one: libc::c_int = 1;
     // SAFETY: a valid socket fd and a c_int option of the right size.
