@@ -87,10 +87,7 @@ impl Publisher {
             })
             .collect();
         if let Err((i, e)) = self.broker.publish_all(&frames).await {
-            self.metrics
-                .broker_errors
-                .get_or_create(&OpLabel { op: "publish" })
-                .inc();
+            self.count_publish_error();
             tracing::warn!(error = %e, id = stored[i].id, count = stored.len(), "stored notifications not all published; clients will resume them");
         }
         self.metrics
@@ -115,27 +112,9 @@ impl Publisher {
     ) -> Result<(), (usize, crate::broker::BrokerError)> {
         let frames: Vec<(GroupName, Arc<Delivery>)> = events
             .iter()
-            .map(|e| {
-                let delivery = Delivery::event(encode_event(e.group.as_str(), &e.payload));
-                (e.group.clone(), delivery)
-            })
+            .map(|e| (e.group.clone(), event_delivery(&e.group, &e.payload)))
             .collect();
-        match self.broker.publish_all(&frames).await {
-            Ok(()) => {
-                self.metrics
-                    .published
-                    .get_or_create(&KindLabel { kind: "event" })
-                    .inc_by(events.len() as u64);
-                Ok(())
-            }
-            Err(e) => {
-                self.metrics
-                    .broker_errors
-                    .get_or_create(&OpLabel { op: "publish" })
-                    .inc();
-                Err(e)
-            }
-        }
+        self.publish_events(&frames).await
     }
 
     /// Publishes an ephemeral event to every member of `group`, on every node.
@@ -144,20 +123,34 @@ impl Publisher {
         group: &GroupName,
         payload: &RawValue,
     ) -> Result<(), crate::broker::BrokerError> {
-        let delivery = Delivery::event(encode_event(group.as_str(), payload));
+        let frames = [(group.clone(), event_delivery(group, payload))];
+        self.publish_events(&frames).await.map_err(|(_, e)| e)
+    }
+
+    /// The fan-out of [`Self::event`] and [`Self::events`], counted once.
+    async fn publish_events(
+        &self,
+        frames: &[(GroupName, Arc<Delivery>)],
+    ) -> Result<(), (usize, crate::broker::BrokerError)> {
         self.broker
-            .publish(group, delivery)
+            .publish_all(frames)
             .await
-            .inspect_err(|_| {
-                self.metrics
-                    .broker_errors
-                    .get_or_create(&OpLabel { op: "publish" })
-                    .inc();
-            })?;
+            .inspect_err(|_| self.count_publish_error())?;
         self.metrics
             .published
             .get_or_create(&KindLabel { kind: "event" })
-            .inc();
+            .inc_by(frames.len() as u64);
         Ok(())
     }
+
+    fn count_publish_error(&self) {
+        self.metrics
+            .broker_errors
+            .get_or_create(&OpLabel { op: "publish" })
+            .inc();
+    }
+}
+
+fn event_delivery(group: &GroupName, payload: &RawValue) -> Arc<Delivery> {
+    Delivery::event(encode_event(group.as_str(), payload))
 }

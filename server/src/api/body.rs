@@ -3,6 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use herald_shared::api::BATCH_MAX;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
@@ -24,6 +25,16 @@ pub fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result
         ));
     }
     serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
+}
+
+/// Enforces a batch's item count: 1 to [`BATCH_MAX`] entries in `field` (400).
+pub fn check_batch_len(field: &str, n: usize) -> Result<(), ApiError> {
+    if n == 0 || n > BATCH_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "{field} must hold 1 to {BATCH_MAX} items (got {n})"
+        )));
+    }
+    Ok(())
 }
 
 /// Enforces the per-message size limit (contract §4: 413).

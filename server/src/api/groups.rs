@@ -10,9 +10,9 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use herald_shared::GroupName;
-use herald_shared::api::{Accepted, BATCH_MAX, BatchAccepted, EventBatchRequest, EventRequest};
+use herald_shared::api::{Accepted, BatchAccepted, EventBatchRequest, EventRequest};
 
-use super::body::{check_size, parse};
+use super::body::{check_batch_len, check_size, parse};
 use super::error::ApiError;
 use crate::node::Node;
 
@@ -42,11 +42,7 @@ pub async fn publish_batch(
 ) -> Result<(StatusCode, Json<BatchAccepted>), ApiError> {
     let batch: EventBatchRequest = parse(body)?;
     let n = batch.events.len();
-    if n == 0 || n > BATCH_MAX {
-        return Err(ApiError::BadRequest(format!(
-            "events must hold 1 to {BATCH_MAX} items (got {n})"
-        )));
-    }
+    check_batch_len("events", n)?;
     for (i, e) in batch.events.iter().enumerate() {
         check_size(
             &format!("events[{i}].payload"),

@@ -8,9 +8,9 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use herald_shared::Notification;
-use herald_shared::api::{BATCH_MAX, BatchRequest, NewNotification, NotificationList};
+use herald_shared::api::{BatchRequest, NewNotification, NotificationList};
 
-use super::body::{check_size, parse};
+use super::body::{check_batch_len, check_size, parse};
 use super::error::ApiError;
 use crate::node::Node;
 
@@ -32,12 +32,7 @@ pub async fn create_batch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<NotificationList>), ApiError> {
     let batch: BatchRequest = parse(body)?;
-    let n = batch.notifications.len();
-    if n == 0 || n > BATCH_MAX {
-        return Err(ApiError::BadRequest(format!(
-            "notifications must hold 1 to {BATCH_MAX} items (got {n})"
-        )));
-    }
+    check_batch_len("notifications", batch.notifications.len())?;
     for (i, item) in batch.notifications.iter().enumerate() {
         check_size(
             &format!("notifications[{i}].message"),

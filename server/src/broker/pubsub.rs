@@ -293,6 +293,24 @@ async fn subscribe_batch<T: Transport>(broker: &T, group: &GroupName) -> Result<
     }
 }
 
+/// Refuses at once while publishes are failing (until the prober gets through and
+/// the resync is announced), so a publish never waits on a dead connection.
+fn fail_fast<T: Transport>(core: &PubSubCore<T::Sink>) -> Result<(), BrokerError> {
+    if core.publish_failed.load(Ordering::Relaxed) {
+        return Err(BrokerError::Disconnected(format!(
+            "{} publishes failing; will resync",
+            T::NAME
+        )));
+    }
+    Ok(())
+}
+
+/// Marks publishing as failing (see [`fail_fast`]) and describes `e`.
+fn publish_failed<S>(core: &PubSubCore<S>, e: redis::RedisError) -> BrokerError {
+    core.publish_failed.store(true, Ordering::Relaxed);
+    BrokerError::Disconnected(e.to_string())
+}
+
 /// Publishes `payload` on `channel` with the transport's publish command.
 async fn send<T: Transport>(broker: &T, channel: &str, payload: &[u8]) -> redis::RedisResult<()> {
     let mut con = broker.publisher().clone();
@@ -385,18 +403,10 @@ impl<T: Transport> Broker for T {
 
     async fn publish(&self, group: &GroupName, delivery: Arc<Delivery>) -> Result<(), BrokerError> {
         let core = self.core();
-        if core.publish_failed.load(Ordering::Relaxed) {
-            return Err(BrokerError::Disconnected(format!(
-                "{} publishes failing; will resync",
-                T::NAME
-            )));
-        }
+        fail_fast::<T>(core)?;
         send(self, &core.channel(group), &wire::encode(&delivery))
             .await
-            .map_err(|e| {
-                core.publish_failed.store(true, Ordering::Relaxed);
-                BrokerError::Disconnected(e.to_string())
-            })
+            .map_err(|e| publish_failed(core, e))
     }
 
     async fn publish_all(
@@ -407,12 +417,7 @@ impl<T: Transport> Broker for T {
             return super::publish_in_turn(self, items).await;
         }
         let core = self.core();
-        if core.publish_failed.load(Ordering::Relaxed) {
-            return Err((
-                0,
-                BrokerError::Disconnected(format!("{} publishes failing; will resync", T::NAME)),
-            ));
-        }
+        fail_fast::<T>(core).map_err(|e| (0, e))?;
         let mut pipe = redis::pipe();
         for (group, delivery) in items {
             pipe.cmd(T::PUBLISH)
@@ -421,10 +426,9 @@ impl<T: Transport> Broker for T {
                 .ignore();
         }
         let mut con = self.publisher().clone();
-        pipe.query_async::<()>(&mut con).await.map_err(|e| {
-            core.publish_failed.store(true, Ordering::Relaxed);
-            (0, BrokerError::Disconnected(e.to_string()))
-        })
+        pipe.query_async::<()>(&mut con)
+            .await
+            .map_err(|e| (0, publish_failed(core, e)))
     }
 
     async fn subscribe(&self, group: &GroupName) -> Result<(), BrokerError> {
