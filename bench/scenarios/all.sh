@@ -11,9 +11,9 @@
 # bench/scenarios/cluster.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
+source "$here/lib.sh"
 
-(cd "$root" && timeout 1800 cargo build --release -p herald-server -p herald-bench)
+build_release
 export SKIP_BUILD=1
 
 run() {

@@ -14,7 +14,8 @@
 # and summary.txt.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
+source "$here/lib.sh"
+root=$ROOT
 
 BEFORE=${BEFORE:-ca8d946}
 SCENARIOS=${SCENARIOS:-idle-hold fanout-ramp broadcast}
@@ -24,7 +25,7 @@ mkdir -p "$out"
 
 before=$(git -C "$root" rev-parse --short "$BEFORE")
 after=$(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD || echo +dirty)
-(cd "$root" && timeout 1800 cargo build --release -p herald-server -p herald-bench)
+build_release
 rm -rf "$wt"
 git -C "$root" worktree prune
 git -C "$root" worktree add --detach "$wt" "$before" >&2
