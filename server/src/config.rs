@@ -157,6 +157,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_SYSCTL_ROOT", default_value = "/proc/sys")]
     pub sysctl_root: PathBuf,
 
+    /// Serve the live page at `/demo/` (`true` or `false`; default: on for a single
+    /// node, off in cluster mode, where it must be asked for).
+    #[arg(long, env = "HERALD_DEMO")]
+    pub demo: Option<bool>,
+
     /// Database pool size.
     #[arg(long, env = "HERALD_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
@@ -194,8 +199,28 @@ impl Config {
             .unwrap_or_else(|| format!("sqlite://{}/herald.db", self.data_dir.display()))
     }
 
+    /// Whether the node serves the live page: unless told, only a single node does.
+    pub fn demo_enabled(&self) -> bool {
+        self.demo.unwrap_or(!self.cluster_mode())
+    }
+
     /// Cluster mode: Redis between nodes, secrets must be given, not generated.
     pub fn cluster_mode(&self) -> bool {
         self.redis_url.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    #[test]
+    fn the_live_page_is_on_alone_and_off_in_a_cluster_unless_asked() {
+        let cfg = |args: &[&str]| Config::from_args(args.iter().copied()).unwrap();
+        assert!(cfg(&[]).demo_enabled());
+        assert!(!cfg(&["--demo", "false"]).demo_enabled());
+        let cluster = ["--redis-url", "redis://127.0.0.1:6379"];
+        assert!(!cfg(&cluster).demo_enabled());
+        assert!(cfg(&[&cluster[..], &["--demo", "true"]].concat()).demo_enabled());
     }
 }

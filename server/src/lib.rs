@@ -13,7 +13,8 @@
 //! - [`config`]: flags and environment (clap). [`secrets`]: generated or given secrets.
 //! - [`auth`]: client JWTs, API key, admin token.
 //! - [`api`]: backend routes, health, errors. [`upgrade`]: the WebSocket handshake and connect seam.
-//! - [`session`]: one task per socket: opening frames, client commands, deliveries.
+//! - [`session`]: one task per connection: opening frames, client commands, deliveries.
+//! - [`sse`]: the same connection as a Server-Sent Events stream. [`demo`]: the live page.
 //! - [`publish`]: store-then-broker, in per-user id order.
 //! - [`broker`]: the `Broker` trait; in-process and Redis brokers; Django interop.
 //! - [`registry`]: nodes announce themselves in Redis. [`presence`]: connections per user.
@@ -28,6 +29,7 @@ pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod demo;
 pub mod hub;
 pub mod lifecycle;
 pub mod limits;
@@ -40,6 +42,7 @@ pub mod registry;
 pub mod secrets;
 pub mod server;
 pub mod session;
+pub mod sse;
 pub mod store;
 pub mod tuning;
 pub mod upgrade;

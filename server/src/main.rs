@@ -75,12 +75,20 @@ fn print_banner(cfg: &Config, s: &secrets::Secrets, path: &std::path::Path) {
     let token = Auth::new(s).issue(&UserId::parse("42").expect("valid"), &[], 24 * 3600);
     let http = format!("http://{}", cfg.listen);
     let ws = format!("ws://{}", cfg.listen);
+    // The token rides in the URL fragment, which the browser never sends to a server.
+    let page = if cfg.demo_enabled() {
+        format!(
+            "\nOpen the live page as user 42, then publish below and watch it arrive:\n  {http}/demo/#token={token}\n"
+        )
+    } else {
+        String::new()
+    };
     println!(
         "\nHerald single node (secrets kept in {path})\n\
          \n  API key:      {api}\n  Admin token:  {admin}\n  Client token: {token}   (user 42, 24 h)\n\
          \nConnect as user 42 (any WebSocket client, e.g. websocat):\n  websocat '{ws}/ws/notifications/?token={token}'\n\
          \nPublish to user 42:\n  curl -s -X POST {http}/api/v1/notifications -H 'Authorization: Bearer {api}' \\\n       -H 'Content-Type: application/json' -d '{{\"user\":\"42\",\"message\":{{\"text\":\"hello\"}}}}'\n\
-         \nMore tokens: herald-server token --user <id> [--groups org_5] [--ttl 3600]\n",
+         \nMore tokens: herald-server token --user <id> [--groups org_5] [--ttl 3600]\n{page}",
         path = path.display(),
         api = s.api_key,
         admin = s.admin_token,

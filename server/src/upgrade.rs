@@ -4,6 +4,9 @@
 //! `Retry-After`), then the connect seam: the connection joins its user's group
 //! *before* the 101 response goes out, so every notification published after the
 //! upgrade is already queued for it while its session loads `initial_state`.
+//!
+//! The SSE stream ([`crate::sse`]) is admitted by the same checks ([`identify_client`],
+//! [`admit`]) and holds the same [`Registration`].
 
 use std::sync::Arc;
 
@@ -48,7 +51,13 @@ pub async fn upgrade(
     params: Result<Query<UpgradeParams>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match prepare(&node, &headers, params, ws).await {
+    let result = prepare(&node, &headers, params, ws).await;
+    counted_refusal(&node, result)
+}
+
+/// The response, with a refusal counted in `herald_upgrades_refused_total{code}`.
+pub(crate) fn counted_refusal(node: &Node, result: Result<Response, ApiError>) -> Response {
+    match result {
         Ok(resp) => resp,
         Err(e) => {
             let resp = e.into_response();
@@ -71,28 +80,14 @@ async fn prepare(
 ) -> Result<Response, ApiError> {
     check_origin(node, headers)?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let ident = identify(node, headers, params.token.as_deref())
-        .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-    let after = match params.after.as_deref() {
-        None => None,
-        Some(a) => Some(a.parse::<i64>().ok().filter(|a| *a >= 0).ok_or_else(|| {
-            ApiError::BadRequest(format!("after must be a notification id (got {a:?})"))
-        })?),
-    };
+    let (ident, after) = identify_client(
+        node,
+        headers,
+        params.token.as_deref(),
+        params.after.as_deref(),
+    )?;
     let ws = ws.map_err(|r| ApiError::Other(r.status(), r.body_text()))?;
-    if !node.lifecycle.is_serving() {
-        return Err(ApiError::Unavailable(
-            format!(
-                "node is {}; connect to another node",
-                node.lifecycle.state().as_str()
-            ),
-            5,
-        ));
-    }
-    let registration = Registration::new(node, &ident)
-        .await
-        .ok_or_else(|| ApiError::Unavailable("node at connection capacity".into(), 1))?;
-    node.metrics.connections_accepted.inc();
+    let registration = admit(node, &ident).await?;
     let cfg = &node.config;
     let node = node.clone();
     Ok(ws
@@ -111,7 +106,49 @@ async fn prepare(
         }))
 }
 
-fn check_origin(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+/// The token (401), then `after` (400): checked after `Origin` (403) and the
+/// query string (400), in the contract's order, for every client connection.
+pub(crate) fn identify_client(
+    node: &Node,
+    headers: &HeaderMap,
+    token: Option<&str>,
+    after: Option<&str>,
+) -> Result<(Identity, Option<i64>), ApiError> {
+    let ident =
+        identify(node, headers, token).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    let after = after.map(parse_after).transpose()?;
+    Ok((ident, after))
+}
+
+/// A resume point: a notification id ≥ 0.
+pub(crate) fn parse_after(a: &str) -> Result<i64, ApiError> {
+    a.parse::<i64>()
+        .ok()
+        .filter(|a| *a >= 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("after must be a notification id (got {a:?})")))
+}
+
+/// Admits a connection of `ident` once the request is valid: 503 while the node is
+/// draining (`Retry-After: 5`) or full (`Retry-After: 1`); otherwise its
+/// [`Registration`], joined to its personal group.
+pub(crate) async fn admit(node: &Arc<Node>, ident: &Identity) -> Result<Registration, ApiError> {
+    if !node.lifecycle.is_serving() {
+        return Err(ApiError::Unavailable(
+            format!(
+                "node is {}; connect to another node",
+                node.lifecycle.state().as_str()
+            ),
+            5,
+        ));
+    }
+    let registration = Registration::new(node, ident)
+        .await
+        .ok_or_else(|| ApiError::Unavailable("node at connection capacity".into(), 1))?;
+    node.metrics.connections_accepted.inc();
+    Ok(registration)
+}
+
+pub(crate) fn check_origin(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
     let allowed = &node.config.allowed_origins;
     if allowed.is_empty() {
         return Ok(());

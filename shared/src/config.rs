@@ -17,6 +17,12 @@ pub const DEFAULT_DATA_DIR: &str = "./herald-data";
 
 /// The WebSocket endpoint.
 pub const WS_PATH: &str = "/ws/notifications/";
+/// The Server-Sent Events stream, for networks that block WebSockets.
+pub const SSE_PATH: &str = "/sse/notifications/";
+/// Client commands (`mark_read`, `mark_all_read`, `ping`) for SSE clients.
+pub const SSE_COMMANDS_PATH: &str = "/sse/notifications/commands";
+/// The live page, served with the client library.
+pub const DEMO_PATH: &str = "/demo/";
 /// Newest unread notifications sent in `initial_state`.
 pub const INITIAL_STATE_LIMIT: i64 = 50;
 /// Most notifications in one `missed` frame.

@@ -126,9 +126,43 @@ pub enum ServerFrame {
         code: ErrorCode,
         message: String,
     },
+    /// The last event of a Server-Sent Events stream, which has no close frame: the
+    /// code and reason a WebSocket would have closed with (contract §3.10).
+    Close {
+        code: u16,
+        reason: String,
+    },
 }
 
 impl ServerFrame {
+    /// The frame's `"type"`, which also names its Server-Sent Event.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerFrame::Welcome { .. } => "welcome",
+            ServerFrame::InitialState { .. } => "initial_state",
+            ServerFrame::Missed { .. } => "missed",
+            ServerFrame::Notification { .. } => "notification",
+            ServerFrame::Event { .. } => "event",
+            ServerFrame::Pong => "pong",
+            ServerFrame::MarkedRead { .. } => "marked_read",
+            ServerFrame::Subscribed { .. } => "subscribed",
+            ServerFrame::Unsubscribed { .. } => "unsubscribed",
+            ServerFrame::Error { .. } => "error",
+            ServerFrame::Close { .. } => "close",
+        }
+    }
+
+    /// The newest notification id the frame carries (opening frames and live
+    /// notifications): what a client resumes after.
+    pub fn newest_id(&self) -> Option<i64> {
+        match self {
+            ServerFrame::InitialState { notifications, .. }
+            | ServerFrame::Missed { notifications, .. } => notifications.iter().map(|n| n.id).max(),
+            ServerFrame::Notification { notification } => Some(notification.id),
+            _ => None,
+        }
+    }
+
     /// Serialises the frame to JSON text. Frames are plain data, so this cannot fail.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("frames always serialise")
@@ -245,6 +279,20 @@ mod tests {
             r#"{"type":"welcome","user":"42","node":"n1","connection":"c1","heartbeat_s":25}"#
         );
         assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
+        let c = ServerFrame::Close {
+            code: 1012,
+            reason: "node draining".into(),
+        };
+        assert_eq!(
+            c.to_json(),
+            r#"{"type":"close","code":1012,"reason":"node draining"}"#
+        );
+        for f in [&w, &c, &ServerFrame::Pong] {
+            assert!(
+                f.to_json()
+                    .starts_with(&format!(r#"{{"type":"{}""#, f.kind()))
+            );
+        }
         let e = ServerFrame::Error {
             code: ErrorCode::RateLimited,
             message: "slow down".into(),

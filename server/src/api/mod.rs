@@ -20,7 +20,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use herald_shared::api::BATCH_MAX;
-use herald_shared::config::WS_PATH;
+use herald_shared::config::{SSE_COMMANDS_PATH, SSE_PATH, WS_PATH};
 
 use crate::node::Node;
 pub use error::ApiError;
@@ -41,11 +41,28 @@ pub fn router(node: Arc<Node>) -> Router {
             require_api_key,
         ))
         .layer(DefaultBodyLimit::max(body_limit));
-    Router::new()
-        .nest("/api/v1", api)
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+    // What a client (a page, an app) calls, with CORS for pages on other origins. The
+    // `OPTIONS` routes let a preflight reach the CORS layer, which answers it, instead
+    // of the router's 405.
+    let preflight = || async { axum::http::StatusCode::NO_CONTENT };
+    let client = Router::new()
         .route(WS_PATH, get(crate::upgrade::upgrade))
+        .route(SSE_PATH, get(crate::sse::stream).options(preflight))
+        .route(
+            SSE_COMMANDS_PATH,
+            post(crate::sse::command).options(preflight),
+        )
+        .layer(DefaultBodyLimit::max(node.config.max_frame_bytes))
+        .layer(crate::sse::cors(&node));
+    let mut router = Router::new()
+        .nest("/api/v1", api)
+        .merge(client)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
+    if node.config.demo_enabled() {
+        router = router.merge(crate::demo::router());
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(node)

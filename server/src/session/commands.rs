@@ -36,13 +36,30 @@ pub async fn handle(
     frame: ClientFrame,
 ) -> ServerFrame {
     match frame {
+        ClientFrame::Subscribe { group } => subscribe(ident, reg, group).await,
+        ClientFrame::Unsubscribe { group } => unsubscribe(ident, reg, group),
+        other => handle_stateless(node, ident, other)
+            .await
+            .expect("only group frames need the connection"),
+    }
+}
+
+/// Handles a frame that needs only the user, not its connection (what an SSE
+/// client posts); `None` for `subscribe` and `unsubscribe`, which need one.
+pub async fn handle_stateless(
+    node: &Node,
+    ident: &Identity,
+    frame: ClientFrame,
+) -> Option<ServerFrame> {
+    Some(match frame {
+        ClientFrame::Subscribe { .. } | ClientFrame::Unsubscribe { .. } => return None,
         ClientFrame::Ping => ServerFrame::Pong,
         ClientFrame::MarkRead { ids } => {
             if ids.len() > MARK_READ_MAX {
-                return error(
+                return Some(error(
                     ErrorCode::BadRequest,
                     format!("mark_read takes at most {MARK_READ_MAX} ids"),
-                );
+                ));
             }
             match node.store.mark_read(&ident.user, &ids).await {
                 Ok((ids, unread_count)) => ServerFrame::MarkedRead {
@@ -61,45 +78,47 @@ pub async fn handle(
             },
             Err(e) => store_error("mark_all_read", e),
         },
-        ClientFrame::Subscribe { group } => {
-            let group = match GroupName::parse(group) {
-                Ok(g) => g,
-                Err(e) => return error(ErrorCode::BadRequest, format!("group name {e}")),
-            };
-            if !ident.may_join(&group) {
-                return error(
-                    ErrorCode::Forbidden,
-                    format!("token does not allow group {group}"),
-                );
-            }
-            if !reg.groups.contains(&group) && reg.groups.len() >= GROUPS_MAX {
-                return error(
-                    ErrorCode::BadRequest,
-                    format!("at most {GROUPS_MAX} groups per connection"),
-                );
-            }
-            match reg.join(group.clone()).await {
-                Ok(()) => ServerFrame::Subscribed {
-                    group: group.into_string(),
-                },
-                Err(e) => error(ErrorCode::Internal, format!("subscribe failed: {e}")),
-            }
-        }
-        ClientFrame::Unsubscribe { group } => {
-            let group = match GroupName::parse(group) {
-                Ok(g) => g,
-                Err(e) => return error(ErrorCode::BadRequest, format!("group name {e}")),
-            };
-            if group == ident.user.group() {
-                return error(
-                    ErrorCode::BadRequest,
-                    "a connection always stays in its own user group",
-                );
-            }
-            reg.leave(&group);
-            ServerFrame::Unsubscribed {
-                group: group.into_string(),
-            }
-        }
+    })
+}
+
+async fn subscribe(ident: &Identity, reg: &mut Registration, group: String) -> ServerFrame {
+    let group = match GroupName::parse(group) {
+        Ok(g) => g,
+        Err(e) => return error(ErrorCode::BadRequest, format!("group name {e}")),
+    };
+    if !ident.may_join(&group) {
+        return error(
+            ErrorCode::Forbidden,
+            format!("token does not allow group {group}"),
+        );
+    }
+    if !reg.groups.contains(&group) && reg.groups.len() >= GROUPS_MAX {
+        return error(
+            ErrorCode::BadRequest,
+            format!("at most {GROUPS_MAX} groups per connection"),
+        );
+    }
+    match reg.join(group.clone()).await {
+        Ok(()) => ServerFrame::Subscribed {
+            group: group.into_string(),
+        },
+        Err(e) => error(ErrorCode::Internal, format!("subscribe failed: {e}")),
+    }
+}
+
+fn unsubscribe(ident: &Identity, reg: &mut Registration, group: String) -> ServerFrame {
+    let group = match GroupName::parse(group) {
+        Ok(g) => g,
+        Err(e) => return error(ErrorCode::BadRequest, format!("group name {e}")),
+    };
+    if group == ident.user.group() {
+        return error(
+            ErrorCode::BadRequest,
+            "a connection always stays in its own user group",
+        );
+    }
+    reg.leave(&group);
+    ServerFrame::Unsubscribed {
+        group: group.into_string(),
     }
 }

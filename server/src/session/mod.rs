@@ -1,21 +1,22 @@
-//! One task per WebSocket: sends the opening frames, then multiplexes client frames,
+//! One task per connection: sends the opening frames, then multiplexes client frames,
 //! queued deliveries, heartbeats and token expiry until the connection ends.
 //!
-//! A single task owns the socket (no split, no second task), which keeps an idle
-//! connection down to its socket buffers, its outbox and one timer. Deliveries are
+//! The connection is a WebSocket or a Server-Sent Events stream ([`Transport`]); the
+//! rules are the same on both. A single task owns the socket (no split, no second
+//! task), which keeps an idle connection down to its socket buffers, its outbox and
+//! one timer. Deliveries are
 //! written in batches: every frame waiting in the outbox is fed, then flushed once.
 //! Every write is bounded by the queue expiry; a client that cannot take frames that
 //! fast is a slow consumer and is closed with 1013.
 
-mod commands;
+pub(crate) mod commands;
 mod handshake;
 mod ratelimit;
+mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
 use herald_shared::close;
 use herald_shared::config::MISSED_LIMIT;
 use herald_shared::frames::encode_notification;
@@ -28,17 +29,18 @@ use crate::outbox::{CloseReason, unix_micros};
 use crate::upgrade::Registration;
 use handshake::Seam;
 use ratelimit::{RateLimiter, Verdict};
+pub use transport::{Broken, Incoming, Outgoing, Transport};
 
 /// Frames taken from the outbox per write batch.
 const BATCH: usize = 64;
 /// How long the node waits for the client's answer to its close frame.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// A client silent for this many heartbeats is gone.
 const SILENT_HEARTBEATS: u32 = 3;
 
 /// How a session ended.
 #[derive(Debug)]
-enum End {
+pub enum End {
     /// The node closes with this code and reason.
     Close(u16, &'static str),
     /// The client closed (with its code, 1005 when it gave none).
@@ -68,16 +70,16 @@ impl Session {
 
     /// Serves the connection to its end, records how it ended, then completes the
     /// closing handshake.
-    pub async fn run(mut self, mut ws: WebSocket) {
+    pub async fn run<T: Transport>(mut self, mut ws: T) {
         let end = self.serve(&mut ws).await;
         self.node.metrics.closed(match &end {
             End::Close(code, _) | End::Peer(code) => *code,
             End::Gone => 1006,
         });
-        Box::pin(finish(&mut ws, end)).await;
+        Box::pin(ws.finish(&end)).await;
     }
 
-    async fn serve(&mut self, ws: &mut WebSocket) -> End {
+    async fn serve<T: Transport>(&mut self, ws: &mut T) -> End {
         let node = self.node.clone();
         let expiry = node.config.queue_expiry();
         // Every step that is not the idle wait below runs in a boxed future: a task's
@@ -111,16 +113,16 @@ impl Session {
                 msg = ws.recv() => {
                     last_heard = Instant::now();
                     let end = match msg {
-                        None => Some(End::Gone),
-                        Some(Err(e)) => Some(read_error(e)),
-                        Some(Ok(Message::Text(text))) => {
+                        Incoming::Gone => Some(End::Gone),
+                        Incoming::TooBig => Some(End::Close(close::TOO_BIG, "frame too large")),
+                        Incoming::Text(text) => {
                             Box::pin(self.client_frame(ws, &mut limiter, text.as_str(), expiry)).await
                         }
-                        Some(Ok(Message::Binary(_))) => {
+                        Incoming::Binary => {
                             Some(End::Close(close::UNSUPPORTED_DATA, "binary frames are not supported; send JSON text"))
                         }
-                        Some(Ok(Message::Close(f))) => Some(End::Peer(f.map_or(1005, |f| f.code))),
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                        Incoming::Closed(code) => Some(End::Peer(code)),
+                        Incoming::Alive => None,
                     };
                     if let Some(end) = end {
                         return end;
@@ -132,10 +134,12 @@ impl Session {
                         return End::Close(close::POLICY, "token expired; reconnect with a new token and after");
                     }
                     if now >= next_ping {
-                        if now.duration_since(last_heard) > heartbeat * SILENT_HEARTBEATS {
+                        // A one-way client (SSE) cannot answer; a write to a peer that
+                        // went away fails or stalls, which the ping's bound catches.
+                        if T::TWO_WAY && now.duration_since(last_heard) > heartbeat * SILENT_HEARTBEATS {
                             return End::Gone;
                         }
-                        if timeout(expiry, ws.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
+                        if timeout(expiry, ws.ping()).await.map_or(true, |r| r.is_err()) {
                             return End::Gone;
                         }
                         next_ping = now + heartbeat;
@@ -149,7 +153,7 @@ impl Session {
     /// Sends `welcome`, then the opening frames (`initial_state`, `missed`), in one
     /// write: one send on the socket instead of one per frame took a node's CPU per
     /// connect from 332 to 299 µs (bench/RESULTS.md).
-    async fn open(&mut self, ws: &mut WebSocket, expiry: Duration) -> Option<End> {
+    async fn open<T: Transport>(&mut self, ws: &mut T, expiry: Duration) -> Option<End> {
         let node = self.node.clone();
         let welcome = ServerFrame::Welcome {
             user: self.ident.user.to_string(),
@@ -188,7 +192,11 @@ impl Session {
 
     /// Writes every queued delivery (batched, one flush per batch) and reports a
     /// close request from the outbox once the queue is empty.
-    async fn write_deliveries(&mut self, ws: &mut WebSocket, expiry: Duration) -> Option<End> {
+    async fn write_deliveries<T: Transport>(
+        &mut self,
+        ws: &mut T,
+        expiry: Duration,
+    ) -> Option<End> {
         loop {
             let batch = self.reg.outbox.take(BATCH);
             let full = batch.frames.len() == BATCH;
@@ -212,9 +220,23 @@ impl Session {
                 written.push(d);
             }
             if !written.is_empty() {
+                let user = &self.ident.user;
                 let write = async {
                     for d in &written {
-                        ws.feed(Message::Text(d.frame.clone())).await?;
+                        ws.feed(Outgoing {
+                            text: d.frame.clone(),
+                            kind: if d.notification.is_some() {
+                                "notification"
+                            } else {
+                                "event"
+                            },
+                            resume_id: d
+                                .notification
+                                .as_ref()
+                                .filter(|tag| tag.user == *user)
+                                .map(|tag| tag.id),
+                        })
+                        .await?;
                     }
                     ws.flush().await
                 };
@@ -258,7 +280,7 @@ impl Session {
     /// Sends what the store has for this user beyond the newest id the client has
     /// seen, after the broker may have lost messages; live copies of those are then
     /// filtered by the seam like at connect time.
-    async fn catch_up(&mut self, ws: &mut WebSocket, expiry: Duration) -> Option<End> {
+    async fn catch_up<T: Transport>(&mut self, ws: &mut T, expiry: Duration) -> Option<End> {
         const SLOW: End = End::Close(
             close::TRY_AGAIN_LATER,
             "slow consumer; reconnect with after",
@@ -287,8 +309,12 @@ impl Session {
             self.node.metrics.resume_replayed.inc_by(page.len() as u64);
             self.seam.extend(page.iter().map(|n| n.id));
             for n in &page {
-                let frame = encode_notification(n);
-                match timeout(expiry, ws.feed(Message::Text(frame.into()))).await {
+                let frame = Outgoing {
+                    text: encode_notification(n).into(),
+                    kind: "notification",
+                    resume_id: Some(n.id),
+                };
+                match timeout(expiry, ws.feed(frame)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return Some(End::Gone),
                     Err(_) => return Some(SLOW),
@@ -306,9 +332,9 @@ impl Session {
     }
 
     /// Handles one client text frame: rate limit, parse, command, reply.
-    async fn client_frame(
+    async fn client_frame<T: Transport>(
         &mut self,
-        ws: &mut WebSocket,
+        ws: &mut T,
         limiter: &mut RateLimiter,
         text: &str,
         expiry: Duration,
@@ -336,49 +362,25 @@ impl Session {
     }
 }
 
-/// Completes the closing handshake for how the session ended.
-async fn finish(ws: &mut WebSocket, end: End) {
-    match end {
-        End::Close(code, reason) => {
-            let frame = CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
-            };
-            if let Ok(Ok(())) = timeout(CLOSE_GRACE, ws.send(Message::Close(Some(frame)))).await {
-                // Let the client answer, so it (not the node) holds TIME_WAIT.
-                let _ = timeout(CLOSE_GRACE, async {
-                    while let Some(Ok(m)) = ws.recv().await {
-                        if matches!(m, Message::Close(_)) {
-                            break;
-                        }
-                    }
-                })
-                .await;
-            }
-        }
-        // The protocol layer queued the echo of the client's close frame when it
-        // read it; write it out before the socket goes.
-        End::Peer(_) => {
-            let _ = timeout(CLOSE_GRACE, ws.flush()).await;
-        }
-        End::Gone => {}
-    }
-}
-
 /// Sends one frame now, bounded by the queue expiry.
-async fn send(ws: &mut WebSocket, frame: &ServerFrame, expiry: Duration) -> Result<(), End> {
+async fn send<T: Transport>(ws: &mut T, frame: &ServerFrame, expiry: Duration) -> Result<(), End> {
     send_all(ws, &[frame], expiry).await
 }
 
 /// Sends `frames` in one write (fed, then flushed once), bounded by the queue expiry.
-async fn send_all(
-    ws: &mut WebSocket,
+async fn send_all<T: Transport>(
+    ws: &mut T,
     frames: &[&ServerFrame],
     expiry: Duration,
 ) -> Result<(), End> {
     let write = async {
         for f in frames {
-            ws.feed(Message::Text(f.to_json().into())).await?;
+            ws.feed(Outgoing {
+                text: f.to_json().into(),
+                kind: f.kind(),
+                resume_id: f.newest_id(),
+            })
+            .await?;
         }
         ws.flush().await
     };
@@ -389,16 +391,5 @@ async fn send_all(
             close::TRY_AGAIN_LATER,
             "slow consumer; reconnect with after",
         )),
-    }
-}
-
-/// Maps a read error to how the session ends: an oversized frame is the client's
-/// fault and gets 1009; anything else means the transport is gone.
-fn read_error(e: axum::Error) -> End {
-    match e.into_inner().downcast::<tungstenite::Error>() {
-        Ok(err) if matches!(*err, tungstenite::Error::Capacity(_)) => {
-            End::Close(close::TOO_BIG, "frame too large")
-        }
-        _ => End::Gone,
     }
 }

@@ -19,4 +19,5 @@ mod nginx;
 mod order;
 mod redis_cluster;
 mod seam;
+mod sse;
 mod startup;

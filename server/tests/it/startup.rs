@@ -465,6 +465,17 @@ async fn fresh_start_generates_prints_and_reuses_secrets() {
         p.public
     );
 
+    // The live page's URL, with the printed token in its fragment, serves the page.
+    let page = format!("http://{}/demo/#token={}", p.public, tokens[0]);
+    assert!(out.contains(&page), "no live page URL {page}:\n{out}");
+    let r = common::api().get(&page).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the live page is served");
+    let html = r.text().await.unwrap();
+    assert!(
+        html.to_lowercase().contains("herald"),
+        "not Herald's page:\n{html}"
+    );
+
     // The printed token connects; the printed key publishes to that user.
     let token = tokens[0].clone();
     let (mut c, user, node, _) = connect(&p.ws(&token)).await;
