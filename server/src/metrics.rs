@@ -52,7 +52,8 @@ pub struct OpLabel {
 /// Every metric of a node.
 pub struct Metrics {
     registry: Mutex<Registry>,
-    /// Upgrades accepted since start (`websocket_connections_total`).
+    /// Connections accepted since start, WebSocket upgrades and SSE streams
+    /// (`websocket_connections_total`, the contract's name).
     pub connections_accepted: Counter,
     /// Open connections now (`herald_connections`).
     pub connections: Gauge,
@@ -94,6 +95,8 @@ pub struct Metrics {
     pub broker_errors: Family<OpLabel, Counter>,
     /// Client frames refused by the rate limiter.
     pub rate_limited: Counter,
+    /// Server-Sent Events streams opened since start (also counted as connections).
+    pub sse_streams: Counter,
 }
 
 impl Metrics {
@@ -131,12 +134,13 @@ impl Metrics {
             store_latency: Family::new_with_constructor(histogram),
             broker_errors: Family::default(),
             rate_limited: Counter::default(),
+            sse_streams: Counter::default(),
         };
         {
             let mut r = m.registry.lock().expect("fresh lock");
             r.register(
                 "websocket_connections",
-                "WebSocket upgrades accepted",
+                "Connections accepted: WebSocket upgrades and SSE streams",
                 m.connections_accepted.clone(),
             );
             r.register(
@@ -243,6 +247,11 @@ impl Metrics {
                 "herald_rate_limited",
                 "Client frames refused by the rate limiter",
                 m.rate_limited.clone(),
+            );
+            r.register(
+                "herald_sse_streams",
+                "Server-Sent Events streams opened",
+                m.sse_streams.clone(),
             );
         }
         m

@@ -92,6 +92,7 @@ async fn open(
     let after = after.max(last_event_id);
     let groups = wanted_groups(&ident, params.groups.as_deref())?;
     let mut registration = admit(node, &ident).await?;
+    node.metrics.sse_streams.inc();
     // Joined before the response starts, like the personal group before a 101: an
     // event published once the client has its 200 reaches it.
     for g in groups {

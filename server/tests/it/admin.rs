@@ -14,14 +14,7 @@ both_stores!(audit_log_records_every_admin_action);
 
 /// Scrapes `/metrics` and parses it with prometheus-parse: name -> summed value.
 async fn scrape_metrics(s: &TestServer) -> (prometheus_parse::Scrape, HashMap<String, f64>) {
-    let text = common::api()
-        .get(s.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     let lines = text.lines().map(|l| Ok(l.to_owned()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("metrics parse");
     let mut values = HashMap::new();

@@ -476,6 +476,18 @@ pub async fn get_json(url: String, token: &str) -> Value {
 }
 
 impl TestServer {
+    /// The node's `/metrics` exposition, as text.
+    pub async fn metrics_text(&self) -> String {
+        api()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// GET on the admin listener with the admin token.
     pub async fn admin_get(&self, path: &str) -> Value {
         get_json(self.admin_url(path), ADMIN_TOKEN).await

@@ -533,6 +533,8 @@ async fn heartbeats_are_comments_and_expiry_closes_with_1008() {
         }
     };
     assert!(comments >= 1, "a heartbeat before the token expired");
+    let metrics = s.metrics_text().await;
+    assert!(metrics.contains("herald_sse_streams_total 1"), "{metrics}");
     assert_eq!(close.kind, "close");
     assert_eq!(close.json()["code"], 1008);
     assert!(
@@ -595,14 +597,7 @@ async fn a_stream_that_is_not_read_is_closed_as_a_slow_consumer() {
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let text = common::api()
-            .get(s.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = s.metrics_text().await;
         if text.contains(r#"herald_disconnects_total{code="1013"} 1"#) {
             break;
         }
