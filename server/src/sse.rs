@@ -12,7 +12,8 @@
 //!
 //! The stream is one-way: `mark_read`, `mark_all_read` and `ping` go through
 //! `POST /sse/notifications/commands`, and groups are chosen when the stream opens
-//! (`groups=`), since a POST may reach another node than the one holding the stream.
+//! (`groups=`, or every group of the token), since a POST may reach another node than
+//! the one holding the stream.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -118,14 +119,31 @@ async fn open(
         .into_response())
 }
 
-/// The `groups=` list: valid names the token allows, at most [`GROUPS_MAX`] with the
-/// personal group.
+/// The groups a stream joins besides its personal group: the `groups=` list (valid
+/// names the token allows), or with no `groups` at all every group of the token; at
+/// most [`GROUPS_MAX`] with the personal group.
 fn wanted_groups(
     ident: &crate::auth::Identity,
     list: Option<&str>,
 ) -> Result<Vec<GroupName>, ApiError> {
+    let Some(list) = list else {
+        let groups: Vec<GroupName> = ident
+            .groups
+            .iter()
+            .filter(|g| **g != ident.user.group())
+            .cloned()
+            .collect();
+        if groups.len() + 1 > GROUPS_MAX {
+            return Err(ApiError::BadRequest(format!(
+                "the token lists {} groups; choose at most {} with groups=",
+                groups.len(),
+                GROUPS_MAX - 1
+            )));
+        }
+        return Ok(groups);
+    };
     let mut groups: Vec<GroupName> = Vec::new();
-    for name in list.unwrap_or("").split(',').filter(|g| !g.is_empty()) {
+    for name in list.split(',').filter(|g| !g.is_empty()) {
         let group = GroupName::parse(name)
             .map_err(|e| ApiError::BadRequest(format!("groups: {name:?}: group name {e}")))?;
         if !ident.may_join(&group) {

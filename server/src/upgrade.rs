@@ -86,6 +86,9 @@ async fn prepare(
         params.token.as_deref(),
         params.after.as_deref(),
     )?;
+    // A draining node says so before it looks at the upgrade headers, so a plain
+    // GET (a browser client's diagnostic after a refused upgrade) reads the 503.
+    check_serving(node)?;
     let ws = ws.map_err(|r| ApiError::Other(r.status(), r.body_text()))?;
     let registration = admit(node, &ident).await?;
     let cfg = &node.config;
@@ -132,20 +135,26 @@ pub(crate) fn parse_after(a: &str) -> Result<i64, ApiError> {
 /// draining (`Retry-After: 5`) or full (`Retry-After: 1`); otherwise its
 /// [`Registration`], joined to its personal group.
 pub(crate) async fn admit(node: &Arc<Node>, ident: &Identity) -> Result<Registration, ApiError> {
-    if !node.lifecycle.is_serving() {
-        return Err(ApiError::Unavailable(
-            format!(
-                "node is {}; connect to another node",
-                node.lifecycle.state().as_str()
-            ),
-            5,
-        ));
-    }
+    check_serving(node)?;
     let registration = Registration::new(node, ident)
         .await
         .ok_or_else(|| ApiError::Unavailable("node at connection capacity".into(), 1))?;
     node.metrics.connections_accepted.inc();
     Ok(registration)
+}
+
+/// 503 with `Retry-After: 5` unless the node is serving.
+fn check_serving(node: &Node) -> Result<(), ApiError> {
+    if node.lifecycle.is_serving() {
+        return Ok(());
+    }
+    Err(ApiError::Unavailable(
+        format!(
+            "node is {}; connect to another node",
+            node.lifecycle.state().as_str()
+        ),
+        5,
+    ))
 }
 
 pub(crate) fn check_origin(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {

@@ -337,7 +337,9 @@ export function endpointUrl(base, scheme, path, query = {}) {
   u.search = '';
   u.hash = '';
   for (const [k, v] of Object.entries(query)) {
-    if (v !== null && v !== undefined && v !== '') u.searchParams.set(k, String(v));
+    // An empty value is kept: `groups=` (no extra groups) differs from no `groups`
+    // (every group of the token) on the SSE stream (PROTOCOL.md 3.12).
+    if (v !== null && v !== undefined) u.searchParams.set(k, String(v));
   }
   return u.toString();
 }
@@ -1053,7 +1055,8 @@ export class HeraldClient {
   /**
    * A WebSocket closed. A browser reports a refused upgrade as a bare 1006 before
    * 'open'; then one plain GET of the same URL (it answers the refusal status: 401, 403,
-   * or 400/426 because it is not an upgrade) tells us what actually happened. `ws`
+   * 503 while draining, or 400/426 because it is not an upgrade) tells us what actually
+   * happened. `ws`
    * reports refusals itself ('unexpected-response'), but a socket that failed with no
    * HTTP answer at all (refused, reset, blocked) is diagnosed the same way: if plain
    * HTTP reaches the node where WebSocket cannot, that counts towards the SSE fallback.

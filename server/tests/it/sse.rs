@@ -344,11 +344,29 @@ async fn bad_requests_get_the_websocket_refusals() {
     st.opening(false).await;
 }
 
-/// Events reach the groups chosen at open (token-allowed), and no other group's.
+/// Events reach the groups chosen at open (token-allowed), and no other group's;
+/// with no `groups` at all, every group of the token.
 #[tokio::test]
 async fn events_reach_the_groups_chosen_when_the_stream_opened() {
     let s = start(Db::Sqlite).await;
     let token = s.token("42", &["org_5", "org_6"], 600);
+    let mut all = Stream::open(&s, &format!("?token={token}"), &[]).await;
+    all.opening(false).await;
+    let mut none = Stream::open(&s, &format!("?token={token}&groups="), &[]).await;
+    none.opening(false).await;
+    s.event("org_6", json!("org_6")).await;
+    s.event("org_5", json!("org_5")).await;
+    s.event("user_42", json!("mine")).await;
+    for want in ["org_6", "org_5", "mine"] {
+        assert_eq!(all.event().await.json()["payload"], want);
+    }
+    let ev = none.event().await;
+    assert_eq!(
+        ev.json()["payload"],
+        "mine",
+        "groups= joins no extra group: {ev:?}"
+    );
+
     let mut st = Stream::open(&s, &format!("?token={token}&groups=org_5"), &[]).await;
     st.opening(false).await;
     s.event("org_6", json!("not joined")).await;
@@ -514,6 +532,17 @@ async fn a_drain_closes_streams_paced_with_1012() {
     };
     assert_eq!(code, 503, "{body}");
     assert_eq!(headers["retry-after"], "5");
+    // A plain GET of the WebSocket URL (a browser client's diagnostic) reads it too.
+    let r = common::api()
+        .get(
+            s.ws_url(&format!("?token={}", s.token("9", &[], 600)))
+                .replace("ws://", "http://"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5");
 }
 
 /// The token's expiry ends the stream with a `close` event carrying 1008; the

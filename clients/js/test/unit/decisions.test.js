@@ -91,7 +91,7 @@ test('Retry-After parses seconds and HTTP dates', () => {
 test('endpoint URLs follow the base scheme family, keep a path prefix, drop empty params', () => {
   assert.equal(endpointUrl('http://h:8000', 'ws', '/ws/notifications/', { token: 't', after: null }), 'ws://h:8000/ws/notifications/?token=t');
   assert.equal(endpointUrl('https://h/herald/', 'ws', '/ws/notifications/', { after: 0 }), 'wss://h/herald/ws/notifications/?after=0');
-  assert.equal(endpointUrl('wss://h', 'http', '/sse/notifications/', { groups: '' }), 'https://h/sse/notifications/');
+  assert.equal(endpointUrl('wss://h', 'http', '/sse/notifications/', { groups: '' }), 'https://h/sse/notifications/?groups=');
   assert.equal(endpointUrl('ws://h/', 'http', '/sse/notifications/', { groups: 'a,b' }), 'http://h/sse/notifications/?groups=a%2Cb');
 });
 
