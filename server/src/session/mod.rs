@@ -12,6 +12,8 @@
 pub(crate) mod commands;
 mod handshake;
 mod ratelimit;
+#[cfg(test)]
+mod tests;
 mod transport;
 
 use std::sync::Arc;
