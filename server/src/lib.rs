@@ -20,7 +20,7 @@
 //! - [`registry`]: nodes announce themselves in Redis. [`presence`]: connections per user.
 //! - [`hub`]: local routing index. [`outbox`]: per-connection queue and slow-consumer policy.
 //! - [`store`]: the `Store` trait, SQLite and PostgreSQL.
-//! - [`lifecycle`]: serving/draining/drained and the paced drain.
+//! - [`lifecycle`]: serving/draining/drained and the paced drain. [`tasks`]: how background tasks start and stop.
 //! - [`admin`]: metrics, status, drain, tuning, audit. [`metrics`]: the registry.
 //! - [`tuning`]: the OS tuning profile against the host. [`limits`]: fd budget.
 
@@ -44,6 +44,7 @@ pub mod server;
 pub mod session;
 pub mod sse;
 pub mod store;
+pub mod tasks;
 pub mod tuning;
 pub mod upgrade;
 

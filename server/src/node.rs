@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::publish::Publisher;
 use crate::store::Store;
+use crate::tasks::Tasks;
 use crate::tuning::{Host, Profile};
 
 pub struct Node {
@@ -51,6 +52,8 @@ pub struct Node {
     /// Every session task, so shutdown can wait for them (axum's graceful shutdown
     /// does not wait for upgraded connections).
     pub sessions: TaskTracker,
+    /// Every background task, started and stopped one way.
+    pub tasks: Tasks,
 }
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -96,7 +99,7 @@ impl Node {
     /// Runs the broker unsubscribe for a group that lost its last local member.
     pub fn unsubscribe_later(self: &Arc<Self>, group: GroupName) {
         let node = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn("unsubscribe", async move {
             // Re-check: a member may have joined since the leave.
             if node.hub.members(&group) == 0
                 && let Err(e) = node.broker.unsubscribe(&group).await
@@ -108,9 +111,10 @@ impl Node {
 
     /// Probes the store every second, so readiness reflects it without a query per
     /// health check.
-    pub fn spawn_store_probe(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_store_probe(self: &Arc<Self>) {
+        // Weak: the task must not keep the node alive; it ends with the node's tasks.
         let node = Arc::downgrade(self);
-        tokio::spawn(async move {
+        self.tasks.spawn("store probe", async move {
             loop {
                 let Some(n) = node.upgrade() else { return };
                 let up = matches!(
@@ -127,7 +131,7 @@ impl Node {
                 drop(n);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-        })
+        });
     }
 }
 

@@ -27,6 +27,7 @@ use crate::outbox::CloseReason;
 use crate::presence::{LocalPresence, Presence, RedisPresence};
 use crate::publish::Publisher;
 use crate::registry::RedisConnection;
+use crate::tasks::Tasks;
 use crate::tuning::{Host, Profile};
 use crate::{admin, api, limits, registry, secrets, store};
 
@@ -51,6 +52,8 @@ pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
         sysctl_root: cfg.sysctl_root.clone(),
     };
     let metrics = Arc::new(Metrics::new());
+    // Made first: the store, broker and presence start their background tasks here.
+    let tasks = Tasks::new();
     let fd_limit = limits::fd_limit();
     let capacity = limits::capacity(fd_limit, cfg.fd_reserve, cfg.max_connections);
     metrics.fd_limit.set(fd_limit as i64);
@@ -147,6 +150,7 @@ pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
         cluster,
         auth_failure_audited_us: AtomicU64::new(0),
         sessions: TaskTracker::new(),
+        tasks,
     }))
 }
 
@@ -221,7 +225,7 @@ pub async fn serve(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let probe = node.spawn_store_probe();
+    node.spawn_store_probe();
     let public_addr = public.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let heartbeat = node.cluster.clone().map(|c| {
@@ -239,9 +243,9 @@ pub async fn serve(
         };
         registry::spawn_heartbeat(&node, c.redis, c.prefix, addrs)
     });
-    let resync = node.broker.resyncs().map(|mut rx| {
+    if let Some(mut rx) = node.broker.resyncs() {
         let hub = node.hub.clone();
-        tokio::spawn(async move {
+        node.tasks.spawn("resync fan-out", async move {
             while rx.changed().await.is_ok() {
                 tracing::info!(
                     "broker resubscribed after a loss: sessions catch up from the store"
@@ -250,8 +254,8 @@ pub async fn serve(
                     outbox.resync();
                 }
             }
-        })
-    });
+        });
+    }
     let stop = CancellationToken::new();
 
     let public = public.tap_io(|tcp| {
@@ -291,13 +295,10 @@ pub async fn serve(
     {
         tracing::warn!("some sessions did not end within 10 s of shutdown");
     }
-    probe.abort();
     if let Some(h) = heartbeat {
         h.abort();
     }
-    if let Some(r) = resync {
-        r.abort();
-    }
+    node.tasks.stop(Duration::from_secs(5)).await;
     if let Some(c) = &node.cluster {
         registry::deregister(&mut c.redis.clone(), &c.prefix, &node.id).await;
     }

@@ -1,0 +1,111 @@
+//! The one way a node starts and stops its background tasks (store probe, registry
+//! heartbeat, broker subscriber and probe, presence writer, SQLite checkpoints, paced
+//! drain, resync fan-out, deferred unsubscribes).
+//!
+//! Every such task is spawned through [`Tasks::spawn`]: it runs until its future ends
+//! or the node stops, whichever comes first. Stopping cancels them all at once and
+//! waits for each to be gone, so a node that has shut down (or an embedding host that
+//! dropped it) leaves nothing running, and no task needs a `Weak` handle, an abort
+//! handle or a closed channel to learn that it should end. Sessions are not background
+//! tasks: they are tracked apart ([`crate::node::Node::sessions`]) because shutdown
+//! drains them first, while these keep serving them.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
+
+/// A node's background tasks. Cloning shares them.
+#[derive(Clone, Debug, Default)]
+pub struct Tasks {
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Tasks {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `task` in the background until it ends or the node stops. `name` is for
+    /// the log line a panicking or lingering task leaves.
+    pub fn spawn<F>(&self, name: &'static str, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let stop = self.stop.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => tracing::debug!(task = name, "stopped"),
+                () = task => {}
+            }
+        });
+    }
+
+    /// Resolves once the node is stopping: for a task that must finish a step (a
+    /// write, a deregistration) rather than be cut off between two awaits.
+    pub fn stopping(&self) -> WaitForCancellationFutureOwned {
+        self.stop.clone().cancelled_owned()
+    }
+
+    /// Whether [`Tasks::stop`] has been called.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Stops every task and waits up to `within` for them to be gone. No task can be
+    /// started afterwards (a late `spawn` is cancelled at once).
+    pub async fn stop(&self, within: Duration) {
+        self.stop.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(within, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.tracker.len(),
+                "background tasks still running {within:?} after stop"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stop_cancels_every_task_and_waits_for_it() {
+        let tasks = Tasks::new();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        for _ in 0..3 {
+            let tx = tx.clone();
+            tasks.spawn("forever", async move {
+                let _tx = tx; // dropped when the task is
+                std::future::pending::<()>().await;
+            });
+        }
+        drop(tx);
+        tasks.stop(Duration::from_secs(1)).await;
+        assert!(rx.recv().await.is_none(), "every task dropped its state");
+        assert!(tasks.is_stopping());
+        // A task spawned after stop never runs its body.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        tasks.spawn("late", async move {
+            let _ = tx.send(()).await;
+        });
+        tokio::task::yield_now().await;
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_task_that_ends_is_not_waited_for_again() {
+        let tasks = Tasks::new();
+        tasks.spawn("short", async {});
+        tokio::time::timeout(Duration::from_secs(1), tasks.stop(Duration::from_secs(5)))
+            .await
+            .expect("stop returns at once");
+    }
+}
