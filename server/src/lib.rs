@@ -17,7 +17,7 @@
 //! - [`sse`]: the same connection as a Server-Sent Events stream. [`demo`]: the live page.
 //! - [`publish`]: store-then-broker, in per-user id order.
 //! - [`broker`]: the `Broker` trait; in-process and Redis brokers; Django interop.
-//! - [`registry`]: nodes announce themselves in Redis. [`presence`]: connections per user.
+//! - [`cluster`]: cluster mode's Redis state: registry, presence, key names. [`presence`]: connections per user.
 //! - [`hub`]: local routing index. [`outbox`]: per-connection queue and slow-consumer policy.
 //! - [`store`]: the `Store` trait, SQLite and PostgreSQL.
 //! - [`lifecycle`]: serving/draining/drained and the paced drain. [`tasks`]: how background tasks start and stop.
@@ -28,6 +28,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod hub;
@@ -38,7 +39,8 @@ pub mod node;
 pub mod outbox;
 pub mod presence;
 pub mod publish;
-pub mod registry;
+pub mod registration;
+pub mod routes;
 pub mod secrets;
 pub mod server;
 pub mod session;

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::broker::{Broker, BrokerHealth};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
@@ -45,7 +46,7 @@ pub struct Node {
     pub store_up: AtomicBool,
     /// Connections per user across the cluster (or this node alone).
     pub presence: Arc<dyn Presence>,
-    /// Redis for the registry, when clustered.
+    /// Present exactly when the node is clustered: the one answer to "are we?".
     pub cluster: Option<Cluster>,
     /// When a refused admin attempt was last audited (Unix µs): at most one a second.
     pub auth_failure_audited_us: AtomicU64,
@@ -58,15 +59,12 @@ pub struct Node {
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// What a clustered node keeps to talk to Redis outside pub/sub.
-#[derive(Clone)]
-pub struct Cluster {
-    /// A single Redis or a Redis Cluster, whichever `REDIS_URL` names.
-    pub redis: crate::registry::RedisConnection,
-    pub prefix: String,
-}
-
 impl Node {
+    /// Whether the node is clustered (shares Redis with other nodes).
+    pub fn is_clustered(&self) -> bool {
+        self.cluster.is_some()
+    }
+
     pub fn capacity(&self) -> usize {
         self.capacity.load(Ordering::Relaxed)
     }

@@ -26,6 +26,9 @@ use crate::store::{Store, StoreError};
 const ORDER_STRIPES: usize = 1024;
 
 pub struct Publisher {
+    /// Whether other nodes publish to the same users (the node is clustered), so
+    /// the order also needs the store's cluster-wide lock.
+    clustered: bool,
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
@@ -34,8 +37,14 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(store: Arc<dyn Store>, broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        clustered: bool,
+        store: Arc<dyn Store>,
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
+            clustered,
             store,
             broker,
             metrics,
@@ -67,10 +76,10 @@ impl Publisher {
         // Across nodes (a shared PostgreSQL), the same order needs a lock every node
         // sees: the store's per-user advisory lock, held until the broker has it.
         let users: Vec<&UserId> = items.iter().map(|i| &i.user).collect();
-        let mut cluster_lock = if self.broker.kind() == "memory" {
-            None
-        } else {
+        let mut cluster_lock = if self.clustered {
             self.store.order_lock(&users).await?
+        } else {
+            None
         };
 
         let stored = match cluster_lock.as_mut() {

@@ -18,18 +18,20 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::broker::{self, Broker, MemoryBroker, RedisBroker, RedisClusterBroker};
+use crate::cluster::presence::RedisPresence;
+use crate::cluster::{Cluster, RedisConnection};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
-use crate::node::{Cluster, Node, default_node_id};
+use crate::node::{Node, VERSION, default_node_id};
 use crate::outbox::CloseReason;
-use crate::presence::{LocalPresence, Presence, RedisPresence};
+use crate::presence::{LocalPresence, Presence};
 use crate::publish::Publisher;
-use crate::registry::RedisConnection;
 use crate::tasks::Tasks;
 use crate::tuning::{Host, Profile};
-use crate::{admin, api, limits, registry, secrets, store};
+use crate::{admin, api, cluster, limits, secrets, store};
+use herald_shared::admin::NodeInfo;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -112,6 +114,7 @@ pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
                     }
                 };
                 let presence = RedisPresence::start(
+                    &tasks,
                     con.clone(),
                     cfg.redis_prefix.clone(),
                     id.clone(),
@@ -128,7 +131,12 @@ pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
                 )
             }
         };
-    let publisher = Publisher::new(store.clone(), broker.clone(), metrics.clone());
+    let publisher = Publisher::new(
+        cluster.is_some(),
+        store.clone(),
+        broker.clone(),
+        metrics.clone(),
+    );
     tracing::info!(node = %id, store = store.kind(), broker = broker.kind(), capacity, fd_limit, "node ready");
     Ok(Arc::new(Node {
         id,
@@ -228,21 +236,26 @@ pub async fn serve(
     node.spawn_store_probe();
     let public_addr = public.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    let heartbeat = node.cluster.clone().map(|c| {
-        let addrs = registry::Addresses {
-            public: node
-                .config
-                .advertise_public
-                .clone()
-                .unwrap_or_else(|| public_addr.to_string()),
-            admin: node
-                .config
-                .advertise_admin
-                .clone()
-                .unwrap_or_else(|| admin_addr.to_string()),
-        };
-        registry::spawn_heartbeat(&node, c.redis, c.prefix, addrs)
-    });
+    if let Some(c) = node.cluster.clone() {
+        let public =
+            (node.config.advertise_public.clone()).unwrap_or_else(|| public_addr.to_string());
+        let admin = (node.config.advertise_admin.clone()).unwrap_or_else(|| admin_addr.to_string());
+        let started_at = crate::auth::now_unix();
+        // Weak: the heartbeat must not keep the node alive.
+        let weak = Arc::downgrade(&node);
+        cluster::registry::spawn_heartbeat(&node.tasks, c.redis, c.prefix, move || {
+            let node = weak.upgrade()?;
+            Some(NodeInfo {
+                id: node.id.clone(),
+                public: public.clone(),
+                admin: admin.clone(),
+                version: VERSION.to_owned(),
+                state: node.lifecycle.state().as_str().to_owned(),
+                started_at,
+                connections: node.hub.connections() as u64,
+            })
+        });
+    }
     if let Some(mut rx) = node.broker.resyncs() {
         let hub = node.hub.clone();
         node.tasks.spawn("resync fan-out", async move {
@@ -263,7 +276,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
     });
     let public_srv = tokio::spawn(
-        axum::serve(public, api::router(node.clone()))
+        axum::serve(public, crate::routes::public(node.clone()))
             .with_graceful_shutdown(stop.clone().cancelled_owned())
             .into_future(),
     );
@@ -295,12 +308,9 @@ pub async fn serve(
     {
         tracing::warn!("some sessions did not end within 10 s of shutdown");
     }
-    if let Some(h) = heartbeat {
-        h.abort();
-    }
     node.tasks.stop(Duration::from_secs(5)).await;
     if let Some(c) = &node.cluster {
-        registry::deregister(&mut c.redis.clone(), &c.prefix, &node.id).await;
+        cluster::deregister(&mut c.redis.clone(), &c.prefix, &node.id).await;
     }
     let _ = public_srv.await;
     let _ = admin_srv.await;

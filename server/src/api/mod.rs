@@ -1,5 +1,5 @@
-//! The public listener's HTTP surface: backend API (contract §4), health (§5), and the
-//! WebSocket endpoint (§3, handled by [`crate::upgrade`]).
+//! The backend API (contract §4) and health (§5), which [`crate::routes`] serves on
+//! the public listener beside the client endpoints.
 //!
 //! Backend routes require the API key (checked before the body is read); every
 //! error, including unknown routes and wrong methods, is `{"error": ...}`.
@@ -20,13 +20,12 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use herald_shared::api::BATCH_MAX;
-use herald_shared::config::{SSE_COMMANDS_PATH, SSE_PATH, WS_PATH};
 
 use crate::node::Node;
 pub use error::ApiError;
 
-/// The public router: API, health, WebSocket upgrade.
-pub fn router(node: Arc<Node>) -> Router {
+/// The backend API under `/api/v1` and the health checks, for the node's state.
+pub fn routes(node: &Arc<Node>) -> Router<Arc<Node>> {
     // A full batch of maximum-size messages, plus JSON framing per item.
     let body_limit = BATCH_MAX * (node.config.max_message_bytes + 256) + 64 * 1024;
     let api = Router::new()
@@ -41,31 +40,10 @@ pub fn router(node: Arc<Node>) -> Router {
             require_api_key,
         ))
         .layer(DefaultBodyLimit::max(body_limit));
-    // What a client (a page, an app) calls, with CORS for pages on other origins. The
-    // `OPTIONS` routes let a preflight reach the CORS layer, which answers it, instead
-    // of the router's 405.
-    let preflight = || async { axum::http::StatusCode::NO_CONTENT };
-    let client = Router::new()
-        .route(WS_PATH, get(crate::upgrade::upgrade))
-        .route(SSE_PATH, get(crate::sse::stream).options(preflight))
-        .route(
-            SSE_COMMANDS_PATH,
-            post(crate::sse::command).options(preflight),
-        )
-        .layer(DefaultBodyLimit::max(node.config.max_frame_bytes))
-        .layer(crate::sse::cors(&node));
-    let mut router = Router::new()
+    Router::new()
         .nest("/api/v1", api)
-        .merge(client)
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz));
-    if node.config.demo_enabled() {
-        router = router.merge(crate::demo::router());
-    }
-    router
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(node)
+        .route("/readyz", get(health::readyz))
 }
 
 /// What the public listener answers while the node is still starting (store not

@@ -8,8 +8,8 @@ use herald_shared::{ClientFrame, ErrorCode, GroupName, ServerFrame};
 
 use crate::auth::Identity;
 use crate::node::Node;
+use crate::registration::Registration;
 use crate::store::StoreError;
-use crate::upgrade::Registration;
 
 /// Most ids one `mark_read` may carry.
 pub const MARK_READ_MAX: usize = 1000;

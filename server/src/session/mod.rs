@@ -28,7 +28,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use crate::auth::{Identity, now_unix};
 use crate::node::Node;
 use crate::outbox::{CloseReason, unix_micros};
-use crate::upgrade::Registration;
+use crate::registration::Registration;
 use handshake::Seam;
 use ratelimit::{RateLimiter, Verdict};
 pub use transport::{Broken, Incoming, Outgoing, Transport};

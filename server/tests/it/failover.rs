@@ -150,7 +150,7 @@ async fn sigkilled_node_leaves_presence_and_registry() {
     .await;
     let client = redis::Client::open(crate::cluster::REDIS).unwrap();
     let mut con = redis::aio::ConnectionManager::new(client).await.unwrap();
-    let ids: Vec<String> = herald_server::registry::list(&mut con, &prefix)
+    let ids: Vec<String> = herald_server::cluster::list(&mut con, &prefix)
         .await
         .unwrap()
         .into_iter()

@@ -329,7 +329,7 @@ async fn registry_and_presence_work_on_a_redis_cluster() {
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let nodes = loop {
-        let nodes = herald_server::registry::list(&mut con, &c.prefix)
+        let nodes = herald_server::cluster::list(&mut con, &c.prefix)
             .await
             .unwrap();
         if nodes.len() == 3 || tokio::time::Instant::now() > deadline {
@@ -368,7 +368,7 @@ async fn registry_and_presence_work_on_a_redis_cluster() {
     let stopped = c.nodes.remove(1);
     drop(_b);
     stopped.stop().await.unwrap();
-    let ids: Vec<String> = herald_server::registry::list(&mut con, &c.prefix)
+    let ids: Vec<String> = herald_server::cluster::list(&mut con, &c.prefix)
         .await
         .unwrap()
         .into_iter()

@@ -9,99 +9,36 @@
 //! Every registry and presence key carries the hash tag `{<prefix>}`: on a Redis
 //! Cluster they all live in one slot, so the multi-key commands and pipelines here
 //! (MGET, DEL of two keys, a beat's pipeline) are legal. A single Redis ignores the
-//! tag. The commands run on either connection kind ([`RedisConnection`]).
+//! tag. The commands run on either connection kind ([`super::RedisConnection`]).
 
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use herald_shared::admin::NodeInfo;
-use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::aio::ConnectionLike;
 
-use crate::node::{Node, VERSION};
+use super::{RedisConnection, keys};
+use crate::tasks::Tasks;
 
 /// How often a node announces itself.
 pub const BEAT: Duration = Duration::from_secs(2);
 /// How long an announcement lives: three missed beats and the node is gone.
 pub const TTL: Duration = Duration::from_secs(6);
 
-pub fn node_key(prefix: &str, id: &str) -> String {
-    format!("{{{prefix}}}:node:{id}")
-}
-
-pub fn nodes_key(prefix: &str) -> String {
-    format!("{{{prefix}}}:nodes")
-}
-
-/// A command connection to a single Redis or to a Redis Cluster; both reconnect by
-/// themselves. Cloning is shallow.
-#[derive(Clone)]
-pub enum RedisConnection {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for RedisConnection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            RedisConnection::Single(c) => c.req_packed_command(cmd),
-            RedisConnection::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            RedisConnection::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            RedisConnection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            RedisConnection::Single(c) => c.get_db(),
-            RedisConnection::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-/// Where this node can be reached, as announced.
-#[derive(Debug, Clone)]
-pub struct Addresses {
-    pub public: String,
-    pub admin: String,
-}
-
-/// Announces `node` every beat until it is dropped, then removes its entry.
+/// Announces the node every beat while `announce` has something to say (it answers
+/// `None` once the node is gone) and the node's tasks run. Deregistration at
+/// shutdown is [`deregister`]'s.
 pub fn spawn_heartbeat(
-    node: &Arc<Node>,
+    tasks: &Tasks,
     con: RedisConnection,
     prefix: String,
-    addrs: Addresses,
-) -> tokio::task::JoinHandle<()> {
-    let weak: Weak<Node> = Arc::downgrade(node);
-    let started_at = crate::auth::now_unix();
-    tokio::spawn(async move {
+    announce: impl Fn() -> Option<NodeInfo> + Send + 'static,
+) {
+    tasks.spawn("registry heartbeat", async move {
         let mut con = con;
         loop {
-            let Some(node) = weak.upgrade() else { return };
-            let info = NodeInfo {
-                id: node.id.clone(),
-                public: addrs.public.clone(),
-                admin: addrs.admin.clone(),
-                version: VERSION.to_owned(),
-                state: node.lifecycle.state().as_str().to_owned(),
-                started_at,
-                connections: node.hub.connections() as u64,
-            };
-            let key = node_key(&prefix, &node.id);
-            let presence = crate::presence::node_hash(&prefix, &node.id);
-            drop(node);
+            let Some(info) = announce() else { return };
+            let key = keys::node(&prefix, &info.id);
+            let presence = keys::presence(&prefix, &info.id);
             let res: redis::RedisResult<()> = redis::pipe()
                 .cmd("SET")
                 .arg(&key)
@@ -110,11 +47,11 @@ pub fn spawn_heartbeat(
                 .arg(TTL.as_millis() as u64)
                 .ignore()
                 .cmd("SADD")
-                .arg(nodes_key(&prefix))
+                .arg(keys::nodes(&prefix))
                 .arg(&info.id)
                 .ignore()
                 .cmd("PEXPIRE")
-                .arg(nodes_key(&prefix))
+                .arg(keys::nodes(&prefix))
                 .arg(TTL.as_millis() as u64)
                 .ignore()
                 .cmd("PEXPIRE")
@@ -128,18 +65,18 @@ pub fn spawn_heartbeat(
             }
             tokio::time::sleep(BEAT).await;
         }
-    })
+    });
 }
 
 /// Removes this node's entry at once (clean shutdown).
 pub async fn deregister<C: ConnectionLike + Send>(con: &mut C, prefix: &str, id: &str) {
     let _: redis::RedisResult<()> = redis::pipe()
         .cmd("DEL")
-        .arg(node_key(prefix, id))
-        .arg(crate::presence::node_hash(prefix, id))
+        .arg(keys::node(prefix, id))
+        .arg(keys::presence(prefix, id))
         .ignore()
         .cmd("SREM")
-        .arg(nodes_key(prefix))
+        .arg(keys::nodes(prefix))
         .arg(id)
         .ignore()
         .query_async(con)
@@ -152,13 +89,13 @@ pub async fn list<C: ConnectionLike + Send>(
     prefix: &str,
 ) -> redis::RedisResult<Vec<NodeInfo>> {
     let ids: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(nodes_key(prefix))
+        .arg(keys::nodes(prefix))
         .query_async(con)
         .await?;
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let keys: Vec<String> = ids.iter().map(|id| node_key(prefix, id)).collect();
+    let keys: Vec<String> = ids.iter().map(|id| keys::node(prefix, id)).collect();
     let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(con).await?;
     let mut live = Vec::new();
     let mut gone = Vec::new();
@@ -170,7 +107,7 @@ pub async fn list<C: ConnectionLike + Send>(
     }
     if !gone.is_empty() {
         let _: redis::RedisResult<()> = redis::cmd("SREM")
-            .arg(nodes_key(prefix))
+            .arg(keys::nodes(prefix))
             .arg(&gone)
             .query_async(con)
             .await;

@@ -1,0 +1,147 @@
+//! Presence across the cluster: each node keeps a Redis hash
+//! `{<prefix>}:presence:<node>` (hash-tagged like the registry keys, so one pipeline
+//! reads every node's hash on a Redis Cluster too) of user -> connections on that
+//! node, fed by a background task (connects and disconnects never wait on Redis) and
+//! expiring with the node's registry entry. A query sums the hashes of the nodes the
+//! registry lists as live, so a node killed without cleaning up stops counting as
+//! soon as its announcement expires.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald_shared::UserId;
+use tokio::sync::mpsc;
+
+use super::{RedisConnection, keys, registry};
+use crate::hub::Hub;
+use crate::presence::{Presence, PresenceError};
+use crate::tasks::Tasks;
+
+/// Presence across the cluster, in Redis.
+pub struct RedisPresence {
+    con: RedisConnection,
+    prefix: String,
+    tx: mpsc::UnboundedSender<(UserId, i64)>,
+}
+
+impl RedisPresence {
+    /// Starts the writer task. The node's hash starts empty: counts from a previous
+    /// life of the same node id are dropped.
+    pub async fn start(
+        tasks: &Tasks,
+        con: RedisConnection,
+        prefix: String,
+        node_id: String,
+        hub: Arc<Hub>,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut c = con.clone();
+        let _: redis::RedisResult<()> = redis::cmd("DEL")
+            .arg(keys::presence(&prefix, &node_id))
+            .query_async(&mut c)
+            .await;
+        tasks.spawn(
+            "presence writer",
+            writer(c, keys::presence(&prefix, &node_id), hub, rx),
+        );
+        Self { con, prefix, tx }
+    }
+}
+
+/// How often the node rewrites its whole presence hash from the hub, so the counts
+/// heal after anything increments cannot fix (Redis restarted empty, a lost batch).
+const FULL_SYNC_EVERY: Duration = Duration::from_secs(10);
+
+/// Applies deltas in pipelined batches (a failed batch is retried with the next),
+/// and rewrites the whole hash from the hub every [`FULL_SYNC_EVERY`].
+async fn writer(
+    mut con: RedisConnection,
+    hash: String,
+    hub: Arc<Hub>,
+    mut rx: mpsc::UnboundedReceiver<(UserId, i64)>,
+) {
+    let mut pending: HashMap<UserId, i64> = HashMap::new();
+    let mut full_sync = tokio::time::interval(FULL_SYNC_EVERY);
+    full_sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            delta = rx.recv() => {
+                let Some((user, delta)) = delta else { return };
+                *pending.entry(user).or_default() += delta;
+                while let Ok((user, delta)) = rx.try_recv() {
+                    *pending.entry(user).or_default() += delta;
+                    if pending.len() >= 1000 {
+                        break;
+                    }
+                }
+                pending.retain(|_, d| *d != 0);
+                if pending.is_empty() {
+                    continue;
+                }
+                let mut pipe = redis::pipe();
+                for (user, delta) in &pending {
+                    pipe.cmd("HINCRBY").arg(&hash).arg(user.as_str()).arg(*delta).ignore();
+                }
+                pipe.cmd("PEXPIRE").arg(&hash).arg(registry::TTL.as_millis() as u64).ignore();
+                match pipe.query_async::<()>(&mut con).await {
+                    Ok(()) => pending.clear(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "presence update failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+            _ = full_sync.tick() => {
+                // The hub is the truth: what it holds now replaces the hash, and the
+                // deltas already queued are in it.
+                let counts = hub.user_counts();
+                while rx.try_recv().is_ok() {}
+                pending.clear();
+                let mut pipe = redis::pipe();
+                pipe.atomic().cmd("DEL").arg(&hash).ignore();
+                for chunk in counts.chunks(1000) {
+                    let mut hset = redis::cmd("HSET");
+                    hset.arg(&hash);
+                    for (user, n) in chunk {
+                        hset.arg(user.as_str()).arg(*n);
+                    }
+                    pipe.add_command(hset).ignore();
+                }
+                pipe.cmd("PEXPIRE").arg(&hash).arg(registry::TTL.as_millis() as u64).ignore();
+                if let Err(e) = pipe.query_async::<()>(&mut con).await {
+                    tracing::warn!(error = %e, "presence full sync failed; next in {FULL_SYNC_EVERY:?}");
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Presence for RedisPresence {
+    fn changed(&self, user: &UserId, delta: i64) {
+        let _ = self.tx.send((user.clone(), delta));
+    }
+
+    async fn connections(&self, user: &UserId) -> Result<u64, PresenceError> {
+        let mut con = self.con.clone();
+        let nodes = registry::list(&mut con, &self.prefix)
+            .await
+            .map_err(|e| PresenceError(e.to_string()))?;
+        if nodes.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        for n in &nodes {
+            pipe.cmd("HGET")
+                .arg(keys::presence(&self.prefix, &n.id))
+                .arg(user.as_str());
+        }
+        let counts: Vec<Option<i64>> = pipe
+            .query_async(&mut con)
+            .await
+            .map_err(|e| PresenceError(e.to_string()))?;
+        Ok(counts.into_iter().flatten().filter(|c| *c > 0).sum::<i64>() as u64)
+    }
+}
