@@ -18,6 +18,7 @@
 import { spawn, execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -438,16 +439,47 @@ export function metricValue(text, name, labels = {}) {
   return sum;
 }
 
+/**
+ * POSTs JSON on a connection of its own (no keep-alive). A pooled connection to a node
+ * that is restarting can be closed by the node just as a request goes out on it, and a
+ * POST that failed that way cannot be retried blindly (it may have been stored): a
+ * fresh connection per publish keeps "every publish answered" a statement about Herald.
+ * @returns {Promise<{status: number, text: string}>}
+ */
+function postFresh(url, body, bearer) {
+  return new Promise((resolve, reject) => {
+    const data = Buffer.from(JSON.stringify(body));
+    const req = http.request(
+      url,
+      {
+        method: 'POST',
+        agent: false,
+        headers: {
+          authorization: `Bearer ${bearer}`,
+          'content-type': 'application/json',
+          'content-length': data.length,
+          connection: 'close',
+        },
+        timeout: 10000,
+      },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (c) => (text += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+        res.on('error', reject);
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`POST ${url}: no answer within 10 s`)));
+    req.on('error', reject);
+    req.end(data);
+  });
+}
+
 /** POST /api/v1/notifications on `base` (a node or nginx); returns the new id. */
 export async function publish(base, user, message) {
-  const r = await fetch(`${base}/api/v1/notifications`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ user, message }),
-    signal: AbortSignal.timeout(10000),
-  });
-  const text = await r.text();
-  if (r.status !== 201) throw new Error(`publish to ${user} via ${base}: ${r.status} ${text}`);
+  const { status, text } = await postFresh(`${base}/api/v1/notifications`, { user, message }, API_KEY);
+  if (status !== 201) throw new Error(`publish to ${user} via ${base}: ${status} ${text}`);
   const id = JSON.parse(text).id;
   assert.ok(Number.isSafeInteger(id) && id > 0, `publish answered id ${id}`);
   return id;
@@ -455,14 +487,8 @@ export async function publish(base, user, message) {
 
 /** POST /api/v1/groups/<group>/events on `base`: an ephemeral event (202). */
 export async function publishEvent(base, group, payload) {
-  const r = await fetch(`${base}/api/v1/groups/${group}/events`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ payload }),
-    signal: AbortSignal.timeout(10000),
-  });
-  const text = await r.text();
-  if (r.status !== 202) throw new Error(`event to ${group} via ${base}: ${r.status} ${text}`);
+  const { status, text } = await postFresh(`${base}/api/v1/groups/${group}/events`, { payload }, API_KEY);
+  if (status !== 202) throw new Error(`event to ${group} via ${base}: ${status} ${text}`);
   return JSON.parse(text);
 }
 

@@ -76,8 +76,9 @@ e2e('live page: a rolling restart of a two-node cluster behind nginx', { timeout
   let up = nodes.slice();
   const publisher = (async () => {
     for (let round = 0; !stop && round < 500; round++) {
-      const target = up[round % up.length];
       for (const tab of TABS) {
+        // Picked per publish: `up` changes while a round runs (a node about to stop).
+        const target = up[round % up.length];
         try {
           sent.get(tab.user).push(await publish(target.url, tab.user, { text: `notification ${round + 1} for ${tab.user}` }));
         } catch (e) {
