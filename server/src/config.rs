@@ -184,6 +184,24 @@ impl Config {
         Only::try_parse_from(args).map(|o| o.config)
     }
 
+    /// The defaults of a single node, as from code: no flag and no environment
+    /// variable is read (what an embedding host starts from; see [`crate::Herald`]).
+    pub fn defaults() -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            config: Config,
+        }
+        let cmd = Only::command().mut_args(|a| a.env(None::<&str>));
+        let matches = cmd
+            .try_get_matches_from(["herald"])
+            .expect("the defaults parse");
+        Only::from_arg_matches(&matches)
+            .expect("the defaults parse")
+            .config
+    }
+
     pub fn queue_expiry(&self) -> Duration {
         Duration::from_millis(self.queue_expiry_ms)
     }
@@ -222,5 +240,17 @@ mod tests {
         let cluster = ["--redis-url", "redis://127.0.0.1:6379"];
         assert!(!cfg(&cluster).demo_enabled());
         assert!(cfg(&[&cluster[..], &["--demo", "true"]].concat()).demo_enabled());
+    }
+
+    #[test]
+    fn defaults_read_no_environment() {
+        // SAFETY: this test alone touches HERALD_HEARTBEAT_S in this process.
+        unsafe { std::env::set_var("HERALD_HEARTBEAT_S", "7") };
+        let from_env = Config::from_args(std::iter::empty::<&str>()).unwrap();
+        let defaults = Config::defaults();
+        unsafe { std::env::remove_var("HERALD_HEARTBEAT_S") };
+        assert_eq!(from_env.heartbeat_s, 7, "flags and environment apply");
+        assert_eq!(defaults.heartbeat_s, 25, "defaults ignore the environment");
+        assert_eq!(defaults.listen.to_string(), "127.0.0.1:8000");
     }
 }

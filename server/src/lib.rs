@@ -8,6 +8,12 @@
 //! connections) → `outbox` (bounded per-connection queue) → `session` (batched write
 //! to the socket).
 //!
+//! # Embedding
+//!
+//! [`Herald`] runs a node inside a Rust service: its routes merge into the host's
+//! axum router, and the host publishes in-process (see the [`herald`] module and
+//! `server/examples/embedded.rs`).
+//!
 //! # Layout
 //! - [`server`]: `run`/`serve`: builds a [`node::Node`] and serves both listeners; ordered shutdown.
 //! - [`config`]: flags and environment (clap). [`secrets`]: generated or given secrets.
@@ -31,6 +37,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod herald;
 pub mod hub;
 pub mod lifecycle;
 pub mod limits;
@@ -51,4 +58,5 @@ pub mod tuning;
 pub mod upgrade;
 
 pub use config::Config;
+pub use herald::{Herald, PublishError};
 pub use server::{ServerError, build, run, serve};

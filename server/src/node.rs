@@ -31,7 +31,7 @@ pub struct Node {
     pub store: Arc<dyn Store>,
     pub broker: Arc<dyn Broker>,
     pub hub: Arc<Hub>,
-    pub publisher: Publisher,
+    pub publisher: Arc<Publisher>,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Lifecycle,
     /// Most connections this node accepts (see [`crate::limits`]); recomputed when

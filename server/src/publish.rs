@@ -58,6 +58,19 @@ impl Publisher {
         self.hasher.hash_one(user.as_str()) as usize % ORDER_STRIPES
     }
 
+    /// [`Publisher::notify`] on a task of its own: a caller that goes away (a backend
+    /// hanging up, a host dropping the future) must not cancel a publish between its
+    /// commit and its fan-out, nor mid-lock.
+    pub async fn notify_detached(
+        self: &Arc<Self>,
+        items: Vec<NewNotification>,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let this = self.clone();
+        tokio::spawn(async move { this.notify(&items).await })
+            .await
+            .map_err(|e| StoreError::Db(format!("publish task: {e}")))?
+    }
+
     /// Stores `items` in one transaction and publishes each to its user's group.
     ///
     /// Returns once every frame is with the broker. A broker failure after the commit

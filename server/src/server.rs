@@ -131,12 +131,12 @@ pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
                 )
             }
         };
-    let publisher = Publisher::new(
+    let publisher = Arc::new(Publisher::new(
         cluster.is_some(),
         store.clone(),
         broker.clone(),
         metrics.clone(),
-    );
+    ));
     tracing::info!(node = %id, store = store.kind(), broker = broker.kind(), capacity, fd_limit, "node ready");
     Ok(Arc::new(Node {
         id,
@@ -233,16 +233,57 @@ pub async fn serve(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    node.spawn_store_probe();
     let public_addr = public.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    start_background(
+        &node,
+        node.config
+            .advertise_public
+            .clone()
+            .unwrap_or_else(|| public_addr.to_string()),
+        node.config
+            .advertise_admin
+            .clone()
+            .unwrap_or_else(|| admin_addr.to_string()),
+    );
+    let stop = CancellationToken::new();
+
+    let public = public.tap_io(|tcp| {
+        // Frames are small and latency matters; Nagle would hold them back.
+        let _ = tcp.set_nodelay(true);
+    });
+    let public_srv = tokio::spawn(
+        axum::serve(public, crate::routes::public(node.clone()))
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
+    let admin_srv = tokio::spawn(
+        axum::serve(
+            admin_listener,
+            admin::router(node.clone())
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
+        .into_future(),
+    );
+
+    shutdown.await;
+    stop_node(&node, || stop.cancel()).await;
+    let _ = public_srv.await;
+    let _ = admin_srv.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Starts what a built node runs beside its sessions: the store probe, in cluster
+/// mode the registry heartbeat (announcing `public` and `admin`), and the resync
+/// fan-out. All of it stops with [`stop_node`].
+pub(crate) fn start_background(node: &Arc<Node>, public: String, admin: String) {
+    node.spawn_store_probe();
     if let Some(c) = node.cluster.clone() {
-        let public =
-            (node.config.advertise_public.clone()).unwrap_or_else(|| public_addr.to_string());
-        let admin = (node.config.advertise_admin.clone()).unwrap_or_else(|| admin_addr.to_string());
         let started_at = crate::auth::now_unix();
         // Weak: the heartbeat must not keep the node alive.
-        let weak = Arc::downgrade(&node);
+        let weak = Arc::downgrade(node);
         cluster::registry::spawn_heartbeat(&node.tasks, c.redis, c.prefix, move || {
             let node = weak.upgrade()?;
             Some(NodeInfo {
@@ -269,28 +310,12 @@ pub async fn serve(
             }
         });
     }
-    let stop = CancellationToken::new();
+}
 
-    let public = public.tap_io(|tcp| {
-        // Frames are small and latency matters; Nagle would hold them back.
-        let _ = tcp.set_nodelay(true);
-    });
-    let public_srv = tokio::spawn(
-        axum::serve(public, crate::routes::public(node.clone()))
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future(),
-    );
-    let admin_srv = tokio::spawn(
-        axum::serve(
-            admin_listener,
-            admin::router(node.clone())
-                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .into_future(),
-    );
-
-    shutdown.await;
+/// Stops a node in order: drain over the shutdown window (readiness 503, paced 1012
+/// closes), close whatever is left, `stop_listening`, wait for every session, stop
+/// the background tasks, and leave the registry.
+pub(crate) async fn stop_node(node: &Arc<Node>, stop_listening: impl FnOnce()) {
     let window = Duration::from_secs(node.config.shutdown_drain_s);
     tracing::info!(window_s = window.as_secs(), "shutdown requested: draining");
     node.lifecycle.drain(window);
@@ -300,7 +325,7 @@ pub async fn serve(
     for outbox in node.hub.all() {
         outbox.close(CloseReason::Shutdown);
     }
-    stop.cancel();
+    stop_listening();
     node.sessions.close();
     if tokio::time::timeout(Duration::from_secs(10), node.sessions.wait())
         .await
@@ -312,8 +337,4 @@ pub async fn serve(
     if let Some(c) = &node.cluster {
         cluster::deregister(&mut c.redis.clone(), &c.prefix, &node.id).await;
     }
-    let _ = public_srv.await;
-    let _ = admin_srv.await;
-    tracing::info!("stopped");
-    Ok(())
 }

@@ -6,11 +6,13 @@
 
 mod body;
 pub use body::parse as parse_body;
+pub(crate) use body::{check_batch_len, check_size};
 pub mod error;
 mod groups;
 mod health;
 mod notifications;
 mod users;
+pub(crate) use users::LIST_MAX;
 
 use std::sync::Arc;
 

@@ -47,15 +47,9 @@ pub async fn create_batch(
     ))
 }
 
-/// Publishes on a task of its own: a backend that hangs up mid-request must not
-/// cancel a publish between its commit and its fan-out (nor mid-lock).
 async fn notify(
     node: &Arc<Node>,
     items: Vec<NewNotification>,
 ) -> Result<Vec<Notification>, ApiError> {
-    let node = node.clone();
-    tokio::spawn(async move { node.publisher.notify(&items).await })
-        .await
-        .map_err(|e| ApiError::Internal(format!("publish task: {e}")))?
-        .map_err(ApiError::from)
+    Ok(node.publisher.notify_detached(items).await?)
 }

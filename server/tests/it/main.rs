@@ -13,6 +13,7 @@ mod cluster;
 mod commands;
 mod connect;
 mod django;
+mod embedded;
 mod failover;
 mod lifecycle;
 mod nginx;
