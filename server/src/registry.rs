@@ -95,7 +95,7 @@ pub fn spawn_heartbeat(
                 public: addrs.public.clone(),
                 admin: addrs.admin.clone(),
                 version: VERSION.to_owned(),
-                state: node.lifecycle.state().as_str().to_owned(),
+                state: node.lifecycle.state(),
                 started_at,
                 connections: node.hub.connections() as u64,
             };
