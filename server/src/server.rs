@@ -133,7 +133,7 @@ pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
     Ok(Arc::new(Node {
         id,
         auth: Auth::new(&secrets),
-        lifecycle: Lifecycle::new(hub.clone(), metrics.clone()),
+        lifecycle: Lifecycle::new(hub.clone(), metrics.clone(), tasks.clone()),
         config: cfg,
         store,
         broker,
