@@ -93,8 +93,8 @@ impl Lifecycle {
             }
             d.remaining = n;
             self.shared.state.send_replace(NodeState::Draining);
+            self.metrics.draining.set(1);
         }
-        self.metrics.draining.set(1);
         let (shared, hub, stopped) = (self.shared.clone(), self.hub.clone(), stop.clone());
         let paced = async move {
             tracing::info!(
@@ -138,8 +138,8 @@ impl Lifecycle {
             }
             d.remaining = 0;
             self.shared.state.send_replace(NodeState::Serving);
+            self.metrics.draining.set(0);
         }
-        self.metrics.draining.set(0);
         tracing::info!("serving again");
     }
 
