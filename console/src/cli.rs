@@ -242,14 +242,7 @@ pub async fn run(args: &Args, cmd: &Cmd, out: &mut (dyn Write + Send)) -> anyhow
                 let r = client.apply_tuning(&t.admin).await?;
                 writeln!(out, "profile {}", r.profile)?;
                 for i in &r.items {
-                    let res = serde_json::to_value(i.result)?;
-                    writeln!(
-                        out,
-                        "{:<32} {:<8} {}",
-                        i.key,
-                        res.as_str().unwrap_or("?"),
-                        i.detail
-                    )?;
+                    writeln!(out, "{:<32} {:<8} {}", i.key, i.result, i.detail)?;
                 }
                 if r.items
                     .iter()

@@ -7,6 +7,8 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use herald_shared::health::NodeState;
+
 use crate::client::AdminClient;
 use crate::discover::{Sources, Target};
 
@@ -32,7 +34,7 @@ pub async fn wait_drained(
     let mut last = None;
     loop {
         match client.status(admin).await {
-            Ok(s) if s.state == "drained" => {
+            Ok(s) if s.state == NodeState::Drained => {
                 writeln!(
                     out,
                     "{}: drained after {:.1} s",
@@ -41,7 +43,7 @@ pub async fn wait_drained(
                 )?;
                 return Ok(());
             }
-            Ok(s) if s.state == "serving" => {
+            Ok(s) if s.state == NodeState::Serving => {
                 anyhow::bail!("{} is serving again (undrained by someone?)", s.node)
             }
             Ok(s) => {
@@ -135,7 +137,7 @@ pub async fn rollout(
             let cur = refresh(sources, client, t).await;
             if let Ok(s) = client.status(&cur.admin).await
                 && !s.version.is_empty()
-                && (s.state == "serving" || s.uptime_s <= exec_started.elapsed().as_secs())
+                && (s.state == NodeState::Serving || s.uptime_s <= exec_started.elapsed().as_secs())
             {
                 break (cur, s.version);
             }
@@ -156,7 +158,7 @@ pub async fn rollout(
                 None => client
                     .status(&target.admin)
                     .await
-                    .is_ok_and(|s| s.state == "serving"),
+                    .is_ok_and(|s| s.state == NodeState::Serving),
             };
             if ready {
                 break;

@@ -23,6 +23,7 @@ use herald_console::discover;
 use herald_server::auth::Auth;
 use herald_server::secrets::Secrets;
 use herald_shared::api::NotificationList;
+use herald_shared::health::NodeState;
 use herald_shared::{Notification, ServerFrame, UserId};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
@@ -558,7 +559,7 @@ async fn rollout_under_load_loses_nothing() {
         assert_ne!(n.pid(), *old, "{} runs a new process", n.id);
         let s = admin.status(&n.admin).await.unwrap();
         assert_eq!(s.node, n.id);
-        assert_eq!(s.state, "serving", "{s:?}");
+        assert_eq!(s.state, NodeState::Serving, "{s:?}");
         assert!(!s.version.is_empty());
         assert!(
             Duration::from_secs(s.uptime_s) <= rollout_start.elapsed(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use common::*;
 use herald_console::cli::{self, Args};
+use herald_shared::health::NodeState;
 use serde_json::Value;
 
 /// A registry prefix of its own, so no other test's nodes show up.
@@ -89,12 +90,15 @@ async fn drain_wait_then_undrain() {
     .unwrap();
     assert!(out.contains("d1: drained after"), "{out}");
     let s = client().status(&url).await.unwrap();
-    assert_eq!(s.state, "drained");
+    assert_eq!(s.state, NodeState::Drained);
     assert_eq!(s.connections, 0);
 
     let out = run(&["undrain", &url]).await.unwrap();
     assert!(out.contains("d1: serving"), "{out}");
-    assert_eq!(client().status(&url).await.unwrap().state, "serving");
+    assert_eq!(
+        client().status(&url).await.unwrap().state,
+        NodeState::Serving
+    );
     n.stop().await;
 }
 

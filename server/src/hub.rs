@@ -5,6 +5,8 @@
 //! unrelated groups do not contend. A delivery holds one shard's lock while it pushes
 //! the same `Arc<Delivery>` into each member's [`Outbox`]: pushes never wait, so the
 //! lock is held for microseconds even for a broadcast to thousands of connections.
+//! A panic while a shard or the registry is locked does not poison it for every
+//! later delivery or connect ([`crate::lock`]).
 //! Whether the node must (un)subscribe at the broker is the caller's business: `join`
 //! and `leave` report the first and last local member.
 
@@ -13,7 +15,9 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 
 use herald_shared::{GroupName, UserId};
+use tokio::sync::Notify;
 
+use crate::lock::lock;
 use crate::outbox::{Delivery, Outbox, Push};
 
 const SHARDS: usize = 64;
@@ -80,6 +84,8 @@ pub struct Hub {
     hasher: RandomState,
     shards: Box<[Mutex<HashMap<GroupName, Members>>]>,
     registry: Mutex<Registry>,
+    /// Woken when the last open connection unregisters: a drain waits for it.
+    emptied: Notify,
 }
 
 /// Every open connection (including those still in their handshake), for capacity,
@@ -104,6 +110,7 @@ impl Hub {
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             registry: Mutex::new(Registry::default()),
+            emptied: Notify::new(),
         }
     }
 
@@ -115,7 +122,7 @@ impl Hub {
     /// Adds `user`'s connection to the registry unless `capacity` connections are
     /// open already (checked and added under one lock, so bursts cannot overshoot).
     pub fn register(&self, outbox: Arc<Outbox>, user: &UserId, capacity: usize) -> bool {
-        let mut r = self.registry.lock().expect("hub registry");
+        let mut r = lock(&self.registry);
         if r.conns.len() >= capacity {
             return false;
         }
@@ -125,7 +132,7 @@ impl Hub {
     }
 
     pub fn unregister(&self, id: u64, user: &UserId) {
-        let mut r = self.registry.lock().expect("hub registry");
+        let mut r = lock(&self.registry);
         if r.conns.remove(&id).is_some()
             && let Some(n) = r.users.get_mut(user)
         {
@@ -134,41 +141,58 @@ impl Hub {
                 r.users.remove(user);
             }
         }
+        if r.conns.is_empty() {
+            self.emptied.notify_waiters();
+        }
+    }
+
+    /// Resolves once no connection is open (at once if none is).
+    pub async fn until_empty(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            // Listening before looking: an unregister between the two still wakes us.
+            emptied.as_mut().enable();
+            if self.connections() == 0 {
+                return;
+            }
+            emptied.await;
+        }
     }
 
     /// Open connections on this node.
     pub fn connections(&self) -> usize {
-        self.registry.lock().expect("hub registry").conns.len()
+        lock(&self.registry).conns.len()
     }
 
     /// Open connections of `user` on this node.
     pub fn user_connections(&self, user: &UserId) -> usize {
-        let r = self.registry.lock().expect("hub registry");
+        let r = lock(&self.registry);
         r.users.get(user).map_or(0, |n| *n as usize)
     }
 
     /// Open connections per user on this node (presence's full sync).
     pub fn user_counts(&self) -> Vec<(UserId, u32)> {
-        let r = self.registry.lock().expect("hub registry");
+        let r = lock(&self.registry);
         r.users.iter().map(|(u, n)| (u.clone(), *n)).collect()
     }
 
     /// A snapshot of every open connection's outbox.
     pub fn all(&self) -> Vec<Arc<Outbox>> {
-        let r = self.registry.lock().expect("hub registry");
+        let r = lock(&self.registry);
         r.conns.values().cloned().collect()
     }
 
     /// Adds `outbox` to `group`; true when it is the group's first local member.
     pub fn join(&self, group: &GroupName, outbox: &Arc<Outbox>) -> bool {
-        let mut shard = self.shard(group).lock().expect("hub shard");
+        let mut shard = lock(self.shard(group));
         let members = shard.entry(group.clone()).or_default();
         members.insert(outbox) && members.list.len() == 1
     }
 
     /// Removes connection `id` from `group`; true when it was the last local member.
     pub fn leave(&self, group: &GroupName, id: u64) -> bool {
-        let mut shard = self.shard(group).lock().expect("hub shard");
+        let mut shard = lock(self.shard(group));
         let Some(members) = shard.get_mut(group) else {
             return false;
         };
@@ -185,9 +209,7 @@ impl Hub {
 
     /// Local members of `group`.
     pub fn members(&self, group: &GroupName) -> usize {
-        self.shard(group)
-            .lock()
-            .expect("hub shard")
+        lock(self.shard(group))
             .get(group)
             .map_or(0, |m| m.list.len())
     }
@@ -196,19 +218,13 @@ impl Hub {
     pub fn groups(&self) -> Vec<GroupName> {
         self.shards
             .iter()
-            .flat_map(|s| {
-                s.lock()
-                    .expect("hub shard")
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|s| lock(s).keys().cloned().collect::<Vec<_>>())
             .collect()
     }
 
     /// Queues `delivery` for every local member of `group`.
     pub fn deliver(&self, group: &GroupName, delivery: &Arc<Delivery>) -> Reach {
-        let shard = self.shard(group).lock().expect("hub shard");
+        let shard = lock(self.shard(group));
         let mut reach = Reach::default();
         if let Some(members) = shard.get(group) {
             for m in &members.list {
@@ -313,6 +329,58 @@ mod tests {
             "recipients share one serialisation"
         );
         assert!(c.take(10).frames.is_empty());
+    }
+
+    #[test]
+    fn a_panic_under_a_hub_or_outbox_lock_does_not_stop_later_deliveries() {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        let hub = Hub::new();
+        let g = GroupName::parse("org_1").unwrap();
+        let u = UserId::parse("1").unwrap();
+        let a = outbox();
+        assert!(hub.register(a.clone(), &u, 10));
+        assert!(hub.join(&g, &a));
+        let panics = |f: &dyn Fn()| assert!(catch_unwind(AssertUnwindSafe(f)).is_err());
+        panics(&|| {
+            let _shard = hub.shard(&g).lock().unwrap();
+            panic!("a bug while the group's shard is locked");
+        });
+        panics(&|| {
+            let _registry = hub.registry.lock().unwrap();
+            panic!("a bug while the registry is locked");
+        });
+        panics(&|| a.panic_holding_lock());
+        let d = Delivery::event("{}".into());
+        for _ in 0..2 {
+            assert_eq!(hub.deliver(&g, &d).queued, 1);
+        }
+        assert_eq!(a.take(10).frames.len(), 2);
+        // Joins, connects and the drain's snapshot carry on too.
+        let b = outbox();
+        assert!(hub.register(b.clone(), &u, 10));
+        assert!(!hub.join(&g, &b));
+        assert_eq!(hub.deliver(&g, &d).queued, 2);
+        assert_eq!((hub.connections(), hub.all().len()), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn until_empty_waits_for_the_last_connection_to_unregister() {
+        let hub = Arc::new(Hub::new());
+        let u = UserId::parse("1").unwrap();
+        hub.until_empty().await; // none open: at once
+        let a = outbox();
+        assert!(hub.register(a.clone(), &u, 10));
+        let waiter = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.until_empty().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        hub.unregister(a.id, &u);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the last unregister")
+            .unwrap();
     }
 
     #[test]

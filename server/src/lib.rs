@@ -29,6 +29,7 @@
 //! - [`lifecycle`]: serving/draining/drained and the paced drain. [`tasks`]: how background tasks start and stop.
 //! - [`admin`]: metrics, status, drain, tuning, audit. [`metrics`]: the registry.
 //! - [`tuning`]: the OS tuning profile against the host. [`limits`]: fd budget.
+//! - `lock`: std mutexes that a panicking holder does not poison for everyone after it.
 
 pub mod admin;
 pub mod api;
@@ -41,6 +42,7 @@ pub mod herald;
 pub mod hub;
 pub mod lifecycle;
 pub mod limits;
+mod lock;
 pub mod metrics;
 pub mod node;
 pub mod outbox;

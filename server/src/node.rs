@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use herald_shared::GroupName;
+use herald_shared::health::{Readiness, StoreHealth};
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
-use crate::broker::{Broker, BrokerHealth};
+use crate::broker::Broker;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::hub::Hub;
@@ -87,11 +88,18 @@ impl Node {
         self.metrics.capacity.set(capacity as i64);
     }
 
-    /// Ready for new clients: serving, store reachable, broker not down.
-    pub fn is_ready(&self) -> bool {
-        self.lifecycle.is_serving()
-            && self.store_up.load(Ordering::Relaxed)
-            && self.broker.health() != BrokerHealth::Down
+    /// The node's state and its dependencies' health, as `/readyz` answers them
+    /// and the status object repeats them; [`Readiness::is_ready`] decides.
+    pub fn readiness(&self) -> Readiness {
+        Readiness {
+            state: self.lifecycle.state(),
+            store: if self.store_up.load(Ordering::Relaxed) {
+                StoreHealth::Up
+            } else {
+                StoreHealth::Down
+            },
+            redis: self.broker.health().into(),
+        }
     }
 
     /// Runs the broker unsubscribe for a group that lost its last local member.

@@ -7,17 +7,19 @@
 //! than `expiry` (10 s) marks its connection for closing with 1013. The queued frames
 //! are dropped at once (freeing memory); the client resumes with `after` and the
 //! store replays what it missed, so nothing stored is lost. The lock is a std mutex:
-//! it is never held across an await, and each critical section is a few pointer moves.
+//! it is never held across an await, each critical section is a few pointer moves,
+//! and a panic inside one does not poison it for later pushes ([`crate::lock`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
 use herald_shared::UserId;
 use tokio::sync::Notify;
 
+use crate::lock::lock;
 use crate::metrics::Metrics;
 
 /// A frame ready for the wire, shared by every recipient on this node: serialised
@@ -144,7 +146,7 @@ impl Outbox {
 
     /// Queues a frame without waiting; enforces the slow-consumer policy.
     pub fn push(&self, delivery: Arc<Delivery>) -> Push {
-        let mut s = self.state.lock().expect("outbox lock");
+        let mut s = lock(&self.state);
         if s.close.is_some() {
             return Push::Closed;
         }
@@ -173,7 +175,7 @@ impl Outbox {
 
     /// Asks the session to close; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
-        let mut s = self.state.lock().expect("outbox lock");
+        let mut s = lock(&self.state);
         if s.close.is_none() {
             s.close = Some(reason);
             if reason == CloseReason::SlowConsumer {
@@ -187,7 +189,7 @@ impl Outbox {
 
     /// Asks the session to fetch from the store what the broker may have lost.
     pub fn resync(&self) {
-        self.state.lock().expect("outbox lock").resync = true;
+        lock(&self.state).resync = true;
         self.wake.notify_one();
     }
 
@@ -196,7 +198,7 @@ impl Outbox {
     /// Fails the age rule here too: a session that could not write for longer than
     /// the expiry must not keep a connection whose oldest frame is already stale.
     pub fn take(&self, max: usize) -> Batch {
-        let mut s = self.state.lock().expect("outbox lock");
+        let mut s = lock(&self.state);
         if s.close.is_none()
             && s.queue
                 .front()
@@ -230,13 +232,24 @@ impl Outbox {
 
     /// Frames waiting now.
     pub fn depth(&self) -> usize {
-        self.state.lock().expect("outbox lock").queue.len()
+        lock(&self.state).queue.len()
+    }
+}
+
+#[cfg(test)]
+impl Outbox {
+    /// Panics while holding the queue's lock, as a bug in a critical section would.
+    pub(crate) fn panic_holding_lock(&self) {
+        let _state = lock(&self.state);
+        panic!("a bug while the outbox is locked");
     }
 }
 
 impl Drop for Outbox {
     fn drop(&mut self) {
-        let n = self.state.get_mut().map(|s| s.queue.len()).unwrap_or(0);
+        // Recovered like every lock here (see `crate::lock`): the count is still right.
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let n = state.queue.len();
         self.metrics.queue_depth.dec_by(n as i64);
     }
 }

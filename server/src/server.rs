@@ -141,7 +141,7 @@ pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
     Ok(Arc::new(Node {
         id,
         auth: Auth::new(&secrets),
-        lifecycle: Lifecycle::new(hub.clone(), metrics.clone()),
+        lifecycle: Lifecycle::new(hub.clone(), metrics.clone(), tasks.clone()),
         config: cfg,
         store,
         broker,
@@ -291,7 +291,7 @@ pub(crate) fn start_background(node: &Arc<Node>, public: String, admin: String) 
                 public: public.clone(),
                 admin: admin.clone(),
                 version: VERSION.to_owned(),
-                state: node.lifecycle.state().as_str().to_owned(),
+                state: node.lifecycle.state(),
                 started_at,
                 connections: node.hub.connections() as u64,
             })

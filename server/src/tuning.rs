@@ -10,7 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
-use herald_shared::admin::{ApplyItem, ApplyReport, ApplyResult, TuningItem, TuningReport};
+use herald_shared::admin::{
+    ApplyItem, ApplyReport, ApplyResult, TuningItem, TuningOp, TuningReport,
+};
 
 /// The profile shipped with Herald.
 pub const EMBEDDED: &str = include_str!("../../ops/tuning/profile.conf");
@@ -18,27 +20,10 @@ pub const EMBEDDED: &str = include_str!("../../ops/tuning/profile.conf");
 /// The key of the open-file limit item.
 pub const NOFILE: &str = "nofile";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    AtLeast,
-    AtMost,
-    Exactly,
-}
-
-impl Op {
-    fn symbol(self) -> &'static str {
-        match self {
-            Op::AtLeast => ">=",
-            Op::AtMost => "<=",
-            Op::Exactly => "=",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
     pub key: String,
-    pub op: Op,
+    pub op: TuningOp,
     /// Whitespace-separated numbers, normalised to single spaces.
     pub want: String,
 }
@@ -64,13 +49,12 @@ impl Profile {
                 continue;
             }
             let bad = |why: &str| format!("profile line {}: {why}: {raw:?}", n + 1);
-            let (key, op, value) = if let Some((k, v)) = line.split_once(">=") {
-                (k, Op::AtLeast, v)
-            } else if let Some((k, v)) = line.split_once("<=") {
-                (k, Op::AtMost, v)
-            } else if let Some((k, v)) = line.split_once('=') {
-                (k, Op::Exactly, v)
-            } else {
+            // The profile writes an operator as the wire does. `ALL` tries `>=` and
+            // `<=` before `=`, which each of them contains.
+            let Some((key, op, value)) = TuningOp::ALL
+                .iter()
+                .find_map(|&op| line.split_once(op.as_str()).map(|(k, v)| (k, op, v)))
+            else {
                 return Err(bad(
                     "expected `key >= value`, `key <= value` or `key = value`",
                 ));
@@ -90,12 +74,12 @@ impl Profile {
             if numbers.is_err() {
                 return Err(bad("values are whole numbers"));
             }
-            if key == NOFILE && op != Op::AtLeast {
+            if key == NOFILE && op != TuningOp::AtLeast {
                 return Err(bad(
                     "the open-file limit can only be raised: use `nofile >= N`",
                 ));
             }
-            if op != Op::Exactly && value.contains(' ') {
+            if op != TuningOp::Exactly && value.contains(' ') {
                 return Err(bad(">= and <= compare a single number"));
             }
             items.push(Item {
@@ -128,13 +112,13 @@ impl Profile {
 }
 
 /// Whether `have` satisfies `op want`.
-fn satisfied(op: Op, want: &str, have: &str) -> bool {
+fn satisfied(op: TuningOp, want: &str, have: &str) -> bool {
     let have = normalise(have);
     match op {
-        Op::Exactly => have == want,
-        Op::AtLeast | Op::AtMost => match (want.parse::<u64>(), have.parse::<u64>()) {
+        TuningOp::Exactly => have == want,
+        TuningOp::AtLeast | TuningOp::AtMost => match (want.parse::<u64>(), have.parse::<u64>()) {
             (Ok(w), Ok(h)) => {
-                if op == Op::AtLeast {
+                if op == TuningOp::AtLeast {
                     h >= w
                 } else {
                     h <= w
@@ -203,7 +187,7 @@ pub fn check(profile: &Profile, host: &Host) -> TuningReport {
                 TuningItem {
                     key: item.key.clone(),
                     want: item.want.clone(),
-                    op: item.op.symbol().to_owned(),
+                    op: item.op,
                     ok: have
                         .as_deref()
                         .is_ok_and(|h| satisfied(item.op, &item.want, h)),
@@ -239,7 +223,7 @@ fn apply_one(item: &Item, host: &Host) -> ApplyItem {
     if satisfied(item.op, &item.want, &before) {
         return done(
             ApplyResult::Already,
-            format!("{before} satisfies {} {}", item.op.symbol(), item.want),
+            format!("{before} satisfies {} {}", item.op, item.want),
         );
     }
     if item.key == NOFILE {
@@ -329,18 +313,21 @@ mod tests {
         );
         let p = Profile::parse("profile = x # c\na.b = 1\t 2 # range\n").unwrap();
         assert_eq!(p.items[0].want, "1 2");
-        assert_eq!(p.items[0].op, Op::Exactly);
+        assert_eq!(p.items[0].op, TuningOp::Exactly);
+        let p = Profile::parse("profile = x\na.b >= 1\nc.d <= 2\n").unwrap();
+        let ops: Vec<_> = p.items.iter().map(|i| (i.op, i.want.as_str())).collect();
+        assert_eq!(ops, [(TuningOp::AtLeast, "1"), (TuningOp::AtMost, "2")]);
     }
 
     #[test]
     fn comparisons() {
-        assert!(satisfied(Op::AtLeast, "65535", "65535"));
-        assert!(satisfied(Op::AtLeast, "65535", "9223372036854775807"));
-        assert!(!satisfied(Op::AtLeast, "65535", "4096"));
-        assert!(satisfied(Op::AtMost, "15", "10"));
-        assert!(!satisfied(Op::AtMost, "15", "60"));
-        assert!(satisfied(Op::Exactly, "1024 65535", "1024\t65535"));
-        assert!(!satisfied(Op::Exactly, "1024 65535", "32768 60999"));
-        assert!(!satisfied(Op::AtLeast, "1", "garbage"));
+        assert!(satisfied(TuningOp::AtLeast, "65535", "65535"));
+        assert!(satisfied(TuningOp::AtLeast, "65535", "9223372036854775807"));
+        assert!(!satisfied(TuningOp::AtLeast, "65535", "4096"));
+        assert!(satisfied(TuningOp::AtMost, "15", "10"));
+        assert!(!satisfied(TuningOp::AtMost, "15", "60"));
+        assert!(satisfied(TuningOp::Exactly, "1024 65535", "1024\t65535"));
+        assert!(!satisfied(TuningOp::Exactly, "1024 65535", "32768 60999"));
+        assert!(!satisfied(TuningOp::AtLeast, "1", "garbage"));
     }
 }

@@ -2,22 +2,22 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::health::{BrokerHealth, NodeState, StoreHealth};
+use crate::wire_enum::wire_enum;
+
 /// `GET /admin/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdminStatus {
     pub node: String,
     pub version: String,
-    /// `serving`, `draining` or `drained`.
-    pub state: String,
+    pub state: NodeState,
     pub connections: u64,
     pub capacity: u64,
     pub fd_limit: u64,
     pub fd_open: u64,
     pub uptime_s: u64,
-    /// `up`, `down` or `off` (no Redis: single node).
-    pub redis: String,
-    /// `up` or `down`.
-    pub store: String,
+    pub redis: BrokerHealth,
+    pub store: StoreHealth,
     /// Connections the running drain has yet to close.
     #[serde(default)]
     pub drain_remaining: u64,
@@ -43,8 +43,8 @@ pub struct TuningItem {
     pub key: String,
     /// The wanted value, e.g. `65535`.
     pub want: String,
-    /// How `have` is compared with `want`: `>=`, `<=` or `=`.
-    pub op: String,
+    /// How `have` is compared with `want`.
+    pub op: TuningOp,
     pub have: String,
     pub ok: bool,
 }
@@ -56,13 +56,30 @@ impl TuningReport {
     }
 }
 
-/// What `apply` did with one item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ApplyResult {
-    Applied,
-    Already,
-    Failed,
+wire_enum! {
+    /// How a tuning item compares the host's value with the wanted one. The
+    /// profile file writes it the same way; `ALL` lists `=` last, so a parser that
+    /// tries them in turn never reads `>=` as `=`.
+    pub enum TuningOp {
+        /// At least the wanted number.
+        AtLeast = ">=",
+        /// At most the wanted number.
+        AtMost = "<=",
+        /// Exactly the wanted numbers (a list compares as a whole).
+        Exactly = "=",
+    }
+}
+
+wire_enum! {
+    /// What `apply` did with one item.
+    pub enum ApplyResult {
+        /// The host already satisfied the item; nothing was written.
+        Already = "already",
+        /// Written, and the host now satisfies the item.
+        Applied = "applied",
+        /// Not satisfied: the detail says why.
+        Failed = "failed",
+    }
 }
 
 /// `POST /admin/tuning/apply`: one entry per item, failures reported, never hidden.
@@ -113,9 +130,60 @@ pub struct NodeInfo {
     /// Admin listener address (metrics, status, drain).
     pub admin: String,
     pub version: String,
-    /// `serving`, `draining` or `drained`.
-    pub state: String,
+    pub state: NodeState,
     /// Unix seconds.
     pub started_at: u64,
     pub connections: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::tests::pins;
+
+    #[test]
+    fn wire_names_are_todays_strings() {
+        use ApplyResult as A;
+        use TuningOp as O;
+        pins(
+            &[(O::AtLeast, ">="), (O::AtMost, "<="), (O::Exactly, "=")],
+            O::ALL,
+        );
+        pins(
+            &[
+                (A::Already, "already"),
+                (A::Applied, "applied"),
+                (A::Failed, "failed"),
+            ],
+            A::ALL,
+        );
+    }
+
+    #[test]
+    fn the_status_object_reads_and_writes_the_contracts_example() {
+        let text = r#"{"node":"vm-fcd6","version":"0.1.0","state":"serving","connections":3,"capacity":19744,"fd_limit":20000,"fd_open":23,"uptime_s":41,"redis":"off","store":"up","drain_remaining":0}"#;
+        let s: AdminStatus = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            (s.state, s.redis, s.store),
+            (NodeState::Serving, BrokerHealth::Off, StoreHealth::Up)
+        );
+        assert_eq!(serde_json::to_string(&s).unwrap(), text);
+    }
+
+    #[test]
+    fn tuning_and_registry_bodies_keep_their_strings() {
+        let item =
+            r#"{"key":"net.core.somaxconn","want":"65535","op":">=","have":"4096","ok":false}"#;
+        let i: TuningItem = serde_json::from_str(item).unwrap();
+        assert_eq!(i.op, TuningOp::AtLeast);
+        assert_eq!(serde_json::to_string(&i).unwrap(), item);
+        let applied = r#"{"key":"nofile","result":"failed","detail":"x"}"#;
+        let a: ApplyItem = serde_json::from_str(applied).unwrap();
+        assert_eq!(a.result, ApplyResult::Failed);
+        assert_eq!(serde_json::to_string(&a).unwrap(), applied);
+        let info = r#"{"id":"n1","public":"127.0.0.1:8080","admin":"127.0.0.1:9091","version":"0.1.0","state":"draining","started_at":1,"connections":2}"#;
+        let n: NodeInfo = serde_json::from_str(info).unwrap();
+        assert_eq!(n.state, NodeState::Draining);
+        assert_eq!(serde_json::to_string(&n).unwrap(), info);
+    }
 }

@@ -8,16 +8,20 @@
 //! # Layout
 //! - [`ids`]: user ids, group names and their validation rules (contract §1).
 //! - [`frames`]: WebSocket frames in both directions and the notification object (§3).
+//! - [`health`]: node state and dependency health, and the `/readyz` body (§5).
 //! - [`admin`]: admin API bodies (§6).
 //! - [`api`]: backend API bodies (§4).
 //! - [`close`]: WebSocket close codes the node uses (§3).
 //! - [`config`]: environment variable names and defaults (§8).
+
+mod wire_enum;
 
 pub mod admin;
 pub mod api;
 pub mod close;
 pub mod config;
 pub mod frames;
+pub mod health;
 pub mod ids;
 
 pub use frames::{ClientFrame, ErrorCode, Notification, ServerFrame};

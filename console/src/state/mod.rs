@@ -10,6 +10,8 @@ pub mod quantile;
 use std::collections::{BTreeMap, VecDeque};
 
 use herald_shared::admin::TuningReport;
+// What a node reports; `NodeState` here is the console's record of a node.
+use herald_shared::health::NodeState as Reported;
 
 use crate::discover::{RedisInfo, Target};
 use crate::msg::NodeSample;
@@ -27,6 +29,16 @@ pub enum Health {
     Unreachable,
     /// Not polled successfully yet.
     Pending,
+}
+
+impl From<Reported> for Health {
+    fn from(s: Reported) -> Self {
+        match s {
+            Reported::Serving => Health::Serving,
+            Reported::Draining => Health::Draining,
+            Reported::Drained => Health::Drained,
+        }
+    }
 }
 
 impl Health {
@@ -93,26 +105,23 @@ impl NodeState {
         if self.down.is_some() || self.gone {
             return Health::Unreachable;
         }
-        match self.last().map(|s| s.status.state.as_str()) {
-            Some("serving") => Health::Serving,
-            Some("draining") => Health::Draining,
-            Some("drained") => Health::Drained,
-            Some(_) => Health::Serving,
-            None => Health::Pending,
-        }
+        self.last()
+            .map_or(Health::Pending, |s| Health::from(s.status.state))
     }
 
     pub fn push(&mut self, s: NodeSample) {
-        let draining = s.status.state == "draining";
+        let draining = s.status.state == Reported::Draining;
         if draining {
-            let was_serving = self.last().is_some_and(|p| p.status.state == "serving");
+            let was_serving = self
+                .last()
+                .is_some_and(|p| p.status.state == Reported::Serving);
             let from = match (self.drain_from, was_serving) {
                 (Some(f), false) => f,
                 (_, true) => self.last().map_or(0, |p| p.status.connections),
                 (None, false) => s.status.drain_remaining.max(s.status.connections),
             };
             self.drain_from = Some(from.max(s.status.drain_remaining));
-        } else if s.status.state == "serving" {
+        } else if s.status.state == Reported::Serving {
             self.drain_from = None;
         }
         self.down = None;
@@ -147,7 +156,7 @@ impl NodeState {
     /// Drain progress: (closed, of), while draining.
     pub fn drain_progress(&self) -> Option<(u64, u64)> {
         let s = self.last()?;
-        if s.status.state != "draining" {
+        if s.status.state != Reported::Draining {
             return None;
         }
         let of = self.drain_from.unwrap_or(s.status.drain_remaining);

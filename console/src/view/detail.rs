@@ -80,8 +80,8 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
             ("queue", format!("{} / {}", m.queue_depth, m.queue_capacity)),
             ("slow-consumer closes", format!("{}", m.slow_closes)),
             ("fd", format!("{} / {}", st.fd_open, st.fd_limit)),
-            ("redis", st.redis.clone()),
-            ("store", st.store.clone()),
+            ("redis", st.redis.to_string()),
+            ("store", st.store.to_string()),
         ] {
             lines.push(Line::from(vec![
                 Span::styled(format!(" {k:<21}"), styles::title()),

@@ -1,13 +1,13 @@
 //! `GET /metrics` and `GET /admin/status`: what a node is doing now.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use herald_shared::admin::AdminStatus;
+use herald_shared::health::{self, Readiness};
 
 use crate::limits;
 use crate::node::{Node, VERSION};
@@ -25,23 +25,36 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
 }
 
 pub fn status_of(node: &Node) -> AdminStatus {
+    let Readiness {
+        state,
+        store,
+        redis,
+    } = node.readiness();
     AdminStatus {
         node: node.id.clone(),
         version: VERSION.to_owned(),
-        state: node.lifecycle.state().as_str().to_owned(),
+        state,
         connections: node.hub.connections() as u64,
         capacity: node.capacity() as u64,
         fd_limit: node.fd_limit(),
         fd_open: limits::fd_open(),
         uptime_s: node.started.elapsed().as_secs(),
-        redis: node.broker.health().as_str().to_owned(),
-        store: if node.store_up.load(Ordering::Relaxed) {
-            "up"
-        } else {
-            "down"
-        }
-        .to_owned(),
+        redis,
+        store,
         drain_remaining: node.lifecycle.drain_remaining() as u64,
+    }
+}
+
+/// The broker's health as the contract names it. `broker/` keeps its own enum for
+/// now; once it uses [`health::BrokerHealth`] itself, this mapping goes.
+impl From<crate::broker::BrokerHealth> for health::BrokerHealth {
+    fn from(h: crate::broker::BrokerHealth) -> Self {
+        use crate::broker::BrokerHealth as B;
+        match h {
+            B::Off => Self::Off,
+            B::Up => Self::Up,
+            B::Down => Self::Down,
+        }
     }
 }
 

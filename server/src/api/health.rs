@@ -16,20 +16,11 @@ pub async fn healthz() -> impl IntoResponse {
 /// 200 while serving with the store (and broker) reachable; 503 with the reason
 /// while draining, drained, or cut off from a dependency.
 pub async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let state = node.lifecycle.state().as_str();
-    let store = if node.store_up.load(std::sync::atomic::Ordering::Relaxed) {
-        "up"
-    } else {
-        "down"
-    };
-    let broker = node.broker.health().as_str();
-    let status = if node.is_ready() {
+    let body = node.readiness();
+    let status = if body.is_ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        axum::Json(json!({"state": state, "store": store, "redis": broker})),
-    )
+    (status, axum::Json(body))
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_shared::ServerFrame;
+use herald_shared::health::NodeState;
 use serde_json::{Value, json};
 
 use crate::common::{self, ADMIN_TOKEN, API_KEY, Db, Storage, TestServer, start_on};
@@ -224,7 +225,7 @@ async fn registry_lists_the_live_nodes() {
     assert_eq!(ids, vec!["node0", "node1", "node2"]);
     assert_eq!(nodes[1].public, c.nodes[1].public.to_string());
     assert_eq!(nodes[1].admin, c.nodes[1].admin.to_string());
-    assert_eq!(nodes[1].state, "serving");
+    assert_eq!(nodes[1].state, NodeState::Serving);
     let stopped = c.nodes.remove(1);
     stopped.stop().await.unwrap();
     let ids: Vec<String> = herald_server::cluster::list(&mut con, &c.prefix)

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use herald_shared::ServerFrame;
+use herald_shared::health::NodeState;
 use serde_json::{Value, json};
 
 use crate::cluster::{Cluster, until_ready};
@@ -340,7 +341,7 @@ async fn registry_and_presence_work_on_a_redis_cluster() {
     let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
     assert_eq!(ids, vec!["node0", "node1", "node2"]);
     assert_eq!(nodes[2].public, c.nodes[2].public.to_string());
-    assert_eq!(nodes[2].state, "serving");
+    assert_eq!(nodes[2].state, NodeState::Serving);
 
     let (_a, _) = c.nodes[0].connect("42").await;
     let (_b, _) = c.nodes[1].connect("42").await;
