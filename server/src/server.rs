@@ -72,7 +72,7 @@ pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
         );
     }
     let store: Arc<dyn store::Store> = Arc::new(store::Timed::new(
-        store::connect(&cfg.database_url(), cfg.db_pool).await?,
+        store::connect(&cfg.database_url(), cfg.db_pool, &tasks).await?,
         metrics.clone(),
     ));
     let hub = Arc::new(Hub::new());

@@ -4,23 +4,38 @@
 //!
 //! Every such task is spawned through [`Tasks::spawn`]: it runs until its future ends
 //! or the node stops, whichever comes first. Stopping cancels them all at once and
-//! waits for each to be gone, so a node that has shut down (or an embedding host that
-//! dropped it) leaves nothing running, and no task needs a `Weak` handle, an abort
-//! handle or a closed channel to learn that it should end. Sessions are not background
+//! waits for each to be gone; dropping the last [`Tasks`] (the node, with everything
+//! that held a clone) cancels them too. So a node that has shut down, or that an
+//! embedding host or a test dropped, leaves nothing running, and no task needs an
+//! abort handle, a closed channel or a `Drop` of its own to learn that it should end.
+//! A task must not hold a `Tasks` clone itself, or it would keep them all alive. Sessions are not background
 //! tasks: they are tracked apart ([`crate::node::Node::sessions`]) because shutdown
 //! drains them first, while these keep serving them.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
-/// A node's background tasks. Cloning shares them.
+/// A node's background tasks. Cloning shares them; they are cancelled when the last
+/// clone is dropped.
 #[derive(Clone, Debug, Default)]
 pub struct Tasks {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
     stop: CancellationToken,
     tracker: TaskTracker,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl Tasks {
@@ -34,8 +49,8 @@ impl Tasks {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let stop = self.stop.clone();
-        self.tracker.spawn(async move {
+        let stop = self.inner.stop.clone();
+        self.inner.tracker.spawn(async move {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => tracing::debug!(task = name, "stopped"),
@@ -47,25 +62,23 @@ impl Tasks {
     /// Resolves once the node is stopping: for a task that must finish a step (a
     /// write, a deregistration) rather than be cut off between two awaits.
     pub fn stopping(&self) -> WaitForCancellationFutureOwned {
-        self.stop.clone().cancelled_owned()
+        self.inner.stop.clone().cancelled_owned()
     }
 
     /// Whether [`Tasks::stop`] has been called.
     pub fn is_stopping(&self) -> bool {
-        self.stop.is_cancelled()
+        self.inner.stop.is_cancelled()
     }
 
     /// Stops every task and waits up to `within` for them to be gone. No task can be
     /// started afterwards (a late `spawn` is cancelled at once).
     pub async fn stop(&self, within: Duration) {
-        self.stop.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(within, self.tracker.wait())
-            .await
-            .is_err()
-        {
+        let Inner { stop, tracker } = &*self.inner;
+        stop.cancel();
+        tracker.close();
+        if tokio::time::timeout(within, tracker.wait()).await.is_err() {
             tracing::warn!(
-                left = self.tracker.len(),
+                left = tracker.len(),
                 "background tasks still running {within:?} after stop"
             );
         }
@@ -98,6 +111,28 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn dropping_the_last_clone_cancels_every_task() {
+        let tasks = Tasks::new();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let clone = tasks.clone();
+        clone.spawn("forever", async move {
+            let _tx = tx;
+            std::future::pending::<()>().await;
+        });
+        drop(tasks);
+        tokio::task::yield_now().await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), rx.recv())
+                .await
+                .is_err(),
+            "still running while a clone lives"
+        );
+        drop(clone);
+        let ended = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
+        assert_eq!(ended, Ok(None), "cancelled once the last clone is gone");
     }
 
     #[tokio::test]

@@ -189,7 +189,12 @@ pub struct NewAudit {
 
 /// Opens the store named by `url`, runs its migrations, and retries with backoff
 /// while the database is unreachable (start-up must not fail on a slow database).
-pub async fn connect(url: &str, pool_size: u32) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+/// Its background work (SQLite's checkpoints) runs as one of `tasks`.
+pub async fn connect(
+    url: &str,
+    pool_size: u32,
+    tasks: &crate::tasks::Tasks,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     let mut delay = Duration::from_millis(200);
     loop {
         let attempt: Result<std::sync::Arc<dyn Store>, StoreError> =
@@ -198,7 +203,7 @@ pub async fn connect(url: &str, pool_size: u32) -> Result<std::sync::Arc<dyn Sto
                     .await
                     .map(|s| std::sync::Arc::new(s) as _)
             } else if url.starts_with("sqlite:") {
-                SqliteStore::connect(url, pool_size)
+                SqliteStore::connect(url, pool_size, tasks)
                     .await
                     .map(|s| std::sync::Arc::new(s) as _)
             } else {

@@ -41,6 +41,7 @@ use sqlx::sqlite::{
 };
 
 use super::{ListQuery, NewAudit, Store, StoreError, UnreadSnapshot, format_time, now_ms};
+use crate::tasks::Tasks;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -49,8 +50,6 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// Every write, one at a time (see the module doc).
     writer: SqlitePool,
-    /// The background checkpointer, stopped with the store.
-    checkpointer: tokio::task::AbortHandle,
 }
 
 /// The writer checkpoints in its own commit only once the WAL holds this many pages
@@ -66,7 +65,9 @@ const WAL_SIZE_LIMIT: u64 = 64 << 20;
 const INSERT_CHUNK: usize = 100;
 
 impl SqliteStore {
-    pub async fn connect(url: &str, pool_size: u32) -> Result<Self, StoreError> {
+    /// Opens the database, runs the migrations, and starts the checkpointer as one of
+    /// `tasks`.
+    pub async fn connect(url: &str, pool_size: u32, tasks: &Tasks) -> Result<Self, StoreError> {
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Db(format!("bad sqlite url: {e}")))?
             .create_if_missing(true)
@@ -110,19 +111,11 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(opts)
             .await?;
-        let checkpointer =
-            tokio::spawn(checkpoint_every(checkpoints, CHECKPOINT_EVERY)).abort_handle();
-        Ok(Self {
-            pool,
-            writer,
-            checkpointer,
-        })
-    }
-}
-
-impl Drop for SqliteStore {
-    fn drop(&mut self) {
-        self.checkpointer.abort();
+        tasks.spawn(
+            "sqlite checkpoints",
+            checkpoint_every(checkpoints, CHECKPOINT_EVERY),
+        );
+        Ok(Self { pool, writer })
     }
 }
 
