@@ -102,17 +102,10 @@ impl Node {
         }
     }
 
-    /// Runs the broker unsubscribe for a group that lost its last local member.
+    /// Hands a group that lost its last local member to the broker, which
+    /// unsubscribes it in the background, batched, unless a member joined since.
     pub fn unsubscribe_later(self: &Arc<Self>, group: GroupName) {
-        let node = self.clone();
-        self.tasks.spawn("unsubscribe", async move {
-            // Re-check: a member may have joined since the leave.
-            if node.hub.members(&group) == 0
-                && let Err(e) = node.broker.unsubscribe(&group).await
-            {
-                tracing::warn!(%group, error = %e, "unsubscribe failed");
-            }
-        });
+        self.broker.unsubscribe(group);
     }
 
     /// Probes the store every second, so readiness reflects it without a query per

@@ -92,10 +92,16 @@ pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
                 let (broker, con): (Arc<dyn Broker>, RedisConnection) = match seeds {
                     None => {
                         let asgi = Some(cfg.channels_prefix.clone()).filter(|p| !p.is_empty());
-                        let b =
-                            RedisBroker::connect(url, &cfg.redis_prefix, asgi, &id, hub.clone())
-                                .await
-                                .map_err(|e| ServerError::Config(e.to_string()))?;
+                        let b = RedisBroker::connect(
+                            url,
+                            &cfg.redis_prefix,
+                            asgi,
+                            &id,
+                            hub.clone(),
+                            tasks.clone(),
+                        )
+                        .await
+                        .map_err(|e| ServerError::Config(e.to_string()))?;
                         let con = RedisConnection::Single(b.connection());
                         (b, con)
                     }
@@ -105,10 +111,15 @@ pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
                                 "Redis Cluster: Django interop (channels_redis) is off; it needs a single Redis"
                             );
                         }
-                        let b =
-                            RedisClusterBroker::connect(seeds, &cfg.redis_prefix, &id, hub.clone())
-                                .await
-                                .map_err(|e| ServerError::Config(e.to_string()))?;
+                        let b = RedisClusterBroker::connect(
+                            seeds,
+                            &cfg.redis_prefix,
+                            &id,
+                            hub.clone(),
+                            tasks.clone(),
+                        )
+                        .await
+                        .map_err(|e| ServerError::Config(e.to_string()))?;
                         let con = RedisConnection::Cluster(b.connection());
                         (b, con)
                     }

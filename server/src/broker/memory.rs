@@ -37,9 +37,7 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn unsubscribe(&self, _group: &GroupName) -> Result<(), BrokerError> {
-        Ok(())
-    }
+    fn unsubscribe(&self, _group: GroupName) {}
 
     fn health(&self) -> BrokerHealth {
         BrokerHealth::Off

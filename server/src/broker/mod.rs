@@ -93,8 +93,10 @@ pub trait Broker: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Called after `group` lost its last local member.
-    async fn unsubscribe(&self, group: &GroupName) -> Result<(), BrokerError>;
+    /// Called after `group` lost its last local member; returns at once. The broker
+    /// drops its subscription in the background, together with the other groups
+    /// left meanwhile, unless `group` has a local member again by then.
+    fn unsubscribe(&self, group: GroupName);
 
     fn health(&self) -> BrokerHealth;
 

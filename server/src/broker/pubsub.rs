@@ -13,6 +13,16 @@
 //! member again, and a later member can wait for the first one's subscription
 //! ([`Broker::settled`]).
 //!
+//! Unsubscribes are not urgent (a subscription that outlives its group only brings
+//! messages nobody here wants), so they are gathered: [`Broker::unsubscribe`] queues
+//! the group and returns, and one background task sends them, many channels a
+//! command, after a short linger, re-checking each group under the subscriber lock.
+//!
+//! One subscriber loop serves both transports ([`subscriber`]): open a subscriber,
+//! subscribe everything the node needs, raise a resync, dispatch what arrives, and on
+//! loss start again after a backoff. A transport supplies only the operations that
+//! differ ([`Transport::open`], [`Transport::listen`], [`Transport::unlisten`]).
+//!
 //! Health is end to end: the node publishes to its own probe channel every second
 //! and is `up` only while the subscriber is connected and the probe comes back. A
 //! publish that fails makes publishes fail fast (the notification is stored; nothing
@@ -26,29 +36,67 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use herald_shared::GroupName;
+use rand::Rng;
 use redis::aio::ConnectionLike;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, Notify, watch};
 
 use super::{Broker, BrokerError, BrokerHealth, channels, wire};
 use crate::hub::Hub;
 use crate::outbox::{Delivery, unix_micros};
+use crate::tasks::Tasks;
 
 /// How long the probe may go unanswered before the broker reports `down`.
 const PROBE_DEADLINE_US: u64 = 3_000_000;
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
+/// The subscriber's backoff between attempts (PROTOCOL.md 7.4): the first wait, and
+/// the most it doubles to. A connection that held this long resets it.
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// How long a group that lost its last local member waits before its unsubscribe
+/// goes out, so the groups of a disconnect burst share a command, and a client that
+/// comes straight back (a page reload) finds its subscription still there.
+pub const UNSUBSCRIBE_LINGER: Duration = Duration::from_millis(50);
+/// Most groups in one unsubscribe: the subscriber lock is released in between, so a
+/// subscribe never waits behind more than one such batch.
+const UNSUBSCRIBE_BATCH: usize = 1024;
+
+/// What a subscriber connection receives; its stream ends when the connection is lost.
+pub enum Received<M> {
+    /// A message on a subscribed channel, for [`PubSubCore::dispatch`].
+    Message(M),
+    /// The server ended the subscription to this channel unasked (a Redis Cluster
+    /// does when the channel's slot moves to another master). If the node still
+    /// needs the channel, the subscriber starts over.
+    Revoked(String),
+    /// Messages were dropped before they could be read: sessions must catch up.
+    Dropped,
+}
+
+/// The inbox of a subscriber connection: what it receives, until it is lost.
+pub type Inbox<M> = BoxStream<'static, Received<M>>;
+
+/// A received pub/sub message, whatever the transport's type for it.
+pub trait Message: Send + 'static {
+    fn channel(&self) -> &str;
+    fn payload(&self) -> &[u8];
+}
+
 /// How a broker reaches Redis: the commands that differ between a single Redis and
-/// a Redis Cluster. The transport also owns its subscriber task (connect, hand the
-/// new subscriber to [`PubSubCore::install`], feed what arrives to
-/// [`PubSubCore::dispatch`], [`PubSubCore::lost`] on loss, and again).
+/// a Redis Cluster. Everything else, the subscriber loop included, is shared here.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// The subscriber's command half, kept under the core's subscriber lock.
     type Sink: Send + 'static;
+    /// A message as the subscriber receives it.
+    type Message: Message;
     /// The connection that publishes (and carries other commands).
     type Publisher: ConnectionLike + Clone + Send + Sync + 'static;
     /// What [`Broker::kind`] reports.
@@ -65,10 +113,13 @@ pub trait Transport: Send + Sync + 'static {
 
     fn publisher(&self) -> &Self::Publisher;
 
+    /// Opens a new subscriber connection: its command half and its inbox.
+    async fn open(&self) -> redis::RedisResult<(Self::Sink, Inbox<Self::Message>)>;
+
     /// Subscribes `sink` to `channels`; returns once the server confirmed.
     async fn listen(&self, sink: &mut Self::Sink, channels: Vec<String>) -> redis::RedisResult<()>;
 
-    /// Unsubscribes `sink` from `channels`.
+    /// Unsubscribes `sink` from `channels`, in as few commands as the transport can.
     async fn unlisten(
         &self,
         sink: &mut Self::Sink,
@@ -94,6 +145,10 @@ pub struct PubSubCore<S> {
     /// Groups whose first local member is waiting for the subscriber lock: whoever
     /// takes the lock next subscribes them all in one command.
     wanted: std::sync::Mutex<Vec<GroupName>>,
+    /// Groups that lost their last local member, for the [`unsubscriber`] task.
+    unwanted: std::sync::Mutex<Vec<GroupName>>,
+    /// Wakes the [`unsubscriber`] when `unwanted` stops being empty.
+    unwanted_added: Arc<Notify>,
     connected: AtomicBool,
     /// When the probe last came back (Unix µs).
     probe_seen: AtomicU64,
@@ -118,6 +173,8 @@ impl<S: Send + 'static> PubSubCore<S> {
                 groups: HashSet::new(),
             }),
             wanted: std::sync::Mutex::new(Vec::new()),
+            unwanted: std::sync::Mutex::new(Vec::new()),
+            unwanted_added: Arc::new(Notify::new()),
             connected: AtomicBool::new(false),
             probe_seen: AtomicU64::new(0),
             probe_channel: format!("{prefix}:probe:{node_id}"),
@@ -150,7 +207,7 @@ impl<S: Send + 'static> PubSubCore<S> {
 
     /// Whether this node still needs to hear `channel`: its probe and resync
     /// channels, and the channel of a group with local members.
-    pub fn needs(&self, channel: &str) -> bool {
+    fn needs(&self, channel: &str) -> bool {
         channel == self.probe_channel
             || channel == self.resync_channel
             || self
@@ -161,7 +218,7 @@ impl<S: Send + 'static> PubSubCore<S> {
 
     /// Routes one message from the subscriber: the probe, a resync announcement, or
     /// a group's frame for the hub.
-    pub fn dispatch(&self, channel: &str, payload: &[u8]) {
+    fn dispatch(&self, channel: &str, payload: &[u8]) {
         if channel == self.probe_channel {
             self.probe_seen.store(unix_micros(), Ordering::Relaxed);
             return;
@@ -188,11 +245,11 @@ impl<S: Send + 'static> PubSubCore<S> {
     }
 
     /// Tells every session to catch up from the store.
-    pub fn resync(&self) {
+    fn resync(&self) {
         self.resyncs.send_modify(|n| *n += 1);
     }
 
-    pub fn set_connected(&self, up: bool) {
+    fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Relaxed);
     }
 
@@ -200,7 +257,7 @@ impl<S: Send + 'static> PubSubCore<S> {
     /// unless this is the start-up connection with nobody connected yet, sessions
     /// catch up on whatever was published while it was away (or, at start-up,
     /// before the first subscription took), which is in the store.
-    pub fn up(&self, first: bool) {
+    fn up(&self, first: bool) {
         self.set_connected(true);
         if !first || self.hub.connections() > 0 {
             self.resync();
@@ -208,7 +265,7 @@ impl<S: Send + 'static> PubSubCore<S> {
     }
 
     /// The subscriber is gone: disconnected until the transport installs another.
-    pub async fn lost(&self) {
+    async fn lost(&self) {
         self.set_connected(false);
         let mut sub = self.sub.lock().await;
         sub.sink = None;
@@ -232,7 +289,7 @@ impl<S: Send + 'static> PubSubCore<S> {
 ///
 /// The sink is installed first, under the lock: a group that gains its first
 /// member from now on subscribes itself; the ones before are in the snapshot.
-pub async fn install<T: Transport>(broker: &T, sink: T::Sink) -> redis::RedisResult<usize> {
+async fn install<T: Transport>(broker: &T, sink: T::Sink) -> redis::RedisResult<usize> {
     let core = broker.core();
     let mut guard = core.sub.lock().await;
     let sub = &mut *guard;
@@ -322,9 +379,146 @@ async fn send<T: Transport>(broker: &T, channel: &str, payload: &[u8]) -> redis:
         .map(|_| ())
 }
 
+/// Starts the broker's background tasks on `tasks`: the [`subscriber`], the
+/// [`unsubscriber`] and the [`prober`]. They hold the broker weakly, so they never
+/// keep it alive, and they stop with the node's tasks.
+pub fn start<T: Transport>(broker: &Arc<T>, tasks: &Tasks, node_id: &str) {
+    tasks.spawn("broker subscriber", subscriber(Arc::downgrade(broker)));
+    tasks.spawn(
+        "broker unsubscriber",
+        unsubscriber(Arc::downgrade(broker), broker.core().unwanted_added.clone()),
+    );
+    tasks.spawn(
+        "broker probe",
+        prober(Arc::downgrade(broker), node_id.to_owned()),
+    );
+}
+
+/// Owns the subscriber connection, the same on every transport: open it, subscribe
+/// the probe and resync channels and every group the hub holds, raise a resync
+/// ([`PubSubCore::up`]), dispatch what arrives, and when it is lost (or the server
+/// revokes a channel the node still needs) start again after a backoff. A failed
+/// open and a failed resubscription back off alike; so does a connection lost soon
+/// after it came up, so a flapping Redis cannot turn into a resync storm.
+async fn subscriber<T: Transport>(broker: Weak<T>) {
+    let mut backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_MAX);
+    let mut first = true;
+    loop {
+        let Some(b) = broker.upgrade() else { return };
+        let inbox = match b.open().await {
+            Ok((sink, inbox)) => match install(&*b, sink).await {
+                Ok(n) => {
+                    tracing::info!(channels = n, "{} subscriber connected", T::NAME);
+                    Some(inbox)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff.delay(), "{} resubscription failed; reconnecting", T::NAME);
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff.delay(), "{} subscriber unreachable", T::NAME);
+                None
+            }
+        };
+        let Some(inbox) = inbox else {
+            b.core().set_connected(false);
+            drop(b);
+            backoff.sleep().await;
+            continue;
+        };
+        b.core().up(first);
+        first = false;
+        drop(b);
+        let since = Instant::now();
+        let Some(why) = read(&broker, inbox).await else {
+            return;
+        };
+        let Some(b) = broker.upgrade() else { return };
+        b.core().lost().await;
+        drop(b);
+        if since.elapsed() >= RECONNECT_MAX {
+            backoff.reset();
+        }
+        tracing::warn!(retry_in = ?backoff.delay(), "{} subscriber {why}; reconnecting", T::NAME);
+        backoff.sleep().await;
+    }
+}
+
+/// Dispatches what `inbox` receives until the subscriber must start over; returns
+/// why, or `None` once the broker is gone.
+async fn read<T: Transport>(broker: &Weak<T>, mut inbox: Inbox<T::Message>) -> Option<String> {
+    while let Some(received) = inbox.next().await {
+        let b = broker.upgrade()?;
+        let core = b.core();
+        match received {
+            Received::Message(m) => core.dispatch(m.channel(), m.payload()),
+            Received::Dropped => {
+                tracing::warn!("subscriber dropped messages; sessions catch up");
+                core.resync();
+            }
+            Received::Revoked(channel) if core.needs(&channel) => {
+                return Some(format!("lost its subscription to {channel} (slot moved?)"));
+            }
+            Received::Revoked(_) => {}
+        }
+    }
+    Some("connection lost".to_owned())
+}
+
+/// Sends the queued unsubscribes ([`Broker::unsubscribe`]): woken by the first
+/// group queued, it lingers ([`UNSUBSCRIBE_LINGER`]) so the rest of a burst joins,
+/// then unsubscribes them in batches.
+async fn unsubscriber<T: Transport>(broker: Weak<T>, added: Arc<Notify>) {
+    loop {
+        added.notified().await;
+        tokio::time::sleep(UNSUBSCRIBE_LINGER).await;
+        loop {
+            let Some(b) = broker.upgrade() else { return };
+            if !unsubscribe_batch(&*b).await {
+                break;
+            }
+        }
+    }
+}
+
+/// Under the subscriber lock: unsubscribes, in one [`Transport::unlisten`], up to
+/// [`UNSUBSCRIBE_BATCH`] queued groups that still have no local member (re-checked
+/// here, so a leave racing a join never unsubscribes a group that has a member
+/// again: the join's subscribe waits for this lock, finds the group forgotten, and
+/// subscribes it anew). Returns whether more are queued.
+async fn unsubscribe_batch<T: Transport>(broker: &T) -> bool {
+    let core = broker.core();
+    let mut guard = core.sub.lock().await;
+    let (mut batch, more) = {
+        let mut unwanted = core.unwanted.lock().expect("unwanted groups");
+        let at = unwanted.len().min(UNSUBSCRIBE_BATCH);
+        let rest = unwanted.split_off(at);
+        let batch = std::mem::replace(&mut *unwanted, rest);
+        (batch, !unwanted.is_empty())
+    };
+    batch.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    batch.dedup();
+    batch.retain(|g| core.hub.members(g) == 0);
+    let sub = &mut *guard;
+    // Forgotten first: whatever the outcome, the next join subscribes again.
+    for g in &batch {
+        sub.groups.remove(g);
+    }
+    if let Some(sink) = sub.sink.as_mut()
+        && !batch.is_empty()
+    {
+        let channels = batch.iter().flat_map(|g| core.channels(g)).collect();
+        if let Err(e) = broker.unlisten(sink, channels).await {
+            tracing::warn!(groups = batch.len(), error = %e, "unsubscribe failed");
+        }
+    }
+    more
+}
+
 /// Publishes to the node's own probe channel every second; once publishing works
 /// again after failures, announces a cluster-wide resync.
-pub async fn prober<T: Transport>(broker: Weak<T>, node_id: String) {
+async fn prober<T: Transport>(broker: Weak<T>, node_id: String) {
     loop {
         let Some(b) = broker.upgrade() else { return };
         let core = b.core();
@@ -346,7 +540,9 @@ pub async fn prober<T: Transport>(broker: Weak<T>, node_id: String) {
     }
 }
 
-/// Exponential backoff between connection attempts.
+/// Capped exponential backoff between connection attempts, with jitter: each wait is
+/// a random time between half the current delay and all of it, so nodes that lost
+/// Redis together do not all come back in the same instant.
 pub struct Backoff {
     first: Duration,
     delay: Duration,
@@ -362,14 +558,15 @@ impl Backoff {
         }
     }
 
-    /// How long the next [`Backoff::sleep`] waits.
+    /// The longest the next [`Backoff::sleep`] may wait.
     pub fn delay(&self) -> Duration {
         self.delay
     }
 
-    /// Waits, then doubles the next wait (up to the maximum).
+    /// Waits (jittered), then doubles the next delay (up to the maximum).
     pub async fn sleep(&mut self) {
-        tokio::time::sleep(self.delay).await;
+        let wait = self.delay.mul_f64(rand::rng().random_range(0.5..=1.0));
+        tokio::time::sleep(wait).await;
         self.delay = (self.delay * 2).min(self.max);
     }
 
@@ -446,22 +643,14 @@ impl<T: Transport> Broker for T {
         subscribe_batch(self, group).await
     }
 
-    async fn unsubscribe(&self, group: &GroupName) -> Result<(), BrokerError> {
+    /// Queues `group` for the [`unsubscriber`], which sends it with the others of
+    /// its batch.
+    fn unsubscribe(&self, group: GroupName) {
         let core = self.core();
-        let mut guard = core.sub.lock().await;
-        // Re-checked under the lock: a member may have joined since the leave.
-        if core.hub.members(group) > 0 {
-            return Ok(());
-        }
-        let sub = &mut *guard;
-        // Forgotten first: whatever the outcome, the next join subscribes again.
-        sub.groups.remove(group);
-        match sub.sink.as_mut() {
-            None => Ok(()),
-            Some(sink) => self
-                .unlisten(sink, core.channels(group))
-                .await
-                .map_err(|e| BrokerError::Disconnected(e.to_string())),
+        let mut unwanted = core.unwanted.lock().expect("unwanted groups");
+        unwanted.push(group);
+        if unwanted.len() == 1 {
+            core.unwanted_added.notify_one();
         }
     }
 
@@ -504,18 +693,45 @@ mod tests {
         }
     }
 
-    /// A transport whose subscriptions complete one per permit of `gate`.
+    /// A transport whose subscriptions complete one per permit of `gate`, and whose
+    /// unsubscriptions one per permit of `ungate`.
     struct Fake {
         core: PubSubCore<()>,
         publisher: NoRedis,
         gate: Semaphore,
+        ungate: Semaphore,
         listened: StdMutex<Vec<Vec<String>>>,
+        unlistened: StdMutex<Vec<Vec<String>>>,
+        /// Subscriber connections opened.
+        opens: AtomicU64,
+        /// Opening a subscriber fails.
+        unreachable: AtomicBool,
+        /// Subscribing fails.
+        refused: AtomicBool,
+        /// An opened subscriber is lost at once (else it stays up).
+        flapping: AtomicBool,
+    }
+
+    struct FakeMessage;
+
+    impl Message for FakeMessage {
+        fn channel(&self) -> &str {
+            ""
+        }
+        fn payload(&self) -> &[u8] {
+            b""
+        }
+    }
+
+    fn down() -> redis::RedisError {
+        std::io::Error::other("down").into()
     }
 
     #[async_trait]
     impl Transport for Fake {
         type Publisher = NoRedis;
         type Sink = ();
+        type Message = FakeMessage;
         const KIND: &'static str = "fake";
         const NAME: &'static str = "Fake";
         const PUBLISH: &'static str = "PUBLISH";
@@ -529,24 +745,52 @@ mod tests {
             &self.publisher
         }
 
+        async fn open(&self) -> redis::RedisResult<((), Inbox<FakeMessage>)> {
+            self.opens.fetch_add(1, Ordering::Relaxed);
+            if self.unreachable.load(Ordering::Relaxed) {
+                return Err(down());
+            }
+            let inbox = if self.flapping.load(Ordering::Relaxed) {
+                futures_util::stream::empty().boxed()
+            } else {
+                futures_util::stream::pending().boxed()
+            };
+            Ok(((), inbox))
+        }
+
         async fn listen(&self, _: &mut (), channels: Vec<String>) -> redis::RedisResult<()> {
+            if self.refused.load(Ordering::Relaxed) {
+                return Err(down());
+            }
             self.gate.acquire().await.expect("open").forget();
             self.listened.lock().unwrap().push(channels);
             Ok(())
         }
 
-        async fn unlisten(&self, _: &mut (), _: Vec<String>) -> redis::RedisResult<()> {
+        async fn unlisten(&self, _: &mut (), channels: Vec<String>) -> redis::RedisResult<()> {
+            self.ungate.acquire().await.expect("open").forget();
+            self.unlistened.lock().unwrap().push(channels);
             Ok(())
         }
     }
 
-    async fn connected() -> Arc<Fake> {
-        let fake = Arc::new(Fake {
+    fn fake() -> Arc<Fake> {
+        Arc::new(Fake {
             core: PubSubCore::new(Arc::new(Hub::new()), "h", None, "n1"),
             publisher: NoRedis,
             gate: Semaphore::new(1),
+            ungate: Semaphore::new(Semaphore::MAX_PERMITS),
             listened: StdMutex::new(Vec::new()),
-        });
+            unlistened: StdMutex::new(Vec::new()),
+            opens: AtomicU64::new(0),
+            unreachable: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
+            flapping: AtomicBool::new(false),
+        })
+    }
+
+    async fn connected() -> Arc<Fake> {
+        let fake = fake();
         install(&*fake, ()).await.unwrap();
         fake.listened.lock().unwrap().clear();
         fake
@@ -596,7 +840,8 @@ mod tests {
         assert_eq!(*fake.listened.lock().unwrap(), vec![vec!["h:g:org_1"]]);
         fake.subscribe(&g).await.unwrap();
         assert_eq!(group_listens(&fake), 1, "already confirmed");
-        fake.unsubscribe(&g).await.unwrap();
+        fake.unsubscribe(g.clone());
+        assert!(!unsubscribe_batch(&*fake).await);
         fake.gate.add_permits(1);
         fake.subscribe(&g).await.unwrap();
         assert_eq!(
@@ -660,5 +905,166 @@ mod tests {
         fake.subscribe(&g).await.unwrap();
         fake.settled(&g).await.unwrap();
         assert_eq!(group_listens(&fake), 0);
+    }
+
+    fn member(fake: &Fake, group: &str) -> (GroupName, Arc<crate::outbox::Outbox>) {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let g = GroupName::parse(group).unwrap();
+        let o = crate::outbox::Outbox::new(10, Duration::from_secs(10), metrics);
+        fake.core.hub.join(&g, &o);
+        (g, o)
+    }
+
+    /// A disconnect burst: every group that lost its last member goes out in one
+    /// unsubscribe, and the groups are forgotten (a later join subscribes again).
+    #[tokio::test]
+    async fn groups_left_together_share_one_unsubscribe() {
+        let fake = connected().await;
+        let members: Vec<_> = (0..100)
+            .map(|i| member(&fake, &format!("user_{i}")))
+            .collect();
+        fake.gate.add_permits(100);
+        for (g, _) in &members {
+            fake.subscribe(g).await.unwrap();
+        }
+        for (g, o) in &members {
+            assert!(fake.core.hub.leave(g, o.id));
+            fake.unsubscribe(g.clone());
+        }
+        assert!(!unsubscribe_batch(&*fake).await, "nothing left queued");
+        let unlistened = fake.unlistened.lock().unwrap().clone();
+        assert_eq!(unlistened.len(), 1, "one command for the burst");
+        assert_eq!(unlistened[0].len(), 100);
+        assert!(fake.core.sub.lock().await.groups.is_empty());
+    }
+
+    /// More than a batch: the lock is let go between batches.
+    #[tokio::test]
+    async fn a_long_burst_goes_out_in_batches() {
+        let fake = connected().await;
+        for i in 0..UNSUBSCRIBE_BATCH + 10 {
+            fake.unsubscribe(GroupName::parse(format!("user_{i}")).unwrap());
+        }
+        assert!(unsubscribe_batch(&*fake).await, "more queued");
+        assert!(!unsubscribe_batch(&*fake).await);
+        let sizes: Vec<usize> = fake
+            .unlistened
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, vec![UNSUBSCRIBE_BATCH, 10]);
+    }
+
+    /// A member that joins before the queued unsubscribe goes out keeps the
+    /// subscription: no unsubscribe, and no new subscribe either.
+    #[tokio::test]
+    async fn a_join_before_the_batch_keeps_the_subscription() {
+        let fake = connected().await;
+        let (g, first) = member(&fake, "org_1");
+        fake.gate.add_permits(1);
+        fake.subscribe(&g).await.unwrap();
+        assert!(fake.core.hub.leave(&g, first.id));
+        fake.unsubscribe(g.clone());
+        let (_, _again) = member(&fake, "org_1");
+        fake.subscribe(&g).await.unwrap();
+        assert!(!unsubscribe_batch(&*fake).await);
+        assert!(fake.unlistened.lock().unwrap().is_empty());
+        assert_eq!(group_listens(&fake), 1, "still confirmed: no round trip");
+        assert!(fake.core.sub.lock().await.groups.contains(&g));
+    }
+
+    /// A member that joins while the unsubscribe is in flight waits for the lock,
+    /// finds the group forgotten and subscribes it again.
+    #[tokio::test]
+    async fn a_join_racing_the_unsubscribe_subscribes_again() {
+        let fake = connected().await;
+        let (g, first) = member(&fake, "org_1");
+        fake.gate.add_permits(1);
+        fake.subscribe(&g).await.unwrap();
+        assert!(fake.core.hub.leave(&g, first.id));
+        fake.unsubscribe(g.clone());
+        fake.ungate.forget_permits(Semaphore::MAX_PERMITS);
+        let batch = tokio::spawn({
+            let fake = fake.clone();
+            async move { unsubscribe_batch(&*fake).await }
+        });
+        while fake.core.sub.try_lock().is_ok() {
+            tokio::task::yield_now().await;
+        }
+        let (_, _again) = member(&fake, "org_1");
+        let join = tokio::spawn({
+            let (fake, g) = (fake.clone(), g.clone());
+            async move { fake.subscribe(&g).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!join.is_finished(), "the join waits for the unsubscribe");
+        fake.gate.add_permits(1);
+        fake.ungate.add_permits(1);
+        batch.await.unwrap();
+        join.await.unwrap().unwrap();
+        assert_eq!(*fake.unlistened.lock().unwrap(), vec![vec!["h:g:org_1"]]);
+        assert_eq!(group_listens(&fake), 2, "subscribed again after it");
+        assert!(fake.core.sub.lock().await.groups.contains(&g));
+    }
+
+    /// Runs the subscriber loop of `fake` for 10 s of (paused) time; returns how
+    /// many subscriber connections it opened.
+    async fn opens_in_ten_seconds(fake: &Arc<Fake>) -> u64 {
+        fake.gate.add_permits(Semaphore::MAX_PERMITS - 1);
+        let tasks = Tasks::new();
+        tasks.spawn("subscriber", subscriber(Arc::downgrade(fake)));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        tasks.stop(Duration::from_secs(1)).await;
+        fake.opens.load(Ordering::Relaxed)
+    }
+
+    /// Backoff of 100 ms doubling to 5 s, each wait at least half of it: at most
+    /// 0.05+0.1+0.2+0.4+0.8+1.6 s for the first seven attempts, then one per 2.5 s.
+    const MOST_ATTEMPTS_IN_TEN_SECONDS: u64 = 10;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_redis_is_retried_with_backoff() {
+        let fake = fake();
+        fake.unreachable.store(true, Ordering::Relaxed);
+        let opens = opens_in_ten_seconds(&fake).await;
+        assert!(
+            (5..=MOST_ATTEMPTS_IN_TEN_SECONDS).contains(&opens),
+            "{opens} attempts"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_resubscription_is_retried_with_backoff() {
+        let fake = fake();
+        fake.refused.store(true, Ordering::Relaxed);
+        let opens = opens_in_ten_seconds(&fake).await;
+        assert!(
+            (5..=MOST_ATTEMPTS_IN_TEN_SECONDS).contains(&opens),
+            "{opens} attempts"
+        );
+        assert_eq!(fake.core.health(), BrokerHealth::Down);
+    }
+
+    /// A subscriber lost as soon as it is up does not reset the backoff, so a
+    /// flapping Redis costs a few resyncs, not ten a second.
+    #[tokio::test(start_paused = true)]
+    async fn a_flapping_subscriber_backs_off_too() {
+        let fake = fake();
+        fake.flapping.store(true, Ordering::Relaxed);
+        let mut resyncs = fake.core.resyncs.subscribe();
+        let opens = opens_in_ten_seconds(&fake).await;
+        assert!(
+            (5..=MOST_ATTEMPTS_IN_TEN_SECONDS).contains(&opens),
+            "{opens} attempts"
+        );
+        assert!(*resyncs.borrow_and_update() < opens);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_subscriber_connects_once() {
+        let fake = fake();
+        assert_eq!(opens_in_ten_seconds(&fake).await, 1);
     }
 }

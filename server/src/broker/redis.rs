@@ -6,21 +6,23 @@
 //! also maps to `<asgi prefix>__group__<group>`, where channels_redis's pub/sub
 //! layer publishes `group_send` (see [`super::channels`]).
 //!
-//! One task owns the subscriber connection. When it drops, the task reconnects with
-//! backoff, resubscribes everything the hub holds, and announces a *resync*: every
-//! session then fetches from the store what was published while the subscription
-//! was down, so nothing stored is lost.
+//! The subscriber is one RESP2 pub/sub connection, split into its command half (the
+//! sink) and its message stream (the inbox); the shared subscriber loop
+//! ([`pubsub`]) reconnects it, resubscribes and resyncs when it drops. A batch of
+//! channels is one SUBSCRIBE or UNSUBSCRIBE.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use redis::Msg;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 
 use super::BrokerError;
-use super::pubsub::{self, Backoff, PubSubCore, Transport};
+use super::pubsub::{self, Inbox, Message, PubSubCore, Received, Transport};
 use crate::hub::Hub;
+use crate::tasks::Tasks;
 
 pub struct RedisBroker {
     client: redis::Client,
@@ -29,14 +31,15 @@ pub struct RedisBroker {
 }
 
 impl RedisBroker {
-    /// Connects (retrying while Redis is unreachable) and starts the subscriber and
-    /// probe tasks.
+    /// Connects (retrying while Redis is unreachable) and starts the subscriber,
+    /// unsubscriber and probe tasks on `tasks`.
     pub async fn connect(
         url: &str,
         prefix: &str,
         asgi_prefix: Option<String>,
         node_id: &str,
         hub: Arc<Hub>,
+        tasks: Tasks,
     ) -> Result<Arc<Self>, BrokerError> {
         let client = redis::Client::open(url).map_err(|e| BrokerError::Config(e.to_string()))?;
         let cfg = ConnectionManagerConfig::new()
@@ -52,8 +55,7 @@ impl RedisBroker {
             publisher,
             core: PubSubCore::new(hub, prefix, asgi_prefix, node_id),
         });
-        tokio::spawn(subscriber(Arc::downgrade(&broker)));
-        tokio::spawn(pubsub::prober(Arc::downgrade(&broker), node_id.to_owned()));
+        pubsub::start(&broker, &tasks, node_id);
         Ok(broker)
     }
 
@@ -67,6 +69,7 @@ impl RedisBroker {
 impl Transport for RedisBroker {
     type Publisher = ConnectionManager;
     type Sink = PubSubSink;
+    type Message = Msg;
     const KIND: &'static str = "redis";
     const NAME: &'static str = "Redis";
     const PUBLISH: &'static str = "PUBLISH";
@@ -78,6 +81,11 @@ impl Transport for RedisBroker {
 
     fn publisher(&self) -> &ConnectionManager {
         &self.publisher
+    }
+
+    async fn open(&self) -> redis::RedisResult<(PubSubSink, Inbox<Msg>)> {
+        let (sink, stream) = self.client.get_async_pubsub().await?.split();
+        Ok((sink, stream.map(Received::Message).boxed()))
     }
 
     async fn listen(&self, sink: &mut PubSubSink, channels: Vec<String>) -> redis::RedisResult<()> {
@@ -93,42 +101,12 @@ impl Transport for RedisBroker {
     }
 }
 
-/// Owns the subscriber connection: connect, resubscribe, read, and on loss again.
-async fn subscriber(broker: Weak<RedisBroker>) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut first = true;
-    loop {
-        let Some(b) = broker.upgrade() else { return };
-        let pubsub = match b.client.get_async_pubsub().await {
-            Ok(p) => p,
-            Err(e) => {
-                b.core.set_connected(false);
-                drop(b);
-                tracing::warn!(error = %e, retry_in = ?backoff.delay(), "Redis subscriber unreachable");
-                backoff.sleep().await;
-                continue;
-            }
-        };
-        let (sink, mut stream) = pubsub.split();
-        match pubsub::install(&*b, sink).await {
-            Ok(n) => tracing::info!(channels = n, "Redis subscriber connected"),
-            Err(e) => {
-                tracing::warn!(error = %e, "resubscribe failed; reconnecting");
-                continue;
-            }
-        }
-        backoff.reset();
-        b.core.up(first);
-        first = false;
-        let weak = Arc::downgrade(&b);
-        drop(b);
-        while let Some(msg) = stream.next().await {
-            let Some(b) = weak.upgrade() else { return };
-            b.core
-                .dispatch(msg.get_channel_name(), msg.get_payload_bytes());
-        }
-        let Some(b) = broker.upgrade() else { return };
-        b.core.lost().await;
-        tracing::warn!("Redis subscriber connection lost; reconnecting");
+impl Message for Msg {
+    fn channel(&self) -> &str {
+        self.get_channel_name()
+    }
+
+    fn payload(&self) -> &[u8] {
+        self.get_payload_bytes()
     }
 }

@@ -32,8 +32,8 @@
 //! own CRC32, not by hash slot), so its pub/sub layer cannot share a cluster with
 //! Herald; use a single Redis ([`super::RedisBroker`]) for Django interop.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -44,13 +44,14 @@ use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::{Notify, mpsc};
 
 use super::BrokerError;
-use super::pubsub::{self, Backoff, PubSubCore, Transport};
+use super::pubsub::{self, Inbox, Message, PubSubCore, Received, Transport};
 use crate::hub::Hub;
+use crate::tasks::Tasks;
 
 /// Messages received but not yet handed to the hub; beyond this they are dropped
 /// and counted as a loss (sessions catch up from the store).
 const PUSH_QUEUE: usize = 65_536;
-/// How many (un)subscriptions are in flight at once while resubscribing.
+/// How many (un)subscriptions are in flight at once in a batch.
 const RESUBSCRIBE_CONCURRENCY: usize = 64;
 
 /// The seed node URLs when `url` names a Redis Cluster, `None` for a single Redis.
@@ -133,12 +134,13 @@ fn builder(seeds: &[String]) -> ClusterClientBuilder {
 
 impl RedisClusterBroker {
     /// Connects to the cluster named by `seeds` (retrying while it is unreachable)
-    /// and starts the subscriber and probe tasks.
+    /// and starts the subscriber, unsubscriber and probe tasks on `tasks`.
     pub async fn connect(
         seeds: Vec<String>,
         prefix: &str,
         node_id: &str,
         hub: Arc<Hub>,
+        tasks: Tasks,
     ) -> Result<Arc<Self>, BrokerError> {
         let client: ClusterClient = builder(&seeds)
             .build()
@@ -150,8 +152,7 @@ impl RedisClusterBroker {
             publisher,
             core: PubSubCore::new(hub, prefix, None, node_id),
         });
-        tokio::spawn(subscriber(Arc::downgrade(&broker)));
-        tokio::spawn(pubsub::prober(Arc::downgrade(&broker), node_id.to_owned()));
+        pubsub::start(&broker, &tasks, node_id);
         Ok(broker)
     }
 
@@ -159,47 +160,13 @@ impl RedisClusterBroker {
     pub fn connection(&self) -> ClusterConnection {
         self.publisher.clone()
     }
-
-    /// Routes one pushed message from the subscriber to the core. Returns `true`
-    /// when the server dropped a subscription this node still needs: Redis sends an
-    /// unrequested `sunsubscribe` when a channel's slot moves to another master
-    /// (resharding, failover), and the subscriber must then start over.
-    fn on_push(&self, msg: PushInfo) -> bool {
-        let kind = msg.kind.clone();
-        let mut data = msg.data.into_iter();
-        match kind {
-            PushKind::SMessage => {
-                let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
-                    (data.next(), data.next())
-                else {
-                    tracing::warn!("malformed sharded message; dropped");
-                    return false;
-                };
-                self.core
-                    .dispatch(&String::from_utf8_lossy(&channel), &payload);
-                false
-            }
-            PushKind::SUnsubscribe => {
-                let Some(Value::BulkString(channel)) = data.next() else {
-                    return false;
-                };
-                let channel = String::from_utf8_lossy(&channel);
-                let needed = self.core.needs(&channel);
-                if needed {
-                    tracing::warn!(%channel, "Redis Cluster dropped a subscription (slot moved?)");
-                }
-                needed
-            }
-            // Subscription confirmations and the like.
-            _ => false,
-        }
-    }
 }
 
 #[async_trait]
 impl Transport for RedisClusterBroker {
     type Publisher = ClusterConnection;
     type Sink = ClusterConnection;
+    type Message = Sharded;
     const KIND: &'static str = "redis-cluster";
     const NAME: &'static str = "Redis Cluster";
     const PUBLISH: &'static str = "SPUBLISH";
@@ -211,6 +178,38 @@ impl Transport for RedisClusterBroker {
 
     fn publisher(&self) -> &ClusterConnection {
         &self.publisher
+    }
+
+    /// A cluster connection of its own, in RESP3, whose push sender feeds the
+    /// bounded queue the inbox reads.
+    async fn open(&self) -> redis::RedisResult<(ClusterConnection, Inbox<Sharded>)> {
+        let (tx, rx) = mpsc::channel::<PushInfo>(PUSH_QUEUE);
+        let signals = Arc::new(Signals {
+            lost: Notify::new(),
+            overflowed: AtomicBool::new(false),
+        });
+        let sig = signals.clone();
+        let push = move |msg: PushInfo| -> Result<(), redis::aio::SendError> {
+            if msg.kind == PushKind::Disconnection {
+                sig.lost.notify_one();
+                return Ok(());
+            }
+            match tx.try_send(msg) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    sig.overflowed.store(true, Ordering::Relaxed);
+                    Ok(())
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(redis::aio::SendError),
+            }
+        };
+        let con = builder(&self.seeds)
+            .use_protocol(ProtocolVersion::RESP3)
+            .push_sender(push)
+            .build()?
+            .get_async_connection()
+            .await?;
+        Ok((con, inbox(rx, signals)))
     }
 
     async fn listen(
@@ -254,86 +253,68 @@ async fn each_channel(
     results.into_iter().collect()
 }
 
-/// Owns the subscriber connection: connect, resubscribe, read, and on loss again.
-async fn subscriber(broker: Weak<RedisClusterBroker>) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut first = true;
-    loop {
-        let Some(b) = broker.upgrade() else { return };
-        let (tx, mut rx) = mpsc::channel::<PushInfo>(PUSH_QUEUE);
-        let signals = Arc::new(Signals {
-            lost: Notify::new(),
-            overflowed: AtomicBool::new(false),
-        });
-        let sig = signals.clone();
-        let push = move |msg: PushInfo| -> Result<(), redis::aio::SendError> {
-            if msg.kind == PushKind::Disconnection {
-                sig.lost.notify_one();
-                return Ok(());
-            }
-            match tx.try_send(msg) {
-                Ok(()) => Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    sig.overflowed.store(true, Ordering::Relaxed);
-                    Ok(())
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(redis::aio::SendError),
-            }
-        };
-        let connected = match builder(&b.seeds)
-            .use_protocol(ProtocolVersion::RESP3)
-            .push_sender(push)
-            .build()
-        {
-            Ok(client) => client.get_async_connection().await,
-            Err(e) => Err(e),
-        };
-        let con = match connected {
-            Ok(c) => c,
-            Err(e) => {
-                b.core.set_connected(false);
-                drop(b);
-                tracing::warn!(error = %e, retry_in = ?backoff.delay(), "Redis Cluster subscriber unreachable");
-                backoff.sleep().await;
-                continue;
-            }
-        };
-        match pubsub::install(&*b, con.clone()).await {
-            Ok(n) => tracing::info!(channels = n, "Redis Cluster subscriber connected"),
-            Err(e) => {
-                b.core.set_connected(false);
-                drop(b);
-                tracing::warn!(error = %e, retry_in = ?backoff.delay(), "resubscribe failed; reconnecting");
-                backoff.sleep().await;
-                continue;
-            }
-        }
-        backoff.reset();
-        b.core.up(first);
-        first = false;
-        drop(b);
+/// A sharded message: its channel and payload, moved out of the push.
+pub struct Sharded {
+    channel: String,
+    payload: Vec<u8>,
+}
+
+impl Message for Sharded {
+    fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+}
+
+/// What the subscriber receives: the queued pushes, a [`Received::Dropped`] after
+/// the queue overflowed, and the end as soon as any node connection is lost (ahead
+/// of whatever is still queued: the loop resubscribes and resyncs anyway).
+fn inbox(rx: mpsc::Receiver<PushInfo>, signals: Arc<Signals>) -> Inbox<Sharded> {
+    stream::unfold((rx, signals), |(mut rx, signals)| async move {
         loop {
-            tokio::select! {
-                msg = rx.recv() => {
-                    let Some(msg) = msg else { break };
-                    let Some(b) = broker.upgrade() else { return };
-                    if b.on_push(msg) {
-                        break;
-                    }
-                    if signals.overflowed.swap(false, Ordering::Relaxed) {
-                        tracing::warn!("subscriber queue overflowed: messages dropped; sessions catch up");
-                        b.core.resync();
-                    }
-                }
-                () = signals.lost.notified() => break,
+            if signals.overflowed.swap(false, Ordering::Relaxed) {
+                return Some((Received::Dropped, (rx, signals)));
+            }
+            let msg = tokio::select! {
+                biased;
+                () = signals.lost.notified() => return None,
+                msg = rx.recv() => msg?,
+            };
+            if let Some(received) = received(msg) {
+                return Some((received, (rx, signals)));
             }
         }
-        let Some(b) = broker.upgrade() else { return };
-        b.core.lost().await;
-        drop(con);
-        tracing::warn!("Redis Cluster subscriber connection lost; reconnecting");
-        drop(b);
-        tokio::time::sleep(backoff.delay()).await;
+    })
+    .boxed()
+}
+
+/// A push as the subscriber loop sees it: a sharded message, or a channel the server
+/// unsubscribed (asked for, or not: the loop tells them apart). Subscription
+/// confirmations and the like are skipped.
+fn received(msg: PushInfo) -> Option<Received<Sharded>> {
+    let mut data = msg.data.into_iter();
+    match msg.kind {
+        PushKind::SMessage => {
+            let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                (data.next(), data.next())
+            else {
+                tracing::warn!("malformed sharded message; dropped");
+                return None;
+            };
+            let channel = String::from_utf8(channel)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            Some(Received::Message(Sharded { channel, payload }))
+        }
+        PushKind::SUnsubscribe => match data.next() {
+            Some(Value::BulkString(channel)) => Some(Received::Revoked(
+                String::from_utf8_lossy(&channel).into_owned(),
+            )),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

@@ -482,3 +482,165 @@ pub async fn receive_all(client: &mut crate::common::Client, mut got: Vec<i64>, 
     assert_eq!(got, sent, "every stored notification once, in order");
     client.silent_for(Duration::from_millis(300)).await;
 }
+
+/// A command connection to `url`, for a test to look at what the node did there.
+async fn redis_at(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// The value of `key` in `INFO <section>` (empty if absent).
+async fn info(con: &mut redis::aio::MultiplexedConnection, section: &str, key: &str) -> String {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(con)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// How many times Redis ran `command` (`INFO commandstats`).
+async fn calls(con: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let stats = info(con, "commandstats", &format!("cmdstat_{command}")).await;
+    stats
+        .split(',')
+        .find_map(|kv| kv.strip_prefix("calls="))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// How many connections Redis accepted so far.
+async fn connections_received(con: &mut redis::aio::MultiplexedConnection) -> u64 {
+    info(con, "stats", "total_connections_received")
+        .await
+        .parse()
+        .unwrap()
+}
+
+async fn pubsub_channels(
+    con: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+) -> Vec<String> {
+    redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg(pattern)
+        .query_async(con)
+        .await
+        .unwrap()
+}
+
+/// PROTOCOL.md 7.2: a burst of groups losing their last member (every client of a
+/// node hanging up at once) costs a few UNSUBSCRIBEs of many channels, not one per
+/// group, and leaves the node subscribed to its probe and resync channels only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_burst_unsubscribes_in_a_few_commands() {
+    const USERS: usize = 200;
+    let redis = OwnRedis::start();
+    let c = Cluster::start_on_redis(1, &redis.url()).await;
+    until_ready(&c.nodes).await;
+    let mut con = redis_at(&redis.url()).await;
+    let mut clients = Vec::new();
+    for i in 0..USERS {
+        clients.push(c.nodes[0].connect(&format!("burst{i}")).await.0);
+    }
+    let groups = pubsub_channels(&mut con, &format!("{}:g:*", c.prefix)).await;
+    assert_eq!(groups.len(), USERS);
+    let before = calls(&mut con, "unsubscribe").await;
+    drop(clients);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = pubsub_channels(&mut con, "*").await;
+        if left.len() == 2 {
+            let mut left = left;
+            left.sort();
+            assert_eq!(
+                left,
+                [
+                    format!("{}:probe:node0", c.prefix),
+                    format!("{}:resync", c.prefix)
+                ]
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still subscribed to {} channels",
+            left.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent = calls(&mut con, "unsubscribe").await - before;
+    assert!(
+        (1..=10).contains(&sent),
+        "{sent} UNSUBSCRIBEs for {USERS} groups"
+    );
+}
+
+/// PROTOCOL.md 7.2: a client that leaves and comes back at once (a page reload),
+/// whether before, during or after the node's unsubscribe, is subscribed when its
+/// connect returns, and so hears what is published next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_racing_a_join_keeps_the_group_subscribed() {
+    let c = Cluster::start(1).await;
+    until_ready(&c.nodes).await;
+    let mut con = redis_at(REDIS).await;
+    let channel = format!("{}:g:user_racer", c.prefix);
+    for i in 0..14u64 {
+        let (old, _) = c.nodes[0].connect("racer").await;
+        drop(old);
+        // Around the unsubscribe's linger (50 ms), on either side of it.
+        tokio::time::sleep(Duration::from_millis(i * 5)).await;
+        let (mut client, _) = c.nodes[0].connect("racer").await;
+        let n = c.nodes[0].notify("racer", json!(i)).await;
+        match tokio::time::timeout(Duration::from_secs(5), client.frame()).await {
+            Ok(ServerFrame::Notification { notification }) => assert_eq!(notification.id, n.id),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => panic!("round {i}: the notification never came: unsubscribed under a member"),
+        }
+        let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(subscribers, 1, "round {i}");
+    }
+}
+
+/// PROTOCOL.md 7.4: a subscriber whose resubscription Redis refuses (here, an ACL
+/// that forbids every channel) retries with backoff, not in a tight loop, and comes
+/// back once Redis accepts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_resubscription_backs_off() {
+    let redis = OwnRedis::start();
+    let c = Cluster::start_on_redis(1, &redis.url()).await;
+    until_ready(&c.nodes).await;
+    let mut con = redis_at(&redis.url()).await;
+    let before = connections_received(&mut con).await;
+    // Drops the subscriber (it is subscribed to channels it may no longer hear).
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "default", "resetchannels"][..])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let attempts = connections_received(&mut con).await - before;
+    assert_eq!(readyz(&c.nodes[0]).await, 503);
+    // 100 ms doubling, each wait at least half: at most 7 attempts in 3 s.
+    assert!(
+        (2..=8).contains(&attempts),
+        "{attempts} subscriber connections in 3 s"
+    );
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "default", "allchannels"][..])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    until_ready(&c.nodes).await;
+}
