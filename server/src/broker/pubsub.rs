@@ -30,7 +30,7 @@
 //! announces on `<prefix>:resync` that every node's sessions must catch up from the
 //! store, since it could not publish for a while.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
@@ -108,6 +108,10 @@ pub trait Transport: Send + Sync + 'static {
     /// Whether a batch of publishes may go out as one pipeline: on a single Redis
     /// yes; on a Redis Cluster each channel's shard is another node, so no.
     const PIPELINE: bool;
+    /// Whether the inbox reports [`Received::Revoked`], and so also echoes the
+    /// node's own unsubscribes that way (a Redis Cluster pushes `sunsubscribe` for
+    /// both), which the subscriber must then tell apart.
+    const REVOKES: bool = false;
 
     fn core(&self) -> &PubSubCore<Self::Sink>;
 
@@ -149,6 +153,10 @@ pub struct PubSubCore<S> {
     unwanted: std::sync::Mutex<Vec<GroupName>>,
     /// Wakes the [`unsubscriber`] when `unwanted` stops being empty.
     unwanted_added: Arc<Notify>,
+    /// Channels this node unsubscribed on the current subscriber connection whose
+    /// echo ([`Transport::REVOKES`]) has not come back yet, with how many: that echo
+    /// is not a revocation, even if the group has a member again by then.
+    own_unsubscribes: std::sync::Mutex<HashMap<String, u32>>,
     connected: AtomicBool,
     /// When the probe last came back (Unix µs).
     probe_seen: AtomicU64,
@@ -175,6 +183,7 @@ impl<S: Send + 'static> PubSubCore<S> {
             wanted: std::sync::Mutex::new(Vec::new()),
             unwanted: std::sync::Mutex::new(Vec::new()),
             unwanted_added: Arc::new(Notify::new()),
+            own_unsubscribes: std::sync::Mutex::new(HashMap::new()),
             connected: AtomicBool::new(false),
             probe_seen: AtomicU64::new(0),
             probe_channel: format!("{prefix}:probe:{node_id}"),
@@ -203,6 +212,23 @@ impl<S: Send + 'static> PubSubCore<S> {
         channel
             .strip_prefix(self.prefix.as_str())
             .and_then(|c| c.strip_prefix(":g:"))
+    }
+
+    /// Whether a revocation of `channel` is the echo of the node's own unsubscribe
+    /// (and counts it as come back).
+    fn own_unsubscribe_echo(&self, channel: &str) -> bool {
+        let mut own = self.own_unsubscribes.lock().expect("own unsubscribes");
+        match own.get_mut(channel) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            Some(_) => {
+                own.remove(channel);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Whether this node still needs to hear `channel`: its probe and resync
@@ -295,6 +321,11 @@ async fn install<T: Transport>(broker: &T, sink: T::Sink) -> redis::RedisResult<
     let sub = &mut *guard;
     let sink = sub.sink.insert(sink);
     sub.groups.clear();
+    // A new connection: no echo of an unsubscribe on the old one will come.
+    core.own_unsubscribes
+        .lock()
+        .expect("own unsubscribes")
+        .clear();
     let groups = core.hub.groups();
     let mut channels = vec![core.probe_channel.clone(), core.resync_channel.clone()];
     for g in &groups {
@@ -457,6 +488,7 @@ async fn read<T: Transport>(broker: &Weak<T>, mut inbox: Inbox<T::Message>) -> O
                 tracing::warn!("subscriber dropped messages; sessions catch up");
                 core.resync();
             }
+            Received::Revoked(channel) if core.own_unsubscribe_echo(&channel) => {}
             Received::Revoked(channel) if core.needs(&channel) => {
                 return Some(format!("lost its subscription to {channel} (slot moved?)"));
             }
@@ -508,7 +540,14 @@ async fn unsubscribe_batch<T: Transport>(broker: &T) -> bool {
     if let Some(sink) = sub.sink.as_mut()
         && !batch.is_empty()
     {
-        let channels = batch.iter().flat_map(|g| core.channels(g)).collect();
+        let channels: Vec<String> = batch.iter().flat_map(|g| core.channels(g)).collect();
+        // Counted before the command goes out: its echo may be read before it returns.
+        if T::REVOKES {
+            let mut own = core.own_unsubscribes.lock().expect("own unsubscribes");
+            for c in &channels {
+                *own.entry(c.clone()).or_default() += 1;
+            }
+        }
         if let Err(e) = broker.unlisten(sink, channels).await {
             tracing::warn!(groups = batch.len(), error = %e, "unsubscribe failed");
         }
@@ -710,6 +749,8 @@ mod tests {
         refused: AtomicBool,
         /// An opened subscriber is lost at once (else it stays up).
         flapping: AtomicBool,
+        /// What the next opened subscriber receives, when the test drives it.
+        pushes: StdMutex<Option<tokio::sync::mpsc::UnboundedReceiver<Received<FakeMessage>>>>,
     }
 
     struct FakeMessage;
@@ -736,6 +777,7 @@ mod tests {
         const NAME: &'static str = "Fake";
         const PUBLISH: &'static str = "PUBLISH";
         const PIPELINE: bool = false;
+        const REVOKES: bool = true;
 
         fn core(&self) -> &PubSubCore<()> {
             &self.core
@@ -750,7 +792,12 @@ mod tests {
             if self.unreachable.load(Ordering::Relaxed) {
                 return Err(down());
             }
-            let inbox = if self.flapping.load(Ordering::Relaxed) {
+            let inbox = if let Some(rx) = self.pushes.lock().unwrap().take() {
+                futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|r| (r, rx))
+                })
+                .boxed()
+            } else if self.flapping.load(Ordering::Relaxed) {
                 futures_util::stream::empty().boxed()
             } else {
                 futures_util::stream::pending().boxed()
@@ -786,6 +833,7 @@ mod tests {
             unreachable: AtomicBool::new(false),
             refused: AtomicBool::new(false),
             flapping: AtomicBool::new(false),
+            pushes: StdMutex::new(None),
         })
     }
 
@@ -1066,5 +1114,47 @@ mod tests {
     async fn a_steady_subscriber_connects_once() {
         let fake = fake();
         assert_eq!(opens_in_ten_seconds(&fake).await, 1);
+    }
+
+    /// A Redis Cluster echoes the node's own SUNSUBSCRIBE as an unsubscribe push; if
+    /// the group has a member again by then, that echo is not a revocation and must
+    /// not restart the subscriber. A revocation the node did not ask for still does.
+    #[tokio::test(start_paused = true)]
+    async fn the_echo_of_an_own_unsubscribe_is_not_a_revocation() {
+        let fake = fake();
+        let (push, pushes) = tokio::sync::mpsc::unbounded_channel();
+        *fake.pushes.lock().unwrap() = Some(pushes);
+        fake.gate.add_permits(Semaphore::MAX_PERMITS - 1);
+        let tasks = Tasks::new();
+        tasks.spawn("subscriber", subscriber(Arc::downgrade(&fake)));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(fake.opens.load(Ordering::Relaxed), 1);
+
+        let (g, first) = member(&fake, "org_1");
+        fake.subscribe(&g).await.unwrap();
+        assert!(fake.core.hub.leave(&g, first.id));
+        fake.unsubscribe(g.clone());
+        assert!(!unsubscribe_batch(&*fake).await);
+        let channel = fake.unlistened.lock().unwrap()[0][0].clone();
+        // A member again, subscribed anew, before the echo is read.
+        let (_, _again) = member(&fake, "org_1");
+        fake.subscribe(&g).await.unwrap();
+        push.send(Received::Revoked(channel.clone())).unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            fake.opens.load(Ordering::Relaxed),
+            1,
+            "the echo restarted nothing"
+        );
+
+        // The same channel revoked unasked: the subscriber starts over.
+        push.send(Received::Revoked(channel)).unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            fake.opens.load(Ordering::Relaxed),
+            2,
+            "a real revocation restarts"
+        );
+        tasks.stop(Duration::from_secs(1)).await;
     }
 }

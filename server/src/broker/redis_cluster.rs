@@ -171,6 +171,7 @@ impl Transport for RedisClusterBroker {
     const NAME: &'static str = "Redis Cluster";
     const PUBLISH: &'static str = "SPUBLISH";
     const PIPELINE: bool = false;
+    const REVOKES: bool = true;
 
     fn core(&self) -> &PubSubCore<ClusterConnection> {
         &self.core
