@@ -94,7 +94,9 @@ pub async fn deregister<C: ConnectionLike + Send>(con: &mut C, prefix: &str, id:
         .await;
 }
 
-/// Every live node, by id; forgets ids whose announcement expired.
+/// Every live node of the cluster whose `HERALD_REDIS_PREFIX` is `prefix`, sorted by
+/// id, as the registry has them (on a single Redis or a Redis Cluster connection);
+/// forgets ids whose announcement expired. What `herald-console` and ops tools read.
 pub async fn list<C: ConnectionLike + Send>(
     con: &mut C,
     prefix: &str,
