@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use herald_console::client::AdminClient;
 use herald_console::discover;
-use herald_server::auth::Auth;
 use herald_server::secrets::Secrets;
 use herald_shared::api::NotificationList;
 use herald_shared::health::NodeState;
@@ -474,15 +473,19 @@ async fn rollout_under_load_loses_nothing() {
             .map(|n| n.public.clone())
             .collect::<Vec<_>>(),
     );
-    let auth = Auth::new(&Secrets {
+    let secrets = Secrets {
         jwt_secret: JWT_SECRET.into(),
         api_key: API_KEY.into(),
         admin_token: ADMIN_TOKEN.into(),
-    });
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut clients = Vec::new();
     for user in USERS {
-        let token = auth.issue(&UserId::parse(user).unwrap(), &[], 3600);
+        let token = secrets.client_token(
+            &UserId::parse(user).unwrap(),
+            &[],
+            Duration::from_secs(3600),
+        );
         for first in 0..publics.len() {
             let seen = Arc::new(Mutex::new(Seen::default()));
             let task = tokio::spawn(client(

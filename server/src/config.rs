@@ -20,12 +20,15 @@ use herald_shared::config as names;
     about = "Herald real-time notification node"
 )]
 pub struct Cli {
+    /// The node's settings (flags and environment variables).
     #[command(flatten)]
     pub config: Config,
+    /// What to do; none means serve.
     #[command(subcommand)]
     pub command: Option<Command>,
 }
 
+/// The subcommands of `herald-server`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node (the default).
@@ -202,10 +205,12 @@ impl Config {
             .config
     }
 
+    /// `HERALD_QUEUE_EXPIRY_MS` as a duration.
     pub fn queue_expiry(&self) -> Duration {
         Duration::from_millis(self.queue_expiry_ms)
     }
 
+    /// `HERALD_HEARTBEAT_S` as a duration.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_s)
     }

@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,10 +39,12 @@ use herald_shared::api::NewNotification;
 use herald_shared::{GroupName, Notification, UserId};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::node::Node;
-use crate::server::ServerError;
+use crate::server::{Advertised, ServerError};
 use crate::store::{ListQuery, StoreError};
 
 /// A running Herald node inside a host application. Cloning is cheap and shares the
@@ -49,6 +52,8 @@ use crate::store::{ListQuery, StoreError};
 #[derive(Clone)]
 pub struct Herald {
     node: Arc<Node>,
+    /// What the registry announces; [`Herald::serve`] sets its listeners' addresses.
+    advertised: Arc<watch::Sender<Advertised>>,
 }
 
 /// Why an in-process call was refused; the variants are the HTTP API's answers.
@@ -87,12 +92,49 @@ impl Herald {
     /// announces them in the registry.
     pub async fn start(config: Config) -> Result<Self, ServerError> {
         let node = crate::server::build(config).await?;
-        let public = (node.config.advertise_public.clone())
-            .unwrap_or_else(|| node.config.listen.to_string());
-        let admin = (node.config.advertise_admin.clone())
-            .unwrap_or_else(|| node.config.admin_listen.to_string());
-        crate::server::start_background(&node, public, admin);
-        Ok(Self { node })
+        let first = Advertised::of(&node.config, node.config.listen, node.config.admin_listen);
+        let advertised = Arc::new(crate::server::start_background(&node, first));
+        Ok(Self { node, advertised })
+    }
+
+    /// Serves the node on its own two listeners, exactly as `herald-server` does,
+    /// until `shutdown` resolves; then stops it in order (as [`Herald::shutdown`])
+    /// and returns once every connection has ended.
+    ///
+    /// `public` gets [`Herald::router`] with `{"error"}` answers for unknown routes
+    /// and wrong methods (and `TCP_NODELAY` on every connection); `admin` gets
+    /// [`Herald::admin_router`] with the callers' addresses. In cluster mode the
+    /// registry announces the listeners' addresses unless `advertise_public` or
+    /// `advertise_admin` say otherwise.
+    ///
+    /// ```
+    /// use herald_server::{Config, Herald};
+    /// use tokio::net::TcpListener;
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let mut config = Config::defaults();
+    /// config.data_dir = dir.path().into();
+    /// let herald = Herald::start(config).await?;
+    /// let public = TcpListener::bind("127.0.0.1:0").await?;
+    /// let admin = TcpListener::bind("127.0.0.1:0").await?;
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let serving = tokio::spawn({
+    ///     let herald = herald.clone();
+    ///     async move { herald.serve(public, admin, async { stopped.await.ok(); }).await }
+    /// });
+    /// // ... clients connect, the backend publishes ...
+    /// stop.send(()).ok();
+    /// serving.await??;
+    /// # Ok(()) }
+    /// ```
+    pub async fn serve(
+        &self,
+        public: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServerError> {
+        crate::server::serve(&self.node, &self.advertised, public, admin, shutdown).await
     }
 
     /// The node's public routes (the client WebSocket and SSE endpoints, the backend

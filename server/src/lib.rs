@@ -11,54 +11,74 @@
 //! # Embedding
 //!
 //! [`Herald`] runs a node inside a Rust service: its routes merge into the host's
-//! axum router, and the host publishes in-process (see the [`herald`] module and
+//! axum router, and the host publishes in-process (see [`Herald`] and
 //! `server/examples/embedded.rs`).
 //!
+//! # Public surface
+//!
+//! - [`Herald`] (with [`PublishError`]): a node inside a Rust service, or on its own
+//!   listeners with [`Herald::serve`].
+//! - [`run`] (with [`ServerError`] and [`check_admin_bind`]): what the
+//!   `herald-server` binary runs.
+//! - [`Config`] and the [`config`] module's [`Cli`](config::Cli) and
+//!   [`Command`](config::Command): every setting, as flags and environment variables.
+//! - [`secrets`]: the node's three secrets, given or generated, and client tokens
+//!   signed with them ([`secrets::Secrets::client_token`]).
+//! - [`list_nodes`] (with [`NodeInfo`]): the cluster's node registry, for ops tools.
+//! - [`StoreError`]: why the store refused (inside [`ServerError`]).
+//!
+//! Everything else is the node's inside and private to the crate.
+//!
 //! # Layout
-//! - [`server`]: `run`/`serve`: builds a [`node::Node`] and serves both listeners; ordered shutdown.
+//! - `server`: `run`/`serve`: builds a node and serves both listeners; ordered shutdown.
 //! - [`config`]: flags and environment (clap). [`secrets`]: generated or given secrets.
-//! - [`auth`]: client JWTs, API key, admin token.
-//! - [`api`]: backend routes, health, errors. [`upgrade`]: the WebSocket handshake and connect seam.
-//! - [`session`]: one task per connection: opening frames, client commands, deliveries.
-//! - [`sse`]: the same connection as a Server-Sent Events stream. [`demo`]: the live page.
-//! - [`publish`]: store-then-broker, in per-user id order.
-//! - [`broker`]: the `Broker` trait; in-process and Redis brokers; Django interop.
-//! - [`cluster`]: cluster mode's Redis state: registry, presence, key names. [`presence`]: connections per user.
-//! - [`hub`]: local routing index. [`outbox`]: per-connection queue and slow-consumer policy.
-//! - [`store`]: the `Store` trait, SQLite and PostgreSQL.
-//! - [`lifecycle`]: serving/draining/drained and the paced drain. [`tasks`]: how background tasks start and stop.
-//! - [`admin`]: metrics, status, drain, tuning, audit. [`metrics`]: the registry.
-//! - [`tuning`]: the OS tuning profile against the host. [`limits`]: fd budget.
+//! - `auth`: client JWTs, API key, admin token.
+//! - `api`: backend routes, health, errors. `upgrade`: the WebSocket handshake and connect seam.
+//! - `session`: one task per connection: opening frames, client commands, deliveries.
+//! - `sse`: the same connection as a Server-Sent Events stream. `demo`: the live page.
+//! - `publish`: store-then-broker, in per-user id order.
+//! - `broker`: the `Broker` trait; in-process and Redis brokers; Django interop.
+//! - `cluster`: cluster mode's Redis state: registry, presence, key names. `presence`: connections per user.
+//! - `hub`: local routing index. `outbox`: per-connection queue and slow-consumer policy.
+//! - `store`: the `Store` trait, SQLite and PostgreSQL.
+//! - `lifecycle`: serving/draining/drained and the paced drain. `tasks`: how background tasks start and stop.
+//! - `admin`: metrics, status, drain, tuning, audit. `metrics`: the registry.
+//! - `tuning`: the OS tuning profile against the host. `limits`: fd budget.
 //! - `lock`: std mutexes that a panicking holder does not poison for everyone after it.
 
-pub mod admin;
-pub mod api;
-pub mod auth;
-pub mod broker;
-pub mod cluster;
-pub mod config;
-pub mod demo;
-pub mod herald;
-pub mod hub;
-pub mod lifecycle;
-pub mod limits;
-mod lock;
-pub mod metrics;
-pub mod node;
-pub mod outbox;
-pub mod presence;
-pub mod publish;
-pub mod registration;
-pub mod routes;
-pub mod secrets;
-pub mod server;
-pub mod session;
-pub mod sse;
-pub mod store;
-pub mod tasks;
-pub mod tuning;
-pub mod upgrade;
+#![deny(missing_docs)]
 
+pub(crate) mod admin;
+pub(crate) mod api;
+pub(crate) mod auth;
+pub(crate) mod broker;
+pub(crate) mod cluster;
+pub mod config;
+pub(crate) mod demo;
+pub(crate) mod herald;
+pub(crate) mod hub;
+pub(crate) mod lifecycle;
+pub(crate) mod limits;
+pub(crate) mod lock;
+pub(crate) mod metrics;
+pub(crate) mod node;
+pub(crate) mod outbox;
+pub(crate) mod presence;
+pub(crate) mod publish;
+pub(crate) mod registration;
+pub(crate) mod routes;
+pub mod secrets;
+pub(crate) mod server;
+pub(crate) mod session;
+pub(crate) mod sse;
+pub(crate) mod store;
+pub(crate) mod tasks;
+pub(crate) mod tuning;
+pub(crate) mod upgrade;
+
+pub use cluster::registry::list as list_nodes;
 pub use config::Config;
 pub use herald::{Herald, PublishError};
-pub use server::{ServerError, build, run, serve};
+pub use herald_shared::admin::NodeInfo;
+pub use server::{ServerError, check_admin_bind, run};
+pub use store::StoreError;

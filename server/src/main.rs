@@ -3,7 +3,6 @@
 
 use anyhow::Context;
 use clap::Parser;
-use herald_server::auth::Auth;
 use herald_server::config::{Cli, Command, Config};
 use herald_server::secrets;
 use herald_shared::{GroupName, UserId};
@@ -33,10 +32,8 @@ fn print_token(cfg: &Config, user: &str, groups: &[String], ttl: u64) -> anyhow:
         .filter(|g| !g.is_empty())
         .map(|g| GroupName::parse(g.as_str()).map_err(|e| anyhow::anyhow!("--groups {g:?}: {e}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    println!(
-        "{}",
-        Auth::new(&resolved.secrets).issue(&user, &groups, ttl)
-    );
+    let ttl = std::time::Duration::from_secs(ttl);
+    println!("{}", resolved.secrets.client_token(&user, &groups, ttl));
     Ok(())
 }
 
@@ -46,7 +43,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let admin = TcpListener::bind(cfg.admin_listen)
         .await
         .with_context(|| format!("binding admin listener {}", cfg.admin_listen))?;
-    herald_server::server::check_admin_bind(&cfg, admin.local_addr()?)?;
+    herald_server::check_admin_bind(&cfg, admin.local_addr()?)?;
     let resolved = secrets::resolve(&cfg).context("resolving secrets")?;
     if let Some(path) = &resolved.generated_in {
         print_banner(&cfg, &resolved.secrets, path);
@@ -72,7 +69,8 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 
 /// What a first-time user needs to try the node at once.
 fn print_banner(cfg: &Config, s: &secrets::Secrets, path: &std::path::Path) {
-    let token = Auth::new(s).issue(&UserId::parse("42").expect("valid"), &[], 24 * 3600);
+    let day = std::time::Duration::from_secs(24 * 3600);
+    let token = s.client_token(&UserId::parse("42").expect("valid"), &[], day);
     let http = format!("http://{}", cfg.listen);
     let ws = format!("ws://{}", cfg.listen);
     // The token rides in the URL fragment, which the browser never sends to a server.

@@ -97,6 +97,9 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// Server-Sent Events streams opened since start (also counted as connections).
     pub sse_streams: Counter,
+    /// Times the broker resubscribed after losing its subscriptions (sessions then
+    /// catch up from the store).
+    pub broker_resyncs: Counter,
 }
 
 impl Metrics {
@@ -135,6 +138,7 @@ impl Metrics {
             broker_errors: Family::default(),
             rate_limited: Counter::default(),
             sse_streams: Counter::default(),
+            broker_resyncs: Counter::default(),
         };
         {
             let mut r = m.registry.lock().expect("fresh lock");
@@ -252,6 +256,11 @@ impl Metrics {
                 "herald_sse_streams",
                 "Server-Sent Events streams opened",
                 m.sse_streams.clone(),
+            );
+            r.register(
+                "herald_broker_resyncs",
+                "Broker resubscriptions after a lost connection (sessions resync from the store)",
+                m.broker_resyncs.clone(),
             );
         }
         m

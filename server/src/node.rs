@@ -61,11 +61,6 @@ pub struct Node {
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 impl Node {
-    /// Whether the node is clustered (shares Redis with other nodes).
-    pub fn is_clustered(&self) -> bool {
-        self.cluster.is_some()
-    }
-
     pub fn capacity(&self) -> usize {
         self.capacity.load(Ordering::Relaxed)
     }

@@ -229,15 +229,15 @@ impl Outbox {
     pub async fn ready(&self) {
         self.wake.notified().await
     }
-
-    /// Frames waiting now.
-    pub fn depth(&self) -> usize {
-        lock(&self.state).queue.len()
-    }
 }
 
 #[cfg(test)]
 impl Outbox {
+    /// Frames waiting now.
+    pub fn depth(&self) -> usize {
+        lock(&self.state).queue.len()
+    }
+
     /// Panics while holding the queue's lock, as a bug in a critical section would.
     pub(crate) fn panic_holding_lock(&self) {
         let _state = lock(&self.state);

@@ -7,39 +7,81 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use herald_shared::{GroupName, UserId};
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Auth;
 use crate::config::Config;
 
+/// The three secrets a node (and every node of a cluster) holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Secrets {
+    /// Signs and verifies client tokens (HS256): `HERALD_JWT_SECRET`.
     pub jwt_secret: String,
+    /// The backend API's bearer key: `HERALD_API_KEY`.
     pub api_key: String,
+    /// The admin plane's bearer token: `HERALD_ADMIN_TOKEN`.
     pub admin_token: String,
+}
+
+impl Secrets {
+    /// A client token for `user` (who may also join `groups`), valid for `ttl`
+    /// (whole seconds), signed with [`Secrets::jwt_secret`]: what `herald-server
+    /// token` prints, and what a node with these secrets accepts.
+    ///
+    /// ```
+    /// use herald_server::secrets::Secrets;
+    /// use herald_shared::{GroupName, UserId};
+    ///
+    /// let secrets = Secrets {
+    ///     jwt_secret: "s3cret".into(),
+    ///     api_key: "key".into(),
+    ///     admin_token: "admin".into(),
+    /// };
+    /// let user = UserId::parse("42").unwrap();
+    /// let groups = [GroupName::parse("org_5").unwrap()];
+    /// let token = secrets.client_token(&user, &groups, std::time::Duration::from_secs(60));
+    /// assert_eq!(token.split('.').count(), 3, "a JWT");
+    /// ```
+    pub fn client_token(&self, user: &UserId, groups: &[GroupName], ttl: Duration) -> String {
+        Auth::new(self).issue(user, groups, ttl.as_secs())
+    }
 }
 
 /// Where the secrets came from, so start-up can print what the operator needs.
 #[derive(Debug, Clone)]
 pub struct Resolved {
+    /// The values the node uses.
     pub secrets: Secrets,
     /// The file generated values are kept in, when any value was generated.
     pub generated_in: Option<PathBuf>,
 }
 
+/// Why the secrets could not be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
+    /// Cluster mode and this secret (its environment variable's name) is not given:
+    /// nodes of a cluster cannot each generate their own.
     #[error("cluster mode (REDIS_URL set) needs {0}: every node must share it")]
     MissingInCluster(&'static str),
+    /// The secrets file could not be read or written.
     #[error("secrets file {path}: {source}")]
     Io {
+        /// `<data dir>/secrets.json`.
         path: PathBuf,
+        /// What the file system said.
         source: std::io::Error,
     },
+    /// The secrets file is not the JSON this module writes.
     #[error("secrets file {path} is not valid: {source}")]
     Corrupt {
+        /// `<data dir>/secrets.json`.
         path: PathBuf,
+        /// What the JSON parser said.
         source: serde_json::Error,
     },
 }
@@ -50,7 +92,9 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Resolves the secrets for `cfg`: given values, else the data dir's, else new ones.
+/// Resolves the secrets for `cfg`: given values, else the data dir's, else new ones
+/// (kept in `<data dir>/secrets.json`; never in cluster mode). The node does the same
+/// at start, so a tool calling this with the node's config gets the node's secrets.
 pub fn resolve(cfg: &Config) -> Result<Resolved, SecretsError> {
     let given = (
         cfg.jwt_secret.clone().filter(|s| !s.is_empty()),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,6 +22,7 @@ use crate::broker::{self, Broker, MemoryBroker, RedisBroker, RedisClusterBroker}
 use crate::cluster::presence::RedisPresence;
 use crate::cluster::{Cluster, RedisConnection};
 use crate::config::Config;
+use crate::herald::Herald;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
@@ -33,21 +35,27 @@ use crate::tuning::{Host, Profile};
 use crate::{admin, api, cluster, limits, secrets, store};
 use herald_shared::admin::NodeInfo;
 
+/// Why a node could not start or serve.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The secrets could not be resolved (see [`secrets::resolve`]).
     #[error(transparent)]
     Secrets(#[from] secrets::SecretsError),
+    /// The store refused to start (a bad URL, a failed migration).
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The configuration cannot work: a bad tuning profile or Redis URL, an exposed
+    /// admin listener without a token.
     #[error("configuration: {0}")]
     Config(String),
+    /// A listener failed.
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
 }
 
 /// Builds the node's shared state from `cfg` (connecting to the store, retrying
 /// while it is unreachable).
-pub async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
+pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
     let secrets = secrets::resolve(&cfg)?.secrets;
     let profile = Profile::load(cfg.tuning_profile.as_deref()).map_err(ServerError::Config)?;
     let host = Host {
@@ -190,7 +198,12 @@ fn log_tuning(profile: &Profile, host: &Host, capacity: usize) {
 }
 
 /// Runs a node on the given listeners until `shutdown` resolves, then drains and
-/// returns once every connection is closed.
+/// returns once every connection is closed: what the `herald-server` binary does.
+///
+/// While the store is still being reached, the public listener already answers
+/// (`/healthz` 200, everything else 503); a `shutdown` during start-up ends it
+/// cleanly. Refuses a non-loopback admin listener without an admin token
+/// ([`check_admin_bind`]).
 pub async fn run(
     cfg: Config,
     public: TcpListener,
@@ -212,14 +225,14 @@ pub async fn run(
     );
     // A stop requested while the store is still being reached ends start-up cleanly.
     let mut shutdown = std::pin::pin!(shutdown);
-    let built = tokio::select! {
-        built = build(cfg) => Some(built),
+    let started = tokio::select! {
+        started = Herald::start(cfg) => Some(started),
         () = &mut shutdown => None,
     };
     starting.cancel();
     let _ = early_srv.await;
-    match built {
-        Some(node) => serve(node?, public, admin_listener, shutdown).await,
+    match started {
+        Some(herald) => herald?.serve(public, admin_listener, shutdown).await,
         None => {
             tracing::info!("stopped during start-up");
             Ok(())
@@ -227,7 +240,8 @@ pub async fn run(
     }
 }
 
-/// The admin listener may face the network only behind an explicit admin token.
+/// Refuses an admin listener at `admin_addr` that is not loopback unless `cfg` has
+/// an admin token: the admin plane may face the network only behind one.
 pub fn check_admin_bind(cfg: &Config, admin_addr: std::net::SocketAddr) -> Result<(), ServerError> {
     if !admin_addr.ip().is_loopback() && cfg.admin_token.as_deref().unwrap_or("").is_empty() {
         return Err(ServerError::Config(format!(
@@ -237,26 +251,20 @@ pub fn check_admin_bind(cfg: &Config, admin_addr: std::net::SocketAddr) -> Resul
     Ok(())
 }
 
-/// Serves an already built node (tests use this to reach the node's state).
-pub async fn serve(
-    node: Arc<Node>,
+/// Serves a started node on its two listeners until `shutdown` resolves, then stops
+/// it in order ([`stop_node`]). The one implementation behind [`Herald::serve`] and
+/// [`run`]. Unless configured otherwise, the registry announces the listeners'
+/// actual addresses (`advertised` wakes the heartbeat).
+pub(crate) async fn serve(
+    node: &Arc<Node>,
+    advertised: &watch::Sender<Advertised>,
     public: TcpListener,
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let public_addr = public.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    start_background(
-        &node,
-        node.config
-            .advertise_public
-            .clone()
-            .unwrap_or_else(|| public_addr.to_string()),
-        node.config
-            .advertise_admin
-            .clone()
-            .unwrap_or_else(|| admin_addr.to_string()),
-    );
+    advertised.send_replace(Advertised::of(&node.config, public_addr, admin_addr));
     let stop = CancellationToken::new();
 
     let public = public.tap_io(|tcp| {
@@ -279,28 +287,48 @@ pub async fn serve(
     );
 
     shutdown.await;
-    stop_node(&node, || stop.cancel()).await;
+    stop_node(node, || stop.cancel()).await;
     let _ = public_srv.await;
     let _ = admin_srv.await;
     tracing::info!("stopped");
     Ok(())
 }
 
+/// Where the registry says a node serves its public and admin routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Advertised {
+    pub public: String,
+    pub admin: String,
+}
+
+impl Advertised {
+    /// `HERALD_ADVERTISE_PUBLIC`/`_ADMIN` when set, else `public`/`admin`.
+    pub(crate) fn of(cfg: &Config, public: impl ToString, admin: impl ToString) -> Self {
+        Self {
+            public: (cfg.advertise_public.clone()).unwrap_or_else(|| public.to_string()),
+            admin: (cfg.advertise_admin.clone()).unwrap_or_else(|| admin.to_string()),
+        }
+    }
+}
+
 /// Starts what a built node runs beside its sessions: the store probe, in cluster
-/// mode the registry heartbeat (announcing `public` and `admin`), and the resync
-/// fan-out. All of it stops with [`stop_node`].
-pub(crate) fn start_background(node: &Arc<Node>, public: String, admin: String) {
+/// mode the registry heartbeat (announcing what the returned sender holds, `first`
+/// until it changes), and the resync fan-out. All of it stops with [`stop_node`].
+pub(crate) fn start_background(node: &Arc<Node>, first: Advertised) -> watch::Sender<Advertised> {
+    let (advertised, rx) = watch::channel(first);
     node.spawn_store_probe();
     if let Some(c) = node.cluster.clone() {
         let started_at = crate::auth::now_unix();
         // Weak: the heartbeat must not keep the node alive.
         let weak = Arc::downgrade(node);
-        cluster::registry::spawn_heartbeat(&node.tasks, c.redis, c.prefix, move || {
+        let current = rx.clone();
+        cluster::registry::spawn_heartbeat(&node.tasks, c.redis, c.prefix, rx, move || {
             let node = weak.upgrade()?;
+            let Advertised { public, admin } = current.borrow().clone();
             Some(NodeInfo {
                 id: node.id.clone(),
-                public: public.clone(),
-                admin: admin.clone(),
+                public,
+                admin,
                 version: VERSION.to_owned(),
                 state: node.lifecycle.state(),
                 started_at,
@@ -310,17 +338,20 @@ pub(crate) fn start_background(node: &Arc<Node>, public: String, admin: String) 
     }
     if let Some(mut rx) = node.broker.resyncs() {
         let hub = node.hub.clone();
+        let metrics = node.metrics.clone();
         node.tasks.spawn("resync fan-out", async move {
             while rx.changed().await.is_ok() {
                 tracing::info!(
                     "broker resubscribed after a loss: sessions catch up from the store"
                 );
+                metrics.broker_resyncs.inc();
                 for outbox in hub.all() {
                     outbox.resync();
                 }
             }
         });
     }
+    advertised
 }
 
 /// Stops a node in order: drain over the shutdown window (readiness 503, paced 1012

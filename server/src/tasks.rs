@@ -16,7 +16,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// A node's background tasks. Cloning shares them; they are cancelled when the last
@@ -59,17 +59,6 @@ impl Tasks {
         });
     }
 
-    /// Resolves once the node is stopping: for a task that must finish a step (a
-    /// write, a deregistration) rather than be cut off between two awaits.
-    pub fn stopping(&self) -> WaitForCancellationFutureOwned {
-        self.inner.stop.clone().cancelled_owned()
-    }
-
-    /// Whether [`Tasks::stop`] has been called.
-    pub fn is_stopping(&self) -> bool {
-        self.inner.stop.is_cancelled()
-    }
-
     /// Stops every task and waits up to `within` for them to be gone. No task can be
     /// started afterwards (a late `spawn` is cancelled at once).
     pub async fn stop(&self, within: Duration) {
@@ -103,7 +92,7 @@ mod tests {
         drop(tx);
         tasks.stop(Duration::from_secs(1)).await;
         assert!(rx.recv().await.is_none(), "every task dropped its state");
-        assert!(tasks.is_stopping());
+        assert!(tasks.inner.stop.is_cancelled());
         // A task spawned after stop never runs its body.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
         tasks.spawn("late", async move {

@@ -126,11 +126,17 @@ impl Node {
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = public.local_addr().unwrap();
         let admin_addr = admin.local_addr().unwrap();
-        let node = herald_server::build(cfg).await.expect("node builds");
+        let herald = herald_server::Herald::start(cfg)
+            .await
+            .expect("node starts");
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(herald_server::serve(node, public, admin, async {
-            let _ = rx.await;
-        }));
+        tokio::spawn(async move {
+            herald
+                .serve(public, admin, async {
+                    let _ = rx.await;
+                })
+                .await
+        });
         Self {
             public: addr,
             admin: admin_addr,

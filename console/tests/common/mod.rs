@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -13,9 +12,7 @@ use herald_console::app::App;
 use herald_console::client::AdminClient;
 use herald_console::msg::Msg;
 use herald_console::poller::fetch_sample;
-use herald_server::Config;
-use herald_server::node::Node;
-use herald_shared::UserId;
+use herald_server::{Config, Herald};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
@@ -28,7 +25,7 @@ pub struct TestNode {
     pub id: String,
     pub public: SocketAddr,
     pub admin: SocketAddr,
-    pub node: Arc<Node>,
+    pub herald: Herald,
     pub dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     handle: tokio::task::JoinHandle<Result<(), herald_server::ServerError>>,
@@ -76,20 +73,26 @@ pub async fn start_node(id: &str, somaxconn: u32, lenient: bool, extra: &[&str])
         args.push(profile.display().to_string());
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    let cfg = Config::from_args(args).expect("test config parses");
+    let mut cfg = Config::from_args(args).expect("test config parses");
     let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (pa, aa) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
-    let node = herald_server::build(cfg).await.expect("node builds");
+    (cfg.listen, cfg.admin_listen) = (pa, aa);
+    let herald = Herald::start(cfg).await.expect("node starts");
     let (tx, rx) = oneshot::channel();
-    let handle = tokio::spawn(herald_server::serve(node.clone(), public, admin, async {
-        let _ = rx.await;
-    }));
+    let serving = herald.clone();
+    let handle = tokio::spawn(async move {
+        serving
+            .serve(public, admin, async {
+                let _ = rx.await;
+            })
+            .await
+    });
     TestNode {
         id: id.into(),
         public: pa,
         admin: aa,
-        node,
+        herald,
         dir,
         shutdown: Some(tx),
         handle,
@@ -104,9 +107,9 @@ impl TestNode {
     /// A connected WebSocket client for `user` (upgrade accepted).
     pub async fn connect(&self, user: &str) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
         let token = self
-            .node
-            .auth
-            .issue(&UserId::parse(user).unwrap(), &[], 3600);
+            .herald
+            .token(user, &[], Duration::from_secs(3600))
+            .unwrap();
         let url = format!("ws://{}/ws/notifications/?token={token}", self.public);
         let (ws, _) = connect_async(url).await.expect("upgrade accepted");
         ws

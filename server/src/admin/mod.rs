@@ -16,8 +16,6 @@ use axum::Router;
 use axum::routing::{get, post};
 
 use crate::node::Node;
-pub use audit::fingerprint;
-pub use status::status_of;
 
 /// Longest drain window an operator may ask for.
 pub const DRAIN_WINDOW_MAX_S: u64 = 3600;

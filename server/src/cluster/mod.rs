@@ -14,7 +14,7 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
-pub use registry::{deregister, list};
+pub use registry::deregister;
 
 /// What a clustered node keeps to talk to Redis outside pub/sub.
 #[derive(Clone)]

@@ -25,12 +25,14 @@ pub const BEAT: Duration = Duration::from_secs(2);
 pub const TTL: Duration = Duration::from_secs(6);
 
 /// Announces the node every beat while `announce` has something to say (it answers
-/// `None` once the node is gone) and the node's tasks run. Deregistration at
+/// `None` once the node is gone) and the node's tasks run, and at once whenever
+/// `again` changes (the node's advertised addresses did). Deregistration at
 /// shutdown is [`deregister`]'s.
-pub fn spawn_heartbeat(
+pub fn spawn_heartbeat<T: Send + Sync + 'static>(
     tasks: &Tasks,
     con: RedisConnection,
     prefix: String,
+    mut again: tokio::sync::watch::Receiver<T>,
     announce: impl Fn() -> Option<NodeInfo> + Send + 'static,
 ) {
     tasks.spawn("registry heartbeat", async move {
@@ -63,7 +65,16 @@ pub fn spawn_heartbeat(
             if let Err(e) = res {
                 tracing::warn!(error = %e, "registry heartbeat failed");
             }
-            tokio::time::sleep(BEAT).await;
+            again.borrow_and_update();
+            tokio::select! {
+                () = tokio::time::sleep(BEAT) => {}
+                changed = again.changed() => {
+                    if changed.is_err() {
+                        // Nobody can change the addresses any more: beat on.
+                        tokio::time::sleep(BEAT).await;
+                    }
+                }
+            }
         }
     });
 }
@@ -83,7 +94,9 @@ pub async fn deregister<C: ConnectionLike + Send>(con: &mut C, prefix: &str, id:
         .await;
 }
 
-/// Every live node, by id; forgets ids whose announcement expired.
+/// Every live node of the cluster whose `HERALD_REDIS_PREFIX` is `prefix`, sorted by
+/// id, as the registry has them (on a single Redis or a Redis Cluster connection);
+/// forgets ids whose announcement expired. What `herald-console` and ops tools read.
 pub async fn list<C: ConnectionLike + Send>(
     con: &mut C,
     prefix: &str,

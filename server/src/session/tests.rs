@@ -101,7 +101,7 @@ async fn node(dir: &tempfile::TempDir) -> Arc<Node> {
         "1",
     ])
     .unwrap();
-    crate::build(cfg).await.expect("node builds")
+    crate::server::build(cfg).await.expect("node builds")
 }
 
 /// Starts a session of user 42 whose token expires in `ttl_s`; returns once its

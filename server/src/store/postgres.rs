@@ -43,11 +43,6 @@ impl PgStore {
         })?;
         Ok(Self { pool })
     }
-
-    /// The pool, for modules that keep their own tables here (audit log).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
 }
 
 /// Inserts `items` in one statement (one transaction) on `conn`. Rows are inserted,

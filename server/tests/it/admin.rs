@@ -2,6 +2,8 @@
 //! host and a stand-in /proc/sys, and the audit log.
 
 use std::collections::HashMap;
+
+use sha2::Digest;
 use std::path::Path;
 
 use herald_shared::admin::{ApplyReport, ApplyResult, AuditLog, TuningReport};
@@ -336,7 +338,11 @@ async fn audit_log_records_every_admin_action(db: Db) {
         vec!["auth_failed", "drain", "undrain", "drain"],
         "newest first"
     );
-    let fp = herald_server::admin::fingerprint(ADMIN_TOKEN);
+    // PROTOCOL 6.2: the first 8 hex digits of the token's SHA-256.
+    let fp: String = sha2::Sha256::digest(ADMIN_TOKEN.as_bytes())[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let drain = &log.entries[3];
     assert_eq!(drain.args, json!({"window_s": 1}));
     assert_eq!(drain.result["state"], "draining");
@@ -348,7 +354,7 @@ async fn audit_log_records_every_admin_action(db: Db) {
         drain.caller
     );
     assert!(drain.at.ends_with('Z'));
-    assert_eq!(drain.node, s.node.id);
+    assert_eq!(drain.node, s.node_id());
     assert!(
         log.entries[1].result["error"].is_string(),
         "refused drain records why"

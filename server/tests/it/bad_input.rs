@@ -145,7 +145,11 @@ async fn queue_overflow_closes_with_1013_and_resume_loses_nothing() {
         other => panic!("expected missed, got {other:?}"),
     }
     assert_eq!(got, all, "received + replayed = everything, once, in order");
-    assert_eq!(s.node.metrics.slow_consumer_disconnects.get(), 1);
+    assert_eq!(
+        s.metric("herald_slow_consumer_disconnects_total", &[])
+            .await,
+        1.0
+    );
 }
 
 /// A client that stops reading until its oldest queued frame is older than the
@@ -162,7 +166,11 @@ async fn stalled_reader_is_dropped_after_expiry_and_resumes() {
     let big = "y".repeat(60_000);
     let mut all = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while s.node.metrics.slow_consumer_disconnects.get() == 0 {
+    while s
+        .metric("herald_slow_consumer_disconnects_total", &[])
+        .await
+        == 0.0
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "never detected as slow"

@@ -213,7 +213,7 @@ async fn registry_lists_the_live_nodes() {
     let mut con = redis::aio::ConnectionManager::new(client).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let nodes = loop {
-        let nodes = herald_server::cluster::list(&mut con, &c.prefix)
+        let nodes = herald_server::list_nodes(&mut con, &c.prefix)
             .await
             .unwrap();
         if nodes.len() == 3 || tokio::time::Instant::now() > deadline {
@@ -228,7 +228,7 @@ async fn registry_lists_the_live_nodes() {
     assert_eq!(nodes[1].state, NodeState::Serving);
     let stopped = c.nodes.remove(1);
     stopped.stop().await.unwrap();
-    let ids: Vec<String> = herald_server::cluster::list(&mut con, &c.prefix)
+    let ids: Vec<String> = herald_server::list_nodes(&mut con, &c.prefix)
         .await
         .unwrap()
         .into_iter()

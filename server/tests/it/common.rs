@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use herald_server::Config;
-use herald_server::node::Node;
-use herald_shared::{GroupName, Notification, ServerFrame, UserId};
+use herald_server::{Config, Herald};
+use herald_shared::{Notification, ServerFrame};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -150,7 +149,7 @@ impl Storage {
 pub struct TestServer {
     pub public: SocketAddr,
     pub admin: SocketAddr,
-    pub node: Arc<Node>,
+    pub herald: Herald,
     pub storage: Arc<Storage>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), herald_server::ServerError>>>,
@@ -190,19 +189,26 @@ pub async fn start_with(db: Db, extra: &[&str]) -> TestServer {
 
 /// Starts a node on an existing storage (a second node, or a restart).
 pub async fn start_on(storage: Arc<Storage>, extra: &[&str]) -> TestServer {
-    let cfg = config(&storage, extra);
+    let mut cfg = config(&storage, extra);
     let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (public_addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
-    let node = herald_server::build(cfg).await.expect("node builds");
+    // Where it listens, as the binary's config would say.
+    (cfg.listen, cfg.admin_listen) = (public_addr, admin_addr);
+    let herald = Herald::start(cfg).await.expect("node starts");
     let (tx, rx) = oneshot::channel();
-    let handle = tokio::spawn(herald_server::serve(node.clone(), public, admin, async {
-        let _ = rx.await;
-    }));
+    let serving = herald.clone();
+    let handle = tokio::spawn(async move {
+        serving
+            .serve(public, admin, async {
+                let _ = rx.await;
+            })
+            .await
+    });
     TestServer {
         public: public_addr,
         admin: admin_addr,
-        node,
+        herald,
         storage,
         shutdown: Some(tx),
         handle: Some(handle),
@@ -224,13 +230,14 @@ impl TestServer {
 
     /// A client token for `user` with `groups`, valid `ttl_s` seconds.
     pub fn token(&self, user: &str, groups: &[&str], ttl_s: u64) -> String {
-        let groups: Vec<GroupName> = groups
-            .iter()
-            .map(|g| GroupName::parse(*g).unwrap())
-            .collect();
-        self.node
-            .auth
-            .issue(&UserId::parse(user).unwrap(), &groups, ttl_s)
+        self.herald
+            .token(user, groups, Duration::from_secs(ttl_s))
+            .unwrap()
+    }
+
+    /// The node's id (as in `welcome`, status and the registry).
+    pub fn node_id(&self) -> &str {
+        self.herald.node_id()
     }
 
     /// Connects as `user` and reads `welcome` and `initial_state`.
@@ -488,6 +495,12 @@ impl TestServer {
             .unwrap()
     }
 
+    /// The value of the sample `name` (with exactly `labels`) in `/metrics`; 0 when
+    /// the node has not exported it yet (a labelled counter appears on first use).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_in(&self.metrics_text().await, name, labels)
+    }
+
     /// GET on the admin listener with the admin token.
     pub async fn admin_get(&self, path: &str) -> Value {
         get_json(self.admin_url(path), ADMIN_TOKEN).await
@@ -529,4 +542,25 @@ impl TestServer {
             .unwrap();
         assert_eq!(r.status(), 202, "{:?}", r.text().await);
     }
+}
+
+/// The value of the sample `name` with exactly `labels` in a Prometheus text
+/// exposition; 0 when there is no such sample.
+pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("/metrics parses");
+    let found: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && s.labels.len() == labels.len())
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name} is not a plain value: {other:?}"),
+        })
+        .collect();
+    assert!(found.len() <= 1, "{name}{labels:?} matches {found:?}");
+    found.first().copied().unwrap_or(0.0)
 }

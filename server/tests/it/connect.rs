@@ -48,7 +48,7 @@ async fn welcome_then_initial_state_newest_unread_first(db: Db) {
             heartbeat_s,
         } => {
             assert_eq!(user, "42");
-            assert_eq!(node, s.node.id);
+            assert_eq!(node, s.node_id());
             assert!(!connection.is_empty());
             assert_eq!(heartbeat_s, 25);
         }
@@ -158,7 +158,7 @@ async fn bad_tokens_are_refused_with_401() {
         (401, "malformed token")
     );
 
-    let claims = json!({"sub": "42", "exp": herald_server::auth::now_unix() + 60});
+    let claims = json!({"sub": "42", "exp": now_unix() + 60});
     let forged = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &claims,
@@ -173,7 +173,7 @@ async fn bad_tokens_are_refused_with_401() {
 
     let expired = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
-        &json!({"sub": "42", "exp": herald_server::auth::now_unix() - 5}),
+        &json!({"sub": "42", "exp": now_unix() - 5}),
         &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
     )
     .unwrap();
@@ -185,7 +185,7 @@ async fn bad_tokens_are_refused_with_401() {
 
     let no_sub = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
-        &json!({"exp": herald_server::auth::now_unix() + 60}),
+        &json!({"exp": now_unix() + 60}),
         &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
     )
     .unwrap();
@@ -205,12 +205,9 @@ async fn bad_tokens_are_refused_with_401() {
         .expect("bearer header accepted");
     assert!(matches!(c.frame().await, ServerFrame::Welcome { .. }));
     assert_eq!(
-        s.node
-            .metrics
-            .upgrades_refused
-            .get_or_create(&herald_server::metrics::CodeLabel { code: 401 })
-            .get(),
-        5
+        s.metric("herald_upgrades_refused_total", &[("code", "401")])
+            .await,
+        5.0
     );
 }
 
@@ -293,4 +290,11 @@ async fn full_node_refuses_upgrades_with_503() {
         assert!(tokio::time::Instant::now() < deadline, "slot never freed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }

@@ -68,7 +68,11 @@ impl Proc {
     }
 
     async fn connect(&self, user: &str) -> Client {
-        let claims = serde_json::json!({"sub": user, "exp": herald_server::auth::now_unix() + 600});
+        let claims = serde_json::json!({"sub": user, "exp": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 600});
         let token = jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &claims,
@@ -150,7 +154,7 @@ async fn sigkilled_node_leaves_presence_and_registry() {
     .await;
     let client = redis::Client::open(crate::cluster::REDIS).unwrap();
     let mut con = redis::aio::ConnectionManager::new(client).await.unwrap();
-    let ids: Vec<String> = herald_server::cluster::list(&mut con, &prefix)
+    let ids: Vec<String> = herald_server::list_nodes(&mut con, &prefix)
         .await
         .unwrap()
         .into_iter()

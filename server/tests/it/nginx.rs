@@ -465,7 +465,7 @@ async fn drain_behind_nginx_moves_clients_and_loses_nothing() {
     until_ready(&c.nodes).await;
     let ng = Nginx::start(&c.nodes).await;
     let drained = &c.nodes[0];
-    let drained_id = drained.node.id.clone();
+    let drained_id = drained.node_id().to_owned();
 
     let mut tasks = Vec::new();
     let mut on_drained = 0;
@@ -493,11 +493,8 @@ async fn drain_behind_nginx_moves_clients_and_loses_nothing() {
     }
 
     let refused_before = drained
-        .node
-        .metrics
-        .upgrades_refused
-        .get_or_create(&herald_server::metrics::CodeLabel { code: 503 })
-        .get();
+        .metric("herald_upgrades_refused_total", &[("code", "503")])
+        .await;
     let r = common::api()
         .post(drained.admin_url("/admin/drain"))
         .bearer_auth(ADMIN_TOKEN)
@@ -567,14 +564,11 @@ async fn drain_behind_nginx_moves_clients_and_loses_nothing() {
     assert_eq!(moved, 2);
 
     let refused = drained
-        .node
-        .metrics
-        .upgrades_refused
-        .get_or_create(&herald_server::metrics::CodeLabel { code: 503 })
-        .get()
+        .metric("herald_upgrades_refused_total", &[("code", "503")])
+        .await
         - refused_before;
     assert!(
-        refused >= 1,
+        refused >= 1.0,
         "nginx never tried the drained node for an upgrade"
     );
     // And nginx's own log shows it: a 503 from the drained node, then a 101 from

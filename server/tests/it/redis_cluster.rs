@@ -236,9 +236,27 @@ async fn notifications_reach_every_node_once_on_a_redis_cluster() {
     let redis = RedisCluster::start().await;
     let c = Cluster::start_on_redis(3, &redis.url()).await;
     until_ready(&c.nodes).await;
-    for s in &c.nodes {
-        assert_eq!(s.node.broker.kind(), "redis-cluster");
+    // Every node runs the Redis Cluster broker: a connection's personal group is
+    // a sharded channel (SSUBSCRIBE) at the master serving its slot.
+    let mut probes = Vec::new();
+    for (i, s) in c.nodes.iter().enumerate() {
+        probes.push(s.connect(&format!("probe{i}")).await.0);
     }
+    let want: Vec<String> = (0..c.nodes.len())
+        .map(|i| format!("{}:g:user_probe{i}", c.prefix))
+        .collect();
+    until_shards(
+        &redis,
+        &format!("{}:g:user_probe*", c.prefix),
+        "each node's probe on a sharded channel",
+        |now| {
+            let mut all: Vec<String> = now.values().flatten().cloned().collect();
+            all.sort();
+            all == want
+        },
+    )
+    .await;
+    drop(probes);
     crate::cluster::assert_fan_out_once(&c).await;
 }
 
@@ -330,7 +348,7 @@ async fn registry_and_presence_work_on_a_redis_cluster() {
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let nodes = loop {
-        let nodes = herald_server::cluster::list(&mut con, &c.prefix)
+        let nodes = herald_server::list_nodes(&mut con, &c.prefix)
             .await
             .unwrap();
         if nodes.len() == 3 || tokio::time::Instant::now() > deadline {
@@ -369,7 +387,7 @@ async fn registry_and_presence_work_on_a_redis_cluster() {
     let stopped = c.nodes.remove(1);
     drop(_b);
     stopped.stop().await.unwrap();
-    let ids: Vec<String> = herald_server::cluster::list(&mut con, &c.prefix)
+    let ids: Vec<String> = herald_server::list_nodes(&mut con, &c.prefix)
         .await
         .unwrap()
         .into_iter()
@@ -387,12 +405,7 @@ async fn dropped_cluster_connections_lose_nothing_stored() {
     let c = Cluster::start_on_redis(2, &redis.url()).await;
     until_ready(&c.nodes).await;
     let (mut client, _) = c.nodes[1].connect("42").await;
-    let mut resyncs = c.nodes[1]
-        .node
-        .broker
-        .resyncs()
-        .expect("a broker that can lose");
-    resyncs.borrow_and_update();
+    let resyncs = c.nodes[1].metric("herald_broker_resyncs_total", &[]).await;
     let mut sent = Vec::new();
     for i in 0..10 {
         sent.push(c.nodes[0].notify("42", json!(i)).await.id);
@@ -417,10 +430,14 @@ async fn dropped_cluster_connections_lose_nothing_stored() {
     for i in 10..20 {
         sent.push(c.nodes[0].notify("42", json!(i)).await.id);
     }
-    tokio::time::timeout(Duration::from_secs(10), resyncs.changed())
-        .await
-        .expect("the subscriber resubscribed and announced a resync")
-        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while c.nodes[1].metric("herald_broker_resyncs_total", &[]).await <= resyncs {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the subscriber resubscribed and announced a resync"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     until_ready(&c.nodes).await;
     for i in 20..30 {
         sent.push(c.nodes[0].notify("42", json!(i)).await.id);

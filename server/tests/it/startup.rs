@@ -8,11 +8,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use herald_server::auth::Auth;
-use herald_server::node::Node;
 use herald_server::secrets::Secrets;
-use herald_server::{Config, ServerError};
-use herald_shared::{ErrorCode, GroupName, ServerFrame, UserId};
+use herald_server::{Config, Herald, ServerError};
+use herald_shared::{ErrorCode, ServerFrame, UserId};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
@@ -23,6 +21,7 @@ use tokio::task::JoinHandle;
 use crate::common::{self, ADMIN_TOKEN, API_KEY, Client, Db, JWT_SECRET, PgDb, Storage};
 
 const BIN: &str = env!("CARGO_BIN_EXE_herald-server");
+const TEN_MIN: Duration = Duration::from_secs(600);
 
 /// Environment variables of §8 (and the data dir) a test must not inherit.
 const OWN_VARS: &[&str] = &[
@@ -242,14 +241,18 @@ struct Served {
     handle: JoinHandle<Result<(), ServerError>>,
 }
 
-async fn serve(node: Arc<Node>) -> Served {
+async fn serve(herald: Herald) -> Served {
     let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = public.local_addr().unwrap();
     let (stop, rx) = oneshot::channel();
-    let handle = tokio::spawn(herald_server::serve(node, public, admin, async {
-        let _ = rx.await;
-    }));
+    let handle = tokio::spawn(async move {
+        herald
+            .serve(public, admin, async {
+                let _ = rx.await;
+            })
+            .await
+    });
     Served {
         public: addr,
         stop,
@@ -313,15 +316,25 @@ fn defaults_match_the_contract() {
     assert_eq!(c.client_burst, 40);
     assert_eq!(c.heartbeat_s, 25);
     assert!(c.allowed_origins.is_empty(), "no origin list by default");
+}
 
-    // The default node id is the host name plus a short random suffix.
+/// With no node id given, a node's id is the host name plus a short random suffix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_node_id_is_the_host_name_and_a_random_suffix() {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()
         .trim()
         .to_owned();
-    let ids: Vec<String> = (0..3)
-        .map(|_| herald_server::node::default_node_id())
-        .collect();
+    let mut ids: Vec<String> = Vec::new();
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults();
+        config.data_dir = dir.path().into();
+        assert_eq!(config.node_id, None);
+        let herald = Herald::start(config).await.expect("node starts");
+        ids.push(herald.node_id().to_owned());
+        herald.shutdown().await;
+    }
     for id in &ids {
         assert!(
             id.starts_with(&host) && id.len() > host.len(),
@@ -369,11 +382,11 @@ async fn environment_variables_are_honoured() {
 
     // HERALD_JWT_SECRET signs client tokens; another secret's tokens are refused.
     let token =
-        Auth::new(&secrets("env-jwt", "-", "-")).issue(&UserId::parse("e1").unwrap(), &[], 600);
+        secrets("env-jwt", "-", "-").client_token(&UserId::parse("e1").unwrap(), &[], TEN_MIN);
     let (mut c, user, node, _) = connect(&p.ws(&token)).await;
     assert_eq!((user.as_str(), node.as_str()), ("e1", "env-node-1"));
     let foreign =
-        Auth::new(&secrets(JWT_SECRET, "-", "-")).issue(&UserId::parse("e1").unwrap(), &[], 600);
+        secrets(JWT_SECRET, "-", "-").client_token(&UserId::parse("e1").unwrap(), &[], TEN_MIN);
     let (status, body, _) = common::refused(&p.ws(&foreign), &[]).await;
     assert_eq!(status, 401, "{body}");
 
@@ -606,15 +619,26 @@ async fn token_command_prints_an_accepted_jwt() {
     );
 
     let s = common::start(Db::Sqlite).await;
-    let id = s
-        .node
-        .auth
-        .verify(token)
-        .expect("signed with the configured secret");
-    assert_eq!(id.user.as_str(), "42");
-    let groups: Vec<&str> = id.groups.iter().map(GroupName::as_str).collect();
-    assert_eq!(groups, ["org_5", "broadcast"]);
-    let left = id.exp as i64 - herald_server::auth::now_unix() as i64;
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        sub: String,
+        exp: u64,
+        groups: Vec<String>,
+    }
+    let id = jsonwebtoken::decode::<Claims>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(JWT_SECRET.as_bytes()),
+        &jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256),
+    )
+    .expect("signed with the configured secret")
+    .claims;
+    assert_eq!(id.sub, "42");
+    assert_eq!(id.groups, ["org_5", "broadcast"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let left = id.exp as i64 - now as i64;
     assert!((50..=61).contains(&left), "--ttl 60 gave {left} s");
 
     let (mut c, user, _, _) = connect(&s.ws_url(&format!("?token={token}"))).await;
@@ -656,8 +680,10 @@ async fn token_command_prints_an_accepted_jwt() {
         .unwrap();
     assert!(out.status.success());
     let other = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    assert!(
-        s.node.auth.verify(&other).is_err(),
+    let (status, body, _) = common::refused(&s.ws_url(&format!("?token={other}")), &[]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid token signature")),
         "token ignores the configured secret"
     );
 }
@@ -677,10 +703,10 @@ async fn sigterm_drains_with_1012_and_exits_0() {
         .env("HERALD_SHUTDOWN_DRAIN_S", "1");
     let mut p = Proc::spawn(cmd);
     p.ready(Duration::from_secs(30)).await;
-    let auth = Auth::new(&secrets(JWT_SECRET, API_KEY, ADMIN_TOKEN));
+    let secrets = secrets(JWT_SECRET, API_KEY, ADMIN_TOKEN);
     let mut clients = Vec::new();
     for u in ["s1", "s2", "s3"] {
-        let t = auth.issue(&UserId::parse(u).unwrap(), &[], 600);
+        let t = secrets.client_token(&UserId::parse(u).unwrap(), &[], TEN_MIN);
         clients.push(connect(&p.ws(&t)).await.0);
     }
 
@@ -711,8 +737,8 @@ async fn two_nodes_starting_at_once_on_one_postgres_both_serve() {
         let ca = common::config(&storage, &["--node-id", "node-a"]);
         let cb = common::config(&storage, &["--node-id", "node-b"]);
         let (a, b) = tokio::join!(
-            tokio::spawn(herald_server::build(ca)),
-            tokio::spawn(herald_server::build(cb))
+            tokio::spawn(Herald::start(ca)),
+            tokio::spawn(Herald::start(cb))
         );
         let a = a
             .unwrap()
