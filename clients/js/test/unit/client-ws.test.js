@@ -16,15 +16,24 @@ function makeClient(extra = {}) {
     ...extra,
   });
 }
+
+/**
+ * A client on fake timers, its events recorded, connect() called and the first
+ * attempt made: where most tests start.
+ */
+async function connected(t, extra = {}) {
+  useFakeTimers(t);
+  const c = makeClient(extra);
+  const log = record(c);
+  c.connect();
+  await flush();
+  return { c, log };
+}
 const last = () => FakeWebSocket.all[FakeWebSocket.all.length - 1];
 const ids = (list) => list.map((n) => n.id);
 
 test('connects with the token, goes open on initial_state, delivers it ascending', async (t) => {
-  useFakeTimers(t);
-  const c = makeClient();
-  const log = record(c);
-  c.connect();
-  await flush();
+  const { c, log } = await connected(t);
   assert.equal(FakeWebSocket.all.length, 1);
   const ws = last();
   assert.equal(`${ws.url.origin}${ws.url.pathname}`, 'ws://herald.test:8000/ws/notifications/');
@@ -44,11 +53,7 @@ test('connects with the token, goes open on initial_state, delivers it ascending
 });
 
 test('reconnects after 1006 with after=lastId; initial_state + missed merged, no duplicates, ascending', async (t) => {
-  useFakeTimers(t);
-  const c = makeClient({ backoff: { initialMs: 1000, maxMs: 8000 } });
-  const log = record(c);
-  c.connect();
-  await flush();
+  const { c, log } = await connected(t, { backoff: { initialMs: 1000, maxMs: 8000 } });
   last().accept({ initial: [note(4), note(2)] });
   last().frame({ type: 'notification', notification: note(5) });
   last().frame({ type: 'notification', notification: note(5) }); // a repeat must not surface
@@ -70,11 +75,7 @@ test('reconnects after 1006 with after=lastId; initial_state + missed merged, no
 });
 
 test('truncated missed: reconnects at once with after = last id of the frame, delivery stays ascending', async (t) => {
-  useFakeTimers(t);
-  const c = makeClient({ after: 0 });
-  const log = record(c);
-  c.connect();
-  await flush();
+  const { c, log } = await connected(t, { after: 0 });
   assert.equal(last().after, '0');
   last().accept({ initial: [note(3000)], missed: [note(1), note(2)], truncated: true });
   assert.notEqual(c.state, 'open');
@@ -88,11 +89,7 @@ test('truncated missed: reconnects at once with after = last id of the frame, de
 });
 
 test("other users' notifications are delivered but do not move lastId or the unread count", async (t) => {
-  useFakeTimers(t);
-  const c = makeClient();
-  const log = record(c);
-  c.connect();
-  await flush();
+  const { c, log } = await connected(t);
   last().accept({ initial: [note(10)] });
   last().frame({ type: 'notification', notification: note(99, { user: '43' }) });
   assert.equal(c.lastId, 10);
@@ -128,11 +125,7 @@ test('1008 token expired: the provider is called again and the new token is used
 });
 
 test('1008 token expired with a fixed token string is fatal (it cannot be refreshed)', async (t) => {
-  useFakeTimers(t);
-  const c = makeClient();
-  const log = record(c);
-  c.connect();
-  await flush();
+  const { c, log } = await connected(t);
   last().accept();
   last().serverClose(1008, 'token expired; reconnect with a new token and after');
   assert.equal(c.state, 'closed');
@@ -142,11 +135,7 @@ test('1008 token expired with a fixed token string is fatal (it cannot be refres
 
 for (const code of [1003, 1009]) {
   test(`close ${code} is fatal: error event, state closed, no reconnect`, async (t) => {
-    useFakeTimers(t);
-    const c = makeClient();
-    const log = record(c);
-    c.connect();
-    await flush();
+    const { c, log } = await connected(t);
     last().accept();
     last().serverClose(code, 'bad');
     assert.equal(c.state, 'closed');
@@ -159,11 +148,7 @@ for (const code of [1003, 1009]) {
 }
 
 test('1012 drain: short jitter, attempt counter not grown', async (t) => {
-  useFakeTimers(t);
-  const c = makeClient({ drainJitterMs: 1000, backoff: { initialMs: 1000, maxMs: 30000 } });
-  const log = record(c);
-  c.connect();
-  await flush();
+  const { c, log } = await connected(t, { drainJitterMs: 1000, backoff: { initialMs: 1000, maxMs: 30000 } });
   last().accept();
   for (let i = 0; i < 3; i++) {
     last().serverClose(1012, 'node is draining');
@@ -179,11 +164,7 @@ test('1012 drain: short jitter, attempt counter not grown', async (t) => {
 });
 
 test('backoff grows across failed attempts and resets once a connection stays open stableMs', async (t) => {
-  useFakeTimers(t);
-  const c = makeClient({ backoff: { initialMs: 100, maxMs: 1000 }, stableMs: 5000 });
-  const log = record(c);
-  c.connect();
-  await flush();
+  const { c, log } = await connected(t, { backoff: { initialMs: 100, maxMs: 1000 }, stableMs: 5000 });
   for (const expected of [50, 100, 200, 400, 500, 500]) {
     last().failBeforeOpen();
     assert.equal(log.disconnect.at(-1).delayMs, expected);
@@ -221,11 +202,7 @@ test('groups are subscribed after welcome on every connection; subscribe() resol
 });
 
 test('subscribe: an error reply rejects and drops the group; while disconnected it waits for the next connection', async (t) => {
-  useFakeTimers(t);
-  const c = makeClient();
-  const log = record(c);
-  c.connect();
-  await flush();
+  const { c, log } = await connected(t);
   last().accept();
   const denied = c.subscribe('org_9');
   last().frame({ type: 'error', code: 'forbidden', message: 'not in token' });
@@ -255,11 +232,7 @@ test('subscribe: an error reply rejects and drops the group; while disconnected 
 });
 
 test('markRead / markAllRead: replies are matched in request order, state updated, errors reject the right call', async (t) => {
-  useFakeTimers(t);
-  const c = makeClient();
-  const log = record(c);
-  c.connect();
-  await flush();
+  const { c, log } = await connected(t);
   last().accept({ initial: [note(3), note(2), note(1)], unread: 3 });
   const a = c.markRead([1]);
   const b = c.markRead([2, 99]);
@@ -301,11 +274,7 @@ test('live unread notifications raise unreadCount; the list keeps the newest `ke
 });
 
 test('events are delivered with group and payload', async (t) => {
-  useFakeTimers(t);
-  const c = makeClient();
-  const log = record(c);
-  c.connect();
-  await flush();
+  const { c, log } = await connected(t);
   last().accept();
   last().frame({ type: 'event', group: 'org_5', payload: { x: 1 } });
   assert.deepEqual(log.event, [{ group: 'org_5', payload: { x: 1 } }]);
@@ -313,11 +282,7 @@ test('events are delivered with group and payload', async (t) => {
 });
 
 test('heartbeat: silent socket gets a ping; pong keeps it; two silent heartbeats drop it', async (t) => {
-  useFakeTimers(t);
-  const c = makeClient();
-  const log = record(c);
-  c.connect();
-  await flush();
+  const { c, log } = await connected(t);
   last().accept({ heartbeat_s: 10 });
   await advance(5000); // tick 1: the opening frames count as activity
   await advance(5000); // tick 2: first idle tick
