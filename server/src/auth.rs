@@ -4,7 +4,7 @@
 //! static bearer secret, compared in constant time so that response timing leaks
 //! nothing about it.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::HeaderMap;
 use herald_shared::{GroupName, UserId};
@@ -151,6 +151,32 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .ok()?;
     let (scheme, rest) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+// Here, beside the signing it uses: `secrets` only resolves values, and knows
+// nothing of tokens.
+impl Secrets {
+    /// A client token for `user` (who may also join `groups`), valid for `ttl`
+    /// (whole seconds), signed with [`Secrets::jwt_secret`]: what `herald-server
+    /// token` prints, and what a node with these secrets accepts.
+    ///
+    /// ```
+    /// use herald_server::secrets::Secrets;
+    /// use herald_shared::{GroupName, UserId};
+    ///
+    /// let secrets = Secrets {
+    ///     jwt_secret: "s3cret".into(),
+    ///     api_key: "key".into(),
+    ///     admin_token: "admin".into(),
+    /// };
+    /// let user = UserId::parse("42").unwrap();
+    /// let groups = [GroupName::parse("org_5").unwrap()];
+    /// let token = secrets.client_token(&user, &groups, std::time::Duration::from_secs(60));
+    /// assert_eq!(token.split('.').count(), 3, "a JWT");
+    /// ```
+    pub fn client_token(&self, user: &UserId, groups: &[GroupName], ttl: Duration) -> String {
+        Auth::new(self).issue(user, groups, ttl.as_secs())
+    }
 }
 
 #[cfg(test)]

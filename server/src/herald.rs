@@ -47,6 +47,49 @@ use crate::node::Node;
 use crate::server::{Advertised, ServerError};
 use crate::store::{ListQuery, StoreError};
 
+/// Runs a node on the given listeners until `shutdown` resolves, then drains and
+/// returns once every connection is closed: what the `herald-server` binary does.
+///
+/// While the store is still being reached, the public listener already answers
+/// (`/healthz` 200, everything else 503); a `shutdown` during start-up ends it
+/// cleanly. Refuses a non-loopback admin listener without an admin token
+/// ([`crate::check_admin_bind`]).
+pub async fn run(
+    cfg: Config,
+    public: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    crate::server::check_admin_bind(&cfg, admin_listener.local_addr()?)?;
+    // While the store is still being reached (with retries), the public listener
+    // already answers: /healthz 200 (the process runs), everything else 503. The
+    // listening socket is shared, so no connection is refused at the hand-over.
+    let std_listener = public.into_std()?;
+    let early = TcpListener::from_std(std_listener.try_clone()?)?;
+    let public = TcpListener::from_std(std_listener)?;
+    let starting = tokio_util::sync::CancellationToken::new();
+    let early_srv = tokio::spawn(
+        axum::serve(early, crate::api::starting_router())
+            .with_graceful_shutdown(starting.clone().cancelled_owned())
+            .into_future(),
+    );
+    // A stop requested while the store is still being reached ends start-up cleanly.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let started = tokio::select! {
+        started = Herald::start(cfg) => Some(started),
+        () = &mut shutdown => None,
+    };
+    starting.cancel();
+    let _ = early_srv.await;
+    match started {
+        Some(herald) => herald?.serve(public, admin_listener, shutdown).await,
+        None => {
+            tracing::info!("stopped during start-up");
+            Ok(())
+        }
+    }
+}
+
 /// A running Herald node inside a host application. Cloning is cheap and shares the
 /// node: hand clones to your handlers.
 #[derive(Clone)]

@@ -30,7 +30,7 @@
 //! Everything else is the node's inside and private to the crate.
 //!
 //! # Layout
-//! - `server`: `run`/`serve`: builds a node and serves both listeners; ordered shutdown.
+//! - `server`: builds a node, serves both listeners, stops it in order (under `Herald` and [`run`]).
 //! - [`config`]: flags and environment (clap). [`secrets`]: generated or given secrets.
 //! - `auth`: client JWTs, API key, admin token.
 //! - `api`: backend routes, health, errors. `upgrade`: the WebSocket handshake and connect seam.
@@ -78,7 +78,7 @@ pub(crate) mod upgrade;
 
 pub use cluster::registry::list as list_nodes;
 pub use config::Config;
-pub use herald::{Herald, PublishError};
+pub use herald::{Herald, PublishError, run};
 pub use herald_shared::admin::NodeInfo;
-pub use server::{ServerError, check_admin_bind, run};
+pub use server::{ServerError, check_admin_bind};
 pub use store::StoreError;

@@ -7,14 +7,10 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use herald_shared::{GroupName, UserId};
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Auth;
 use crate::config::Config;
 
 /// The three secrets a node (and every node of a cluster) holds.
@@ -26,30 +22,6 @@ pub struct Secrets {
     pub api_key: String,
     /// The admin plane's bearer token: `HERALD_ADMIN_TOKEN`.
     pub admin_token: String,
-}
-
-impl Secrets {
-    /// A client token for `user` (who may also join `groups`), valid for `ttl`
-    /// (whole seconds), signed with [`Secrets::jwt_secret`]: what `herald-server
-    /// token` prints, and what a node with these secrets accepts.
-    ///
-    /// ```
-    /// use herald_server::secrets::Secrets;
-    /// use herald_shared::{GroupName, UserId};
-    ///
-    /// let secrets = Secrets {
-    ///     jwt_secret: "s3cret".into(),
-    ///     api_key: "key".into(),
-    ///     admin_token: "admin".into(),
-    /// };
-    /// let user = UserId::parse("42").unwrap();
-    /// let groups = [GroupName::parse("org_5").unwrap()];
-    /// let token = secrets.client_token(&user, &groups, std::time::Duration::from_secs(60));
-    /// assert_eq!(token.split('.').count(), 3, "a JWT");
-    /// ```
-    pub fn client_token(&self, user: &UserId, groups: &[GroupName], ttl: Duration) -> String {
-        Auth::new(self).issue(user, groups, ttl.as_secs())
-    }
 }
 
 /// Where the secrets came from, so start-up can print what the operator needs.

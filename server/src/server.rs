@@ -22,7 +22,6 @@ use crate::broker::{self, Broker, MemoryBroker, RedisBroker, RedisClusterBroker}
 use crate::cluster::presence::RedisPresence;
 use crate::cluster::{Cluster, RedisConnection};
 use crate::config::Config;
-use crate::herald::Herald;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
@@ -32,7 +31,7 @@ use crate::presence::{LocalPresence, Presence};
 use crate::publish::Publisher;
 use crate::tasks::Tasks;
 use crate::tuning::{Host, Profile};
-use crate::{admin, api, cluster, limits, secrets, store};
+use crate::{admin, cluster, limits, secrets, store};
 use herald_shared::admin::NodeInfo;
 
 /// Why a node could not start or serve.
@@ -197,49 +196,6 @@ fn log_tuning(profile: &Profile, host: &Host, capacity: usize) {
     );
 }
 
-/// Runs a node on the given listeners until `shutdown` resolves, then drains and
-/// returns once every connection is closed: what the `herald-server` binary does.
-///
-/// While the store is still being reached, the public listener already answers
-/// (`/healthz` 200, everything else 503); a `shutdown` during start-up ends it
-/// cleanly. Refuses a non-loopback admin listener without an admin token
-/// ([`check_admin_bind`]).
-pub async fn run(
-    cfg: Config,
-    public: TcpListener,
-    admin_listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServerError> {
-    check_admin_bind(&cfg, admin_listener.local_addr()?)?;
-    // While the store is still being reached (with retries), the public listener
-    // already answers: /healthz 200 (the process runs), everything else 503. The
-    // listening socket is shared, so no connection is refused at the hand-over.
-    let std_listener = public.into_std()?;
-    let early = TcpListener::from_std(std_listener.try_clone()?)?;
-    let public = TcpListener::from_std(std_listener)?;
-    let starting = CancellationToken::new();
-    let early_srv = tokio::spawn(
-        axum::serve(early, api::starting_router())
-            .with_graceful_shutdown(starting.clone().cancelled_owned())
-            .into_future(),
-    );
-    // A stop requested while the store is still being reached ends start-up cleanly.
-    let mut shutdown = std::pin::pin!(shutdown);
-    let started = tokio::select! {
-        started = Herald::start(cfg) => Some(started),
-        () = &mut shutdown => None,
-    };
-    starting.cancel();
-    let _ = early_srv.await;
-    match started {
-        Some(herald) => herald?.serve(public, admin_listener, shutdown).await,
-        None => {
-            tracing::info!("stopped during start-up");
-            Ok(())
-        }
-    }
-}
-
 /// Refuses an admin listener at `admin_addr` that is not loopback unless `cfg` has
 /// an admin token: the admin plane may face the network only behind one.
 pub fn check_admin_bind(cfg: &Config, admin_addr: std::net::SocketAddr) -> Result<(), ServerError> {
@@ -252,8 +208,8 @@ pub fn check_admin_bind(cfg: &Config, admin_addr: std::net::SocketAddr) -> Resul
 }
 
 /// Serves a started node on its two listeners until `shutdown` resolves, then stops
-/// it in order ([`stop_node`]). The one implementation behind [`Herald::serve`] and
-/// [`run`]. Unless configured otherwise, the registry announces the listeners'
+/// it in order ([`stop_node`]). The one implementation behind [`crate::Herald::serve`]
+/// and [`crate::run`]. Unless configured otherwise, the registry announces the listeners'
 /// actual addresses (`advertised` wakes the heartbeat).
 pub(crate) async fn serve(
     node: &Arc<Node>,
