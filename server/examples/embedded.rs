@@ -104,7 +104,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             herald.shutdown().await;
         }
     };
-    axum::serve(listener, app(herald))
+    // A make-service resolves the routes once, not once per connection.
+    axum::serve(listener, app(herald).into_make_service())
         .with_graceful_shutdown(on_shutdown)
         .await?;
     Ok(())

@@ -182,7 +182,9 @@ impl Herald {
 
     /// The node's public routes (the client WebSocket and SSE endpoints, the backend
     /// API under `/api/v1`, `/healthz`, `/readyz`, and `/demo/` when on), with no
-    /// fallback, so it merges into your router (after your `with_state`).
+    /// fallback, so it merges into your router (after your `with_state`). Serve the
+    /// result with `into_make_service()`: given a bare router, `axum::serve` rebuilds
+    /// the route table for every connection, and each WebSocket is one.
     pub fn router(&self) -> axum::Router {
         crate::routes::mergeable(self.node.clone())
     }

@@ -227,10 +227,17 @@ pub(crate) async fn serve(
         // Frames are small and latency matters; Nagle would hold them back.
         let _ = tcp.set_nodelay(true);
     });
+    // A make-service, not the bare router: `axum::serve(listener, router)` re-resolves
+    // the whole route table (clones and re-states every route) for each connection,
+    // and here a connection is usually one WebSocket upgrade. `into_make_service`
+    // resolves it once; each connection then shares it through an `Arc`.
     let public_srv = tokio::spawn(
-        axum::serve(public, crate::routes::public(node.clone()))
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future(),
+        axum::serve(
+            public,
+            crate::routes::public(node.clone()).into_make_service(),
+        )
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
+        .into_future(),
     );
     let admin_srv = tokio::spawn(
         axum::serve(
