@@ -1,7 +1,9 @@
 //! Backend API bodies (contract §4).
 //!
 //! Requests deserialise with validation built in (a [`UserId`] that parses is valid),
-//! so the server's handlers only see well-formed input.
+//! so the server's handlers only see well-formed input. Each request, and each item
+//! of a batch, is a JSON object ([`crate::object`]): read a whole body with
+//! [`crate::object::from_slice`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -27,6 +29,7 @@ pub struct NewNotification {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
+    #[serde(deserialize_with = "crate::object::objects")]
     pub notifications: Vec<NewNotification>,
 }
 
@@ -57,6 +60,7 @@ pub struct GroupEvent {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventBatchRequest {
+    #[serde(deserialize_with = "crate::object::objects")]
     pub events: Vec<GroupEvent>,
 }
 

@@ -213,9 +213,10 @@ pub enum ClientFrame {
 }
 
 impl ClientFrame {
-    /// Parses a text frame; the error text is what the client sees in its `error` frame.
+    /// Parses a text frame, which must be a JSON object ([`crate::object`]); the error
+    /// text is what the client sees in its `error` frame.
     pub fn parse(text: &str) -> Result<Self, String> {
-        serde_json::from_str(text).map_err(|e| {
+        crate::object::from_slice(text.as_bytes()).map_err(|e| {
             let msg = e.to_string();
             if msg.contains("missing field `type`") {
                 "frame has no \"type\"".to_owned()
@@ -331,6 +332,15 @@ mod tests {
             Ok(ClientFrame::MarkRead { ids: vec![1, 2] })
         );
         assert!(ClientFrame::parse("not json").is_err());
+        // serde reads an internally tagged enum from a sequence too; the node does not.
+        for positional in [
+            r#"["ping"]"#,
+            r#"["subscribe","g"]"#,
+            r#"["mark_read",[1]]"#,
+        ] {
+            let e = ClientFrame::parse(positional).unwrap_err();
+            assert!(e.contains("expected a JSON object"), "{positional}: {e}");
+        }
         assert!(ClientFrame::parse(r#"{"type":"fly"}"#).is_err());
         assert!(ClientFrame::parse(r#"{"type":"mark_read"}"#).is_err());
         assert!(ClientFrame::parse(r#"{"type":"mark_read","ids":"1"}"#).is_err());

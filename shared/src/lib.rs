@@ -11,6 +11,7 @@
 //! - [`health`]: node state and dependency health, and the `/readyz` body (§5).
 //! - [`admin`]: admin API bodies (§6).
 //! - [`api`]: backend API bodies (§4).
+//! - [`object`]: bodies and frames are JSON objects, never positional arrays.
 //! - [`close`]: WebSocket close codes the node uses (§3).
 //! - [`config`]: environment variable names and defaults (§8).
 
@@ -23,6 +24,7 @@ pub mod config;
 pub mod frames;
 pub mod health;
 pub mod ids;
+pub mod object;
 
 pub use frames::{ClientFrame, ErrorCode, Notification, ServerFrame};
 pub use ids::{GroupName, IdError, UserId};

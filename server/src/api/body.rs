@@ -9,7 +9,9 @@ use serde_json::value::RawValue;
 
 use super::error::ApiError;
 
-/// Parses a request body, turning every failure into a clear 400 (or 413).
+/// Parses a request body, turning every failure into a clear 400 (or 413). Every
+/// API and admin body is a JSON object with named fields: an array that serde's
+/// derive would read positionally is refused ([`herald_shared::object`]).
 pub fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let bytes = body.map_err(|r| match r {
         BytesRejection::FailedToBufferBody(e)
@@ -24,7 +26,8 @@ pub fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result
             "request body is empty; expected JSON".into(),
         ));
     }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
+    herald_shared::object::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
 }
 
 /// Enforces a batch's item count: 1 to [`BATCH_MAX`] entries in `field` (400).

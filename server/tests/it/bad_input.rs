@@ -1,5 +1,6 @@
 //! Contract §3, bad input on an open connection: error frames that keep it open,
-//! and the close codes 1003, 1008, 1009 and 1013.
+//! and the close codes 1003, 1008, 1009 and 1013. Bad bodies on the backend, SSE
+//! and admin endpoints: a clear 400, and nothing written or published.
 
 use std::time::Duration;
 
@@ -8,7 +9,22 @@ use herald_shared::{ErrorCode, ServerFrame};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::{self, Db, start, start_with};
+use crate::common::{self, ADMIN_TOKEN, API_KEY, Db, start, start_with};
+
+/// POSTs `body` as is to `url` with `token`; the status and the `{"error"}` text.
+async fn post_raw(url: String, token: &str, body: &str) -> (u16, String) {
+    let r = common::api()
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let v: serde_json::Value = r.json().await.unwrap();
+    (status, v["error"].as_str().unwrap_or_default().to_owned())
+}
 
 async fn expect_error(c: &mut common::Client, want: ErrorCode) -> String {
     match c.frame().await {
@@ -197,4 +213,77 @@ async fn stalled_reader_is_dropped_after_expiry_and_resumes() {
         other => panic!("expected missed, got {other:?}"),
     }
     assert_eq!(got, all);
+}
+
+/// Every body and command frame is a JSON object with named fields: the positional
+/// arrays serde's derives would read (`["u1", {"text": 1}]` for `{"user", "message"}`)
+/// get 400 (`bad_request` on a socket) saying an object was expected, at the top and
+/// inside batches, and nothing is stored or published. The same requests as objects
+/// succeed.
+#[tokio::test]
+async fn bodies_and_frames_must_be_objects_not_arrays() {
+    let s = start(Db::Sqlite).await;
+    let (mut c, _) = s.connect("u1").await;
+    let api = |p: &str| s.http(&format!("/api/v1{p}"));
+    for (url, token, body) in [
+        (api("/notifications"), API_KEY, r#"["u1", {"text": 1}]"#),
+        (
+            api("/notifications/batch"),
+            API_KEY,
+            r#"[[["u1", {"text": 1}]]]"#,
+        ),
+        (
+            api("/notifications/batch"),
+            API_KEY,
+            r#"{"notifications": [["u1", {"text": 1}]]}"#,
+        ),
+        (api("/groups/user_u1/events"), API_KEY, "[1]"),
+        (api("/events/batch"), API_KEY, r#"[[["user_u1", 1]]]"#),
+        (
+            api("/events/batch"),
+            API_KEY,
+            r#"{"events": [["user_u1", 1]]}"#,
+        ),
+        (s.admin_url("/admin/drain"), ADMIN_TOKEN, "[5]"),
+    ] {
+        let (status, error) = post_raw(url.clone(), token, body).await;
+        assert_eq!(status, 400, "{url} {body}: {error}");
+        assert!(
+            error.contains("expected a JSON object"),
+            "{url} {body}: {error}"
+        );
+    }
+    let sse = s.token("u1", &[], 600);
+    let (status, error) =
+        post_raw(s.http("/sse/notifications/commands"), &sse, r#"["ping"]"#).await;
+    assert_eq!(
+        (status, error.contains("expected a JSON object")),
+        (400, true),
+        "{error}"
+    );
+    c.send_text(r#"["ping"]"#).await;
+    let msg = expect_error(&mut c, ErrorCode::BadRequest).await;
+    assert!(msg.contains("expected a JSON object"), "{msg}");
+
+    // Nothing was stored, published or drained.
+    c.silent_for(Duration::from_millis(300)).await;
+    assert_eq!(
+        s.api_get("/api/v1/users/u1/notifications").await["notifications"],
+        json!([])
+    );
+    assert_eq!(s.admin_get("/admin/status").await["state"], "serving");
+
+    // The same, as objects.
+    s.event("user_u1", json!(1)).await;
+    assert_eq!(
+        c.raw().await,
+        json!({"type": "event", "group": "user_u1", "payload": 1})
+    );
+    let n = s.notify("u1", json!({"text": 1})).await;
+    assert_eq!(
+        c.frame().await,
+        ServerFrame::Notification { notification: n }
+    );
+    c.send_json(json!({"type": "ping"})).await;
+    assert_eq!(c.frame().await, ServerFrame::Pong);
 }
