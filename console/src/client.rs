@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use herald_shared::admin::{AdminStatus, ApplyReport, DrainRequest, TuningReport};
+use herald_shared::seconds::Seconds;
 use serde::de::DeserializeOwned;
 
 use crate::scrape::{self, Metrics};
@@ -117,7 +118,9 @@ impl AdminClient {
                 reqwest::Method::POST,
                 format!("{}/admin/drain", base_url(admin)),
             )
-            .json(&DrainRequest { window_s });
+            .json(&DrainRequest {
+                window_s: Seconds::from_secs(window_s),
+            });
         self.send(r).await
     }
 

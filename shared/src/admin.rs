@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::health::{BrokerHealth, NodeState, StoreHealth};
+use crate::seconds::Seconds;
 use crate::wire_enum::wire_enum;
 
 /// `GET /admin/status`.
@@ -26,7 +27,8 @@ pub struct AdminStatus {
 /// `POST /admin/drain`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DrainRequest {
-    pub window_s: u64,
+    /// Seconds, fractions allowed ([`Seconds`]); the node allows 0 to 3600.
+    pub window_s: Seconds,
 }
 
 /// `GET /admin/tuning`: the OS tuning profile against this host.

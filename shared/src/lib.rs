@@ -12,6 +12,7 @@
 //! - [`admin`]: admin API bodies (§6).
 //! - [`api`]: backend API bodies (§4).
 //! - [`object`]: bodies and frames are JSON objects, never positional arrays.
+//! - [`seconds`]: durations as JSON numbers of seconds.
 //! - [`close`]: WebSocket close codes the node uses (§3).
 //! - [`config`]: environment variable names and defaults (§8).
 
@@ -25,6 +26,7 @@ pub mod frames;
 pub mod health;
 pub mod ids;
 pub mod object;
+pub mod seconds;
 
 pub use frames::{ClientFrame, ErrorCode, Notification, ServerFrame};
 pub use ids::{GroupName, IdError, UserId};

@@ -24,7 +24,7 @@ pub async fn drain(
 ) -> Result<(StatusCode, Json<AdminStatus>), ApiError> {
     let req: Result<DrainRequest, ApiError> =
         crate::api::parse_body(body).and_then(|r: DrainRequest| {
-            if r.window_s > DRAIN_WINDOW_MAX_S {
+            if r.window_s.duration() > Duration::from_secs(DRAIN_WINDOW_MAX_S) {
                 Err(ApiError::BadRequest(format!(
                     "window_s must be at most {DRAIN_WINDOW_MAX_S}"
                 )))
@@ -46,7 +46,7 @@ pub async fn drain(
             return Err(e);
         }
     };
-    node.lifecycle.drain(Duration::from_secs(req.window_s));
+    node.lifecycle.drain(req.window_s.duration());
     let status = status_of(&node);
     record(
         &node,

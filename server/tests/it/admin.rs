@@ -365,3 +365,74 @@ async fn audit_log_records_every_admin_action(db: Db) {
     );
     assert_eq!(log.entries[0].args["path"], "/admin/drain");
 }
+
+/// A drain window is a JSON number of seconds, fractions allowed (`5.0`, `0.5`);
+/// a negative, non-numeric, absurd or over-3600 window gets 400 naming the range,
+/// and the node keeps serving.
+#[tokio::test]
+async fn drain_windows_are_seconds_with_fractions() {
+    let s = start(Db::Sqlite).await;
+    let drain = |body: Value| {
+        let req = common::api()
+            .post(s.admin_url("/admin/drain"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    for bad in [
+        json!(-1),
+        json!(-0.5),
+        json!(3600.5),
+        json!(1e300),
+        json!(u64::MAX),
+        json!("5"),
+        json!(null),
+    ] {
+        let (status, body) = drain(json!({ "window_s": bad })).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains("window_s must be at most 3600")
+                || error.contains("expected a number of seconds from 0 to"),
+            "{bad}: {error}"
+        );
+        assert_eq!(
+            s.admin_get("/admin/status").await["state"],
+            "serving",
+            "{bad}"
+        );
+    }
+    let (status, body) = drain(json!({"window_s": 5.0})).await;
+    assert_eq!(
+        (status, &body["state"]),
+        (202, &json!("draining")),
+        "{body}"
+    );
+    let undrain = common::api()
+        .post(s.admin_url("/admin/undrain"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(undrain.status(), 200);
+
+    // A fractional window paces the drain: of two connections, the second closes
+    // half the window (0.2 s) after the first.
+    let (mut a, _) = s.connect("a").await;
+    let (mut b, _) = s.connect("b").await;
+    let started = std::time::Instant::now();
+    let (status, _) = drain(json!({"window_s": 0.4})).await;
+    assert_eq!(status, 202);
+    let (ca, cb) = tokio::join!(a.close_code(), b.close_code());
+    assert_eq!((ca, cb), (1012, 1012));
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(180) && took < std::time::Duration::from_secs(2),
+        "{took:?}"
+    );
+    let log: AuditLog = serde_json::from_value(s.admin_get("/admin/audit?limit=1").await).unwrap();
+    assert_eq!(log.entries[0].args, json!({"window_s": 0.4}));
+}
