@@ -222,7 +222,7 @@ impl Herald {
     ) -> Result<Vec<Notification>, PublishError> {
         check_batch_len(items.len())?;
         for (i, item) in items.iter().enumerate() {
-            self.check_size(&format!("notifications[{i}].message"), &item.message)?;
+            self.check_value(&format!("notifications[{i}].message"), &item.message)?;
         }
         Ok(self.node.publisher.notify_detached(items).await?)
     }
@@ -308,12 +308,12 @@ impl Herald {
     fn json(&self, what: &str, value: &impl Serialize) -> Result<Box<RawValue>, PublishError> {
         let raw = serde_json::value::to_raw_value(value)
             .map_err(|e| PublishError::Invalid(format!("{what} is not JSON: {e}")))?;
-        self.check_size(what, &raw)?;
+        self.check_value(what, &raw)?;
         Ok(raw)
     }
 
-    fn check_size(&self, what: &str, value: &RawValue) -> Result<(), PublishError> {
-        crate::api::check_size(what, value, self.node.config.max_message_bytes)
+    fn check_value(&self, what: &str, value: &RawValue) -> Result<(), PublishError> {
+        crate::api::check_value(what, value, self.node.config.max_message_bytes)
             .map_err(|e| PublishError::Invalid(e.to_string()))
     }
 }

@@ -13,6 +13,7 @@
 //! - [`api`]: backend API bodies (§4).
 //! - [`object`]: bodies and frames are JSON objects, never positional arrays.
 //! - [`seconds`]: durations as JSON numbers of seconds.
+//! - [`depth`]: how deeply a message or payload may nest.
 //! - [`close`]: WebSocket close codes the node uses (§3).
 //! - [`config`]: environment variable names and defaults (§8).
 
@@ -22,6 +23,7 @@ pub mod admin;
 pub mod api;
 pub mod close;
 pub mod config;
+pub mod depth;
 pub mod frames;
 pub mod health;
 pub mod ids;

@@ -4,6 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use herald_shared::api::BATCH_MAX;
+use herald_shared::depth::{MAX_DEPTH, depth};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
@@ -40,12 +41,20 @@ pub fn check_batch_len(field: &str, n: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Enforces the per-message size limit (contract §4: 413).
-pub fn check_size(what: &str, value: &RawValue, max: usize) -> Result<(), ApiError> {
+/// Checks a backend message or payload: its size as posted (contract §4: 413 over
+/// `max` bytes) and its nesting depth (400 over [`MAX_DEPTH`]), a scan of the text
+/// serde_json has already checked, not a second parse.
+pub fn check_value(what: &str, value: &RawValue, max: usize) -> Result<(), ApiError> {
     let len = value.get().len();
     if len > max {
         return Err(ApiError::TooLarge(format!(
             "{what} is {len} bytes; the maximum is {max}"
+        )));
+    }
+    let depth = depth(value.get());
+    if depth > MAX_DEPTH {
+        return Err(ApiError::BadRequest(format!(
+            "{what} nests {depth} levels deep; the maximum is {MAX_DEPTH}"
         )));
     }
     Ok(())

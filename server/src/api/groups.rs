@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use herald_shared::GroupName;
 use herald_shared::api::{Accepted, BatchAccepted, EventBatchRequest, EventRequest};
 
-use super::body::{check_batch_len, check_size, parse};
+use super::body::{check_batch_len, check_value, parse};
 use super::error::ApiError;
 use crate::node::Node;
 
@@ -25,7 +25,7 @@ pub async fn publish_event(
     let group =
         GroupName::parse(group).map_err(|e| ApiError::BadRequest(format!("group name {e}")))?;
     let req: EventRequest = parse(body)?;
-    check_size("payload", &req.payload, node.config.max_message_bytes)?;
+    check_value("payload", &req.payload, node.config.max_message_bytes)?;
     node.publisher
         .event(&group, &req.payload)
         .await
@@ -44,7 +44,7 @@ pub async fn publish_batch(
     let n = batch.events.len();
     check_batch_len("events", n)?;
     for (i, e) in batch.events.iter().enumerate() {
-        check_size(
+        check_value(
             &format!("events[{i}].payload"),
             &e.payload,
             node.config.max_message_bytes,

@@ -6,7 +6,7 @@
 
 mod body;
 pub use body::parse as parse_body;
-pub(crate) use body::{check_batch_len, check_size};
+pub(crate) use body::{check_batch_len, check_value};
 pub mod error;
 mod groups;
 mod health;

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use herald_shared::Notification;
 use herald_shared::api::{BatchRequest, NewNotification, NotificationList};
 
-use super::body::{check_batch_len, check_size, parse};
+use super::body::{check_batch_len, check_value, parse};
 use super::error::ApiError;
 use crate::node::Node;
 
@@ -19,7 +19,7 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Notification>), ApiError> {
     let item: NewNotification = parse(body)?;
-    check_size("message", &item.message, node.config.max_message_bytes)?;
+    check_value("message", &item.message, node.config.max_message_bytes)?;
     let mut stored = notify(&node, vec![item]).await?;
     let n = stored
         .pop()
@@ -34,7 +34,7 @@ pub async fn create_batch(
     let batch: BatchRequest = parse(body)?;
     check_batch_len("notifications", batch.notifications.len())?;
     for (i, item) in batch.notifications.iter().enumerate() {
-        check_size(
+        check_value(
             &format!("notifications[{i}].message"),
             &item.message,
             node.config.max_message_bytes,

@@ -9,7 +9,10 @@ use herald_shared::{ErrorCode, ServerFrame};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::both_stores;
 use crate::common::{self, ADMIN_TOKEN, API_KEY, Db, start, start_with};
+
+both_stores!(json_nested_over_64_levels_is_refused);
 
 /// POSTs `body` as is to `url` with `token`; the status and the `{"error"}` text.
 async fn post_raw(url: String, token: &str, body: &str) -> (u16, String) {
@@ -286,4 +289,97 @@ async fn bodies_and_frames_must_be_objects_not_arrays() {
     );
     c.send_json(json!({"type": "ping"})).await;
     assert_eq!(c.frame().await, ServerFrame::Pong);
+}
+
+/// `n` arrays inside one another around `1`: JSON nested `n` levels deep.
+fn nested(n: usize) -> String {
+    format!("{}1{}", "[".repeat(n), "]".repeat(n))
+}
+
+/// A message or payload nested 65 levels deep gets 400 naming the depth, on every
+/// endpoint that carries backend JSON, and nothing of its request is stored or
+/// published (deeper still, past the store's own JSON limits, the same 400); 64
+/// levels are accepted, stored as sent, and delivered.
+async fn json_nested_over_64_levels_is_refused(db: Db) {
+    let s = start(db).await;
+    let (mut c, _) = s.connect("u1").await;
+    let api = |p: &str| s.http(&format!("/api/v1{p}"));
+    let (ok, deep, deepest) = (nested(64), nested(65), nested(5000));
+    for too_deep in [&deep, &deepest] {
+        for (url, body, what) in [
+            (
+                api("/notifications"),
+                format!(r#"{{"user":"u1","message":{too_deep}}}"#),
+                "message",
+            ),
+            (
+                api("/notifications/batch"),
+                format!(
+                    r#"{{"notifications":[{{"user":"u1","message":1}},{{"user":"u1","message":{too_deep}}}]}}"#
+                ),
+                "notifications[1].message",
+            ),
+            (
+                api("/groups/user_u1/events"),
+                format!(r#"{{"payload":{too_deep}}}"#),
+                "payload",
+            ),
+            (
+                api("/events/batch"),
+                format!(
+                    r#"{{"events":[{{"group":"user_u1","payload":1}},{{"group":"user_u1","payload":{too_deep}}}]}}"#
+                ),
+                "events[1].payload",
+            ),
+        ] {
+            let (status, error) = post_raw(url.clone(), API_KEY, &body).await;
+            assert_eq!(status, 400, "{url}: {error}");
+            assert!(
+                error.starts_with(&format!("{what} nests "))
+                    && error.ends_with("levels deep; the maximum is 64"),
+                "{url}: {error}"
+            );
+        }
+    }
+    let embedded: serde_json::Value = serde_json::from_str(&deep).unwrap();
+    assert!(
+        s.herald.notify("u1", &embedded).await.is_err(),
+        "embedding API too"
+    );
+    c.silent_for(Duration::from_millis(300)).await;
+    assert_eq!(
+        s.api_get("/api/v1/users/u1/notifications").await["notifications"],
+        json!([])
+    );
+
+    let (status, _) = post_raw(
+        api("/groups/user_u1/events"),
+        API_KEY,
+        &format!(r#"{{"payload":{ok}}}"#),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let (status, body) = post_raw(
+        api("/notifications"),
+        API_KEY,
+        &format!(r#"{{"user":"u1","message":{ok}}}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = post_raw(
+        api("/notifications/batch"),
+        API_KEY,
+        &format!(r#"{{"notifications":[{{"user":"u1","message":{ok}}}]}}"#),
+    )
+    .await;
+    assert_eq!(status, 201);
+    match c.frame().await {
+        ServerFrame::Event { payload, .. } => assert_eq!(payload.get(), ok),
+        other => panic!("expected the event, got {other:?}"),
+    }
+    for n in c.notifications(2).await {
+        assert_eq!(n.message.get(), ok);
+    }
+    let listed = s.api_get("/api/v1/users/u1/notifications").await;
+    assert_eq!(listed["notifications"].as_array().unwrap().len(), 2);
 }
