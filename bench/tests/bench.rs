@@ -375,7 +375,7 @@ async fn binary_writes_and_merges_json() {
                 "--node",
                 &node.url(),
                 "--jwt-secret",
-                "s",
+                common::JWT_SECRET,
                 "--api-key",
                 "k",
             ])

@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 const PG_ADMIN: &str = "postgres://root@127.0.0.1:5432/postgres";
-const JWT_SECRET: &str = "rollout-jwt-secret";
+const JWT_SECRET: &str = "rollout-jwt-secret-of-at-least-32-bytes";
 const API_KEY: &str = "rollout-api-key";
 const ADMIN_TOKEN: &str = "rollout-admin-token";
 const USERS: [&str; 4] = ["501", "502", "503", "504"];
@@ -482,6 +482,7 @@ async fn rollout_under_load_loses_nothing() {
     let mut clients = Vec::new();
     for user in USERS {
         let token = secrets.client_token(
+            &herald_server::Config::defaults(),
             &UserId::parse(user).unwrap(),
             &[],
             Duration::from_secs(3600),

@@ -13,16 +13,30 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
+use crate::config::Config;
 use crate::secrets::Secrets;
 
 /// Claims of a client token.
+///
+/// `aud` and `iss` are written when the node is configured with them, and checked
+/// by `jsonwebtoken` from the token itself (where `aud` may also be a list), so they
+/// are never read into this struct.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", skip_deserializing)]
+    pub aud: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", skip_deserializing)]
+    pub iss: Option<String>,
 }
+
+/// The longest client token the node reads. A token is a user id, its groups and
+/// a signature; anything longer is not one of the node's, and is refused before it
+/// is decoded.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// A verified client: its user, the extra groups it may join, when its token expires.
 #[derive(Debug, Clone)]
@@ -51,6 +65,10 @@ pub enum AuthError {
     BadSignature,
     #[error("token expired")]
     Expired,
+    #[error("token not yet valid (nbf is in the future)")]
+    NotYetValid,
+    #[error("token is {0} bytes; the maximum is {MAX_TOKEN_BYTES}")]
+    TooLarge(usize),
     #[error("invalid token claims: {0}")]
     BadClaims(String),
 }
@@ -60,6 +78,8 @@ pub struct Auth {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    audience: Option<String>,
+    issuer: Option<String>,
     api_key: Vec<u8>,
     admin_token: Vec<u8>,
 }
@@ -72,15 +92,38 @@ pub fn now_unix() -> u64 {
 }
 
 impl Auth {
-    pub fn new(secrets: &Secrets) -> Self {
+    /// Checks tokens signed with the secrets' JWT secret, for the audience and issuer
+    /// `cfg` names (each checked only when set).
+    pub fn new(secrets: &Secrets, cfg: &Config) -> Self {
+        // HS256 only: a token naming another algorithm (`none`, HS384, RS256) is not
+        // one this node issued, whatever its signature.
         let mut validation = Validation::new(Algorithm::HS256);
-        // An expired token is expired: no grace period a stolen token could use.
+        // An expired token is expired: no grace period a stolen token could use. The
+        // same (none) for `nbf`: a token is valid from that second on.
         validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        let set = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+        let (audience, issuer) = (set(&cfg.jwt_audience), set(&cfg.jwt_issuer));
+        match &audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            // Unset: a token may carry any `aud` (an identity provider's), unchecked.
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         Self {
             encoding: EncodingKey::from_secret(secrets.jwt_secret.as_bytes()),
             decoding: DecodingKey::from_secret(secrets.jwt_secret.as_bytes()),
             validation,
+            audience,
+            issuer,
             api_key: secrets.api_key.as_bytes().to_vec(),
             admin_token: secrets.admin_token.as_bytes().to_vec(),
         }
@@ -88,12 +131,27 @@ impl Auth {
 
     /// Verifies a client token and validates the names it carries.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLarge(token.len()));
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidAudience => {
+                    AuthError::BadClaims("`aud` is not this node's audience".into())
+                }
+                ErrorKind::InvalidIssuer => {
+                    AuthError::BadClaims("`iss` is not this node's issuer".into())
+                }
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
                 ErrorKind::MissingRequiredClaim(c) => {
                     AuthError::BadClaims(format!("missing `{c}`"))
+                }
+                // The header is JSON but not a header jsonwebtoken reads: almost
+                // always an `alg` it does not know (`none`).
+                ErrorKind::Json(_) if jsonwebtoken::decode_header(token).is_err() => {
+                    AuthError::BadClaims("algorithm must be HS256".into())
                 }
                 ErrorKind::Json(e) => AuthError::BadClaims(e.to_string()),
                 ErrorKind::InvalidAlgorithm => {
@@ -122,6 +180,8 @@ impl Auth {
             sub: user.to_string(),
             exp: now_unix() + ttl_s,
             groups: (!groups.is_empty()).then(|| groups.iter().map(|g| g.to_string()).collect()),
+            aud: self.audience.clone(),
+            iss: self.issuer.clone(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 encoding of plain claims cannot fail")
@@ -157,25 +217,34 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 // nothing of tokens.
 impl Secrets {
     /// A client token for `user` (who may also join `groups`), valid for `ttl`
-    /// (whole seconds), signed with [`Secrets::jwt_secret`]: what `herald-server
-    /// token` prints, and what a node with these secrets accepts.
+    /// (whole seconds), signed with [`Secrets::jwt_secret`] and carrying `cfg`'s
+    /// audience and issuer when set: what `herald-server token` prints, and what a
+    /// node with these secrets and that configuration accepts.
     ///
     /// ```
+    /// use herald_server::Config;
     /// use herald_server::secrets::Secrets;
     /// use herald_shared::{GroupName, UserId};
     ///
     /// let secrets = Secrets {
-    ///     jwt_secret: "s3cret".into(),
+    ///     jwt_secret: "a secret of at least thirty-two bytes".into(),
     ///     api_key: "key".into(),
     ///     admin_token: "admin".into(),
     /// };
     /// let user = UserId::parse("42").unwrap();
     /// let groups = [GroupName::parse("org_5").unwrap()];
-    /// let token = secrets.client_token(&user, &groups, std::time::Duration::from_secs(60));
+    /// let ttl = std::time::Duration::from_secs(60);
+    /// let token = secrets.client_token(&Config::defaults(), &user, &groups, ttl);
     /// assert_eq!(token.split('.').count(), 3, "a JWT");
     /// ```
-    pub fn client_token(&self, user: &UserId, groups: &[GroupName], ttl: Duration) -> String {
-        Auth::new(self).issue(user, groups, ttl.as_secs())
+    pub fn client_token(
+        &self,
+        cfg: &Config,
+        user: &UserId,
+        groups: &[GroupName],
+        ttl: Duration,
+    ) -> String {
+        Auth::new(self, cfg).issue(user, groups, ttl.as_secs())
     }
 }
 
@@ -184,11 +253,16 @@ mod tests {
     use super::*;
 
     fn auth(secret: &str) -> Auth {
-        Auth::new(&Secrets {
+        auth_with(secret, &[])
+    }
+
+    fn auth_with(secret: &str, flags: &[&str]) -> Auth {
+        let secrets = Secrets {
             jwt_secret: secret.into(),
             api_key: "api".into(),
             admin_token: "adm".into(),
-        })
+        };
+        Auth::new(&secrets, &Config::from_args(flags.iter().copied()).unwrap())
     }
 
     fn sign(secret: &str, claims: &serde_json::Value) -> String {
@@ -238,6 +312,102 @@ mod tests {
             &serde_json::json!({"sub": "42", "exp": exp, "groups": ["a/b"]}),
         );
         assert!(matches!(a.verify(&t).unwrap_err(), AuthError::BadClaims(_)));
+    }
+
+    /// A token with any header and claims, and a signature that is not checked
+    /// before the header is.
+    fn forged(header: &str, claims: &serde_json::Value) -> String {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        format!(
+            "{}.{}.{}",
+            b64(header.as_bytes()),
+            b64(claims.to_string().as_bytes()),
+            b64(b"sig")
+        )
+    }
+
+    #[test]
+    fn algorithms_other_than_hs256_are_refused() {
+        let a = auth("s");
+        let claims = serde_json::json!({"sub": "42", "exp": now_unix() + 60});
+        for alg in ["none", "HS384", "HS512", "RS256", "ES256", "EdDSA"] {
+            let t = forged(&format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#), &claims);
+            assert_eq!(
+                a.verify(&t).unwrap_err(),
+                AuthError::BadClaims("algorithm must be HS256".into()),
+                "{alg}"
+            );
+        }
+        let hs384 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS384),
+            &claims,
+            &EncodingKey::from_secret(b"s"),
+        )
+        .unwrap();
+        assert_eq!(
+            a.verify(&hs384).unwrap_err(),
+            AuthError::BadClaims("algorithm must be HS256".into())
+        );
+    }
+
+    #[test]
+    fn nbf_aud_iss_and_size() {
+        let a = auth("s");
+        let now = now_unix();
+        let t = sign(
+            "s",
+            &serde_json::json!({"sub": "42", "exp": now + 60, "nbf": now + 30}),
+        );
+        assert_eq!(a.verify(&t).unwrap_err(), AuthError::NotYetValid);
+        let t = sign(
+            "s",
+            &serde_json::json!({"sub": "42", "exp": now + 60, "nbf": now}),
+        );
+        assert!(a.verify(&t).is_ok(), "valid from its nbf second on");
+        // Unset audience and issuer: carried, not checked.
+        let t = sign(
+            "s",
+            &serde_json::json!({"sub": "42", "exp": now + 60, "aud": ["x", "y"], "iss": "z"}),
+        );
+        assert!(a.verify(&t).is_ok());
+
+        let a = auth_with("s", &["--jwt-audience", "herald", "--jwt-issuer", "idp"]);
+        let ok = serde_json::json!({"sub": "42", "exp": now + 60, "aud": "herald", "iss": "idp"});
+        assert!(a.verify(&sign("s", &ok)).is_ok());
+        let mut list = ok.clone();
+        list["aud"] = serde_json::json!(["other", "herald"]);
+        assert!(
+            a.verify(&sign("s", &list)).is_ok(),
+            "one of a list of audiences"
+        );
+        for (field, value, why) in [
+            ("aud", Some("other"), "`aud` is not this node's audience"),
+            ("iss", Some("other"), "`iss` is not this node's issuer"),
+            ("aud", None, "missing `aud`"),
+            ("iss", None, "missing `iss`"),
+        ] {
+            let mut c = ok.clone();
+            match value {
+                Some(v) => c[field] = serde_json::json!(v),
+                None => {
+                    c.as_object_mut().unwrap().remove(field);
+                }
+            }
+            assert_eq!(
+                a.verify(&sign("s", &c)).unwrap_err(),
+                AuthError::BadClaims(why.into())
+            );
+        }
+        // What the node issues carries both.
+        let user = UserId::parse("42").unwrap();
+        assert!(a.verify(&a.issue(&user, &[], 60)).is_ok());
+
+        let huge = "a".repeat(MAX_TOKEN_BYTES + 1);
+        assert_eq!(
+            a.verify(&huge).unwrap_err(),
+            AuthError::TooLarge(MAX_TOKEN_BYTES + 1)
+        );
     }
 
     #[test]

@@ -91,6 +91,14 @@ pub struct Config {
     #[arg(long, env = names::JWT_SECRET, hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
+    /// The `aud` every client token must carry (unset: `aud` is not checked).
+    #[arg(long, env = names::JWT_AUDIENCE)]
+    pub jwt_audience: Option<String>,
+
+    /// The `iss` every client token must carry (unset: `iss` is not checked).
+    #[arg(long, env = names::JWT_ISSUER)]
+    pub jwt_issuer: Option<String>,
+
     /// Bearer key for the backend API (generated on a single node when unset).
     #[arg(long, env = names::API_KEY, hide_env_values = true)]
     pub api_key: Option<String>,

@@ -33,7 +33,10 @@ fn print_token(cfg: &Config, user: &str, groups: &[String], ttl: u64) -> anyhow:
         .map(|g| GroupName::parse(g.as_str()).map_err(|e| anyhow::anyhow!("--groups {g:?}: {e}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let ttl = std::time::Duration::from_secs(ttl);
-    println!("{}", resolved.secrets.client_token(&user, &groups, ttl));
+    println!(
+        "{}",
+        resolved.secrets.client_token(cfg, &user, &groups, ttl)
+    );
     Ok(())
 }
 
@@ -70,7 +73,7 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// What a first-time user needs to try the node at once.
 fn print_banner(cfg: &Config, s: &secrets::Secrets, path: &std::path::Path) {
     let day = std::time::Duration::from_secs(24 * 3600);
-    let token = s.client_token(&UserId::parse("42").expect("valid"), &[], day);
+    let token = s.client_token(cfg, &UserId::parse("42").expect("valid"), &[], day);
     let http = format!("http://{}", cfg.listen);
     let ws = format!("ws://{}", cfg.listen);
     // The token rides in the URL fragment, which the browser never sends to a server.

@@ -40,6 +40,12 @@ pub enum SecretsError {
     /// nodes of a cluster cannot each generate their own.
     #[error("cluster mode (REDIS_URL set) needs {0}: every node must share it")]
     MissingInCluster(&'static str),
+    /// The JWT secret is shorter than [`MIN_JWT_SECRET_BYTES`].
+    #[error(
+        "HERALD_JWT_SECRET is {0} bytes; it must be at least {MIN_JWT_SECRET_BYTES} \
+         (e.g. `openssl rand -hex 32`)"
+    )]
+    JwtSecretTooShort(usize),
     /// The secrets file could not be read or written.
     #[error("secrets file {path}: {source}")]
     Io {
@@ -58,6 +64,12 @@ pub enum SecretsError {
     },
 }
 
+/// The shortest JWT secret a node accepts. HS256 is as strong as its key, and a
+/// short one can be found by trying candidates offline against a single token; RFC
+/// 7518 (3.2) asks for a key at least as long as the hash: 32 bytes. Generated
+/// secrets are 48.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
 fn random_token() -> String {
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
@@ -68,6 +80,15 @@ fn random_token() -> String {
 /// (kept in `<data dir>/secrets.json`; never in cluster mode). The node does the same
 /// at start, so a tool calling this with the node's config gets the node's secrets.
 pub fn resolve(cfg: &Config) -> Result<Resolved, SecretsError> {
+    let resolved = resolve_any(cfg)?;
+    let len = resolved.secrets.jwt_secret.len();
+    if len < MIN_JWT_SECRET_BYTES {
+        return Err(SecretsError::JwtSecretTooShort(len));
+    }
+    Ok(resolved)
+}
+
+fn resolve_any(cfg: &Config) -> Result<Resolved, SecretsError> {
     let given = (
         cfg.jwt_secret.clone().filter(|s| !s.is_empty()),
         cfg.api_key.clone().filter(|s| !s.is_empty()),
@@ -165,16 +186,44 @@ mod tests {
 
     #[test]
     fn cluster_mode_refuses_to_generate() {
-        let c = cfg(&["--redis-url", "redis://127.0.0.1", "--jwt-secret", "x"]);
+        let c = cfg(&["--redis-url", "redis://127.0.0.1", "--jwt-secret", LONG]);
         let err = resolve(&c).unwrap_err();
         assert!(err.to_string().contains("HERALD_API_KEY"), "{err}");
     }
 
+    const LONG: &str = "0123456789abcdef0123456789abcdef";
+
     #[test]
     fn given_values_win() {
-        let c = cfg(&["--jwt-secret", "j", "--api-key", "a", "--admin-token", "t"]);
+        let c = cfg(&["--jwt-secret", LONG, "--api-key", "a", "--admin-token", "t"]);
         let r = resolve(&c).unwrap();
         assert_eq!(r.secrets.api_key, "a");
         assert!(r.generated_in.is_none());
+    }
+
+    #[test]
+    fn a_short_jwt_secret_is_refused() {
+        let short = &LONG[1..];
+        let c = cfg(&[
+            "--jwt-secret",
+            short,
+            "--api-key",
+            "a",
+            "--admin-token",
+            "t",
+        ]);
+        let err = resolve(&c).unwrap_err().to_string();
+        assert!(
+            err.contains("HERALD_JWT_SECRET is 31 bytes; it must be at least 32"),
+            "{err}"
+        );
+        // Also when the other two come from the secrets file.
+        let dir = std::env::temp_dir().join(format!("herald-secrets-{}", random_token()));
+        let c = cfg(&["--data-dir", dir.to_str().unwrap(), "--jwt-secret", short]);
+        assert!(matches!(
+            resolve(&c),
+            Err(SecretsError::JwtSecretTooShort(31))
+        ));
+        std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -158,7 +158,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
     tracing::info!(node = %id, store = store.kind(), broker = broker.kind(), capacity, fd_limit, "node ready");
     Ok(Arc::new(Node {
         id,
-        auth: Auth::new(&secrets),
+        auth: Auth::new(&secrets, &cfg),
         lifecycle: Lifecycle::new(hub.clone(), metrics.clone(), tasks.clone()),
         config: cfg,
         store,

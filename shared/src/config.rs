@@ -7,6 +7,8 @@ pub const NODE_ID: &str = "HERALD_NODE_ID";
 pub const DATABASE_URL: &str = "DATABASE_URL";
 pub const REDIS_URL: &str = "REDIS_URL";
 pub const JWT_SECRET: &str = "HERALD_JWT_SECRET";
+pub const JWT_AUDIENCE: &str = "HERALD_JWT_AUDIENCE";
+pub const JWT_ISSUER: &str = "HERALD_JWT_ISSUER";
 pub const API_KEY: &str = "HERALD_API_KEY";
 pub const ADMIN_TOKEN: &str = "HERALD_ADMIN_TOKEN";
 

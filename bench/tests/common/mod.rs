@@ -9,7 +9,8 @@ use herald_bench::config::{Cli, Command, RampArgs, RunArgs};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-pub const JWT_SECRET: &str = "s";
+/// At least 32 bytes, as every node requires.
+pub const JWT_SECRET: &str = "bench-test-jwt-secret-of-32-bytes-or-more";
 pub const API_KEY: &str = "k";
 pub const ADMIN_TOKEN: &str = "t";
 

@@ -39,7 +39,8 @@ export const OUTPUT_DIR = path.join(JS_ROOT, 'test/output');
 export const LIBRARY_PATH = path.join(JS_ROOT, 'src/herald.js');
 
 const tag = () => crypto.randomBytes(6).toString('hex');
-export const JWT_SECRET = `jwt-${tag()}`;
+// At least 32 bytes, as every node requires.
+export const JWT_SECRET = `jwt-${tag()}-${tag()}-${tag()}`;
 export const API_KEY = `api-${tag()}`;
 export const ADMIN_TOKEN = `admin-${tag()}`;
 export const REDIS_URL = process.env.HERALD_TEST_REDIS_URL || 'redis://127.0.0.1:6379';

@@ -51,7 +51,7 @@ pub async fn start_node(id: &str, somaxconn: u32, lenient: bool, extra: &[&str])
         "--data-dir",
         &d,
         "--jwt-secret",
-        "x",
+        "console-test-jwt-secret-of-32-bytes-or-more",
         "--api-key",
         API_KEY,
         "--admin-token",

@@ -490,7 +490,7 @@ mod tests {
             "--data-dir",
             &dir.path().display().to_string(),
             "--jwt-secret",
-            "s",
+            "session-test-jwt-secret-of-32-bytes-or-more",
             "--api-key",
             "k",
             "--admin-token",

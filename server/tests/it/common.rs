@@ -19,7 +19,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 pub const API_KEY: &str = "test-api-key";
 pub const ADMIN_TOKEN: &str = "test-admin-token";
-pub const JWT_SECRET: &str = "test-jwt-secret";
+/// At least 32 bytes, as every node requires (PROTOCOL.md 8).
+pub const JWT_SECRET: &str = "test-jwt-secret-at-least-32-bytes-long";
 /// How long a test waits for any one frame before failing.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 

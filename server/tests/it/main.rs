@@ -22,3 +22,4 @@ mod redis_cluster;
 mod seam;
 mod sse;
 mod startup;
+mod tokens;

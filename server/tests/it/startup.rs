@@ -356,7 +356,7 @@ async fn environment_variables_are_honoured() {
     let mut cmd = bin(dir.path());
     cmd.env("HERALD_NODE_ID", "env-node-1")
         .env("DATABASE_URL", format!("sqlite://{}", db.display()))
-        .env("HERALD_JWT_SECRET", "env-jwt")
+        .env("HERALD_JWT_SECRET", "env-jwt-secret-of-at-least-32-bytes")
         .env("HERALD_API_KEY", "env-api")
         .env("HERALD_ADMIN_TOKEN", "env-admin");
     let mut p = Proc::spawn(cmd);
@@ -381,12 +381,20 @@ async fn environment_variables_are_honoured() {
     assert_eq!(r.status(), 401, "another admin token is refused");
 
     // HERALD_JWT_SECRET signs client tokens; another secret's tokens are refused.
-    let token =
-        secrets("env-jwt", "-", "-").client_token(&UserId::parse("e1").unwrap(), &[], TEN_MIN);
+    let token = secrets("env-jwt-secret-of-at-least-32-bytes", "-", "-").client_token(
+        &herald_server::Config::defaults(),
+        &UserId::parse("e1").unwrap(),
+        &[],
+        TEN_MIN,
+    );
     let (mut c, user, node, _) = connect(&p.ws(&token)).await;
     assert_eq!((user.as_str(), node.as_str()), ("e1", "env-node-1"));
-    let foreign =
-        secrets(JWT_SECRET, "-", "-").client_token(&UserId::parse("e1").unwrap(), &[], TEN_MIN);
+    let foreign = secrets(JWT_SECRET, "-", "-").client_token(
+        &herald_server::Config::defaults(),
+        &UserId::parse("e1").unwrap(),
+        &[],
+        TEN_MIN,
+    );
     let (status, body, _) = common::refused(&p.ws(&foreign), &[]).await;
     assert_eq!(status, 401, "{body}");
 
@@ -671,7 +679,10 @@ async fn token_command_prints_an_accepted_jwt() {
 
     // Signed with the configured secret: a different one makes a token the node refuses.
     let out = bin(dir.path())
-        .env("HERALD_JWT_SECRET", "some-other-secret")
+        .env(
+            "HERALD_JWT_SECRET",
+            "some-other-secret-of-at-least-32-bytes",
+        )
         .env("HERALD_API_KEY", API_KEY)
         .env("HERALD_ADMIN_TOKEN", ADMIN_TOKEN)
         .args(["token", "--user", "42"])
@@ -706,7 +717,12 @@ async fn sigterm_drains_with_1012_and_exits_0() {
     let secrets = secrets(JWT_SECRET, API_KEY, ADMIN_TOKEN);
     let mut clients = Vec::new();
     for u in ["s1", "s2", "s3"] {
-        let t = secrets.client_token(&UserId::parse(u).unwrap(), &[], TEN_MIN);
+        let t = secrets.client_token(
+            &herald_server::Config::defaults(),
+            &UserId::parse(u).unwrap(),
+            &[],
+            TEN_MIN,
+        );
         clients.push(connect(&p.ws(&t)).await.0);
     }
 
