@@ -410,6 +410,47 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any text as a token: refused with a reason (never a panic); over the
+        /// size limit, refused for its size before anything else.
+        #[test]
+        fn any_text_is_refused_with_a_reason(
+            t in proptest::prop_oneof![
+                ".{0,64}",
+                "[A-Za-z0-9_-]{0,40}\\.[A-Za-z0-9_-]{0,40}\\.[A-Za-z0-9_-]{0,40}",
+                "[a.]{8190,8200}",
+            ]
+        ) {
+            let e = auth("s").verify(&t).unwrap_err();
+            if t.len() > MAX_TOKEN_BYTES {
+                proptest::prop_assert_eq!(e, AuthError::TooLarge(t.len()));
+            } else {
+                proptest::prop_assert!(!e.to_string().is_empty());
+            }
+        }
+
+        /// Any claims, correctly signed: accepted only with a valid `sub`, a future
+        /// `exp`, and valid `groups`; refused with a reason otherwise.
+        #[test]
+        fn signed_claims_are_checked(
+            sub in proptest::option::of(".{0,8}"),
+            exp_in in proptest::option::of(proptest::prop_oneof![-100i64..-1, 2i64..100]),
+            groups in proptest::option::of(proptest::collection::vec(".{0,6}", 0..3)),
+        ) {
+            let mut c = serde_json::Map::new();
+            if let Some(s) = &sub { c.insert("sub".into(), s.clone().into()); }
+            if let Some(e) = exp_in { c.insert("exp".into(), (now_unix() as i64 + e).into()); }
+            if let Some(g) = &groups { c.insert("groups".into(), g.clone().into()); }
+            let valid = sub.as_deref().is_some_and(|s| UserId::parse(s).is_ok())
+                && exp_in.is_some_and(|e| e > 0)
+                && groups.iter().flatten().all(|g| GroupName::parse(g.as_str()).is_ok());
+            let r = auth("s").verify(&sign("s", &serde_json::Value::Object(c)));
+            proptest::prop_assert_eq!(r.is_ok(), valid, "{:?}", r.err());
+        }
+    }
+
     #[test]
     fn bearer_secrets_compare_exactly() {
         let a = auth("s");

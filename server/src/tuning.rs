@@ -319,6 +319,56 @@ mod tests {
         assert_eq!(ops, [(TuningOp::AtLeast, "1"), (TuningOp::AtMost, "2")]);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any text: a profile, or one of the documented refusals naming its line.
+        #[test]
+        fn any_text_parses_or_names_its_line(
+            lines in proptest::collection::vec(
+                "(profile|nofile|[a-z]{1,4}(\\.[a-z_]{1,4}){0,2}|\\.\\./x)? ?(>=|<=|=|#)? ?([0-9]{1,3}|x)? ?([0-9]{1,3})?",
+                0..6,
+            )
+        ) {
+            let text = lines.join("\n");
+            match Profile::parse(&text) {
+                Ok(p) => {
+                    proptest::prop_assert!(p.items.len() <= lines.len());
+                    for i in &p.items {
+                        proptest::prop_assert!(i.want.split(' ').all(|n| n.parse::<u64>().is_ok()));
+                    }
+                }
+                Err(e) => {
+                    let line = e
+                        .strip_prefix("profile line ")
+                        .and_then(|r| r.split(':').next())
+                        .and_then(|n| n.parse::<usize>().ok());
+                    proptest::prop_assert!(
+                        line.is_some_and(|n| (1..=lines.len()).contains(&n))
+                            || e == "profile has no `profile = <name>` line",
+                        "{e}"
+                    );
+                }
+            }
+        }
+
+        /// Well-formed items read back as written.
+        #[test]
+        fn well_formed_profiles_read_back(
+            items in proptest::collection::vec(("[a-z]{1,5}\\.[a-z_]{1,5}", 0usize..3, proptest::num::u64::ANY), 0..5)
+        ) {
+            let ops = [TuningOp::AtLeast, TuningOp::AtMost, TuningOp::Exactly];
+            let mut text = String::from("profile = p\n");
+            for (k, op, n) in &items {
+                text.push_str(&format!("{k} {} {n}  # note\n", ops[*op].as_str()));
+            }
+            let p = Profile::parse(&text).unwrap();
+            let got: Vec<_> = p.items.iter().map(|i| (i.key.clone(), i.op, i.want.clone())).collect();
+            let want: Vec<_> = items.iter().map(|(k, op, n)| (k.clone(), ops[*op], n.to_string())).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
     #[test]
     fn comparisons() {
         assert!(satisfied(TuningOp::AtLeast, "65535", "65535"));

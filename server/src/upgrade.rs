@@ -184,3 +184,28 @@ fn identify(
         .ok_or(AuthError::Missing)?;
     node.auth.verify(token)
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// `after` is any integer ≥ 0; anything else is a 400 naming what was sent.
+        #[test]
+        fn after_is_a_non_negative_integer(a in prop_oneof![".{0,12}", "-?[0-9]{1,20}"]) {
+            let want = a.parse::<i64>().ok().filter(|n| *n >= 0);
+            match parse_after(&a) {
+                Ok(n) => prop_assert_eq!(Some(n), want),
+                Err(ApiError::BadRequest(why)) => {
+                    prop_assert!(want.is_none());
+                    prop_assert_eq!(why, format!("after must be a notification id (got {a:?})"));
+                }
+                Err(other) => prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
+}

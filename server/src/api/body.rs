@@ -59,3 +59,62 @@ pub fn check_value(what: &str, value: &RawValue, max: usize) -> Result<(), ApiEr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use herald_shared::admin::DrainRequest;
+    use herald_shared::api::{BatchRequest, EventBatchRequest, EventRequest, NewNotification};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn status<T: DeserializeOwned>(bytes: &[u8]) -> Result<(), String> {
+        match parse::<T>(Ok(Bytes::copy_from_slice(bytes))) {
+            Ok(_) => Ok(()),
+            Err(ApiError::BadRequest(why)) => Err(why),
+            Err(other) => panic!("a body is 400 or read, never {other:?}"),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any bytes, as any body: read, or a 400 that says why.
+        #[test]
+        fn any_body_is_read_or_a_400(
+            bytes in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..128),
+                "[\\[\\]{}\":,0-9a-z_ .-]{0,48}".prop_map(String::into_bytes),
+            ]
+        ) {
+            for r in [
+                status::<NewNotification>(&bytes),
+                status::<BatchRequest>(&bytes),
+                status::<EventRequest>(&bytes),
+                status::<EventBatchRequest>(&bytes),
+                status::<DrainRequest>(&bytes),
+            ] {
+                if let Err(why) = r {
+                    prop_assert!(!why.is_empty());
+                }
+            }
+        }
+
+        /// A value is accepted exactly when it is within the size and the depth.
+        #[test]
+        fn values_are_checked_for_size_then_depth(depth in 0usize..80, pad in 0usize..64) {
+            let text = format!("{}\"{}\"{}", "[".repeat(depth), "x".repeat(pad), "]".repeat(depth));
+            let value = RawValue::from_string(text.clone()).unwrap();
+            let max = 120;
+            match check_value("message", &value, max) {
+                Ok(()) => prop_assert!(text.len() <= max && depth <= MAX_DEPTH),
+                Err(ApiError::TooLarge(_)) => prop_assert!(text.len() > max),
+                Err(ApiError::BadRequest(why)) => {
+                    prop_assert!(text.len() <= max && depth > MAX_DEPTH);
+                    prop_assert_eq!(why, format!("message nests {depth} levels deep; the maximum is 64"));
+                }
+                Err(other) => prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
+}
