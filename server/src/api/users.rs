@@ -85,6 +85,8 @@ pub async fn presence(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -105,5 +107,40 @@ mod tests {
         assert!(list_query(&q(&[("limit", "x")])).is_err());
         assert!(list_query(&q(&[("before", "-1")])).is_err());
         assert!(list_query(&q(&[("unread", "yes")])).is_err());
+    }
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any `unread`, `limit` and `before`: the documented values are read, and
+        /// anything else is a 400 naming the parameter.
+        #[test]
+        fn any_listing_parameters(
+            unread in proptest::option::of(prop_oneof!["true|false|0|1", ".{0,5}"]),
+            limit in proptest::option::of(prop_oneof!["-?[0-9]{1,5}", ".{0,5}"]),
+            before in proptest::option::of(prop_oneof!["-?[0-9]{1,20}", ".{0,5}"]),
+        ) {
+            let mut q = HashMap::new();
+            for (k, v) in [("unread", &unread), ("limit", &limit), ("before", &before)] {
+                if let Some(v) = v {
+                    q.insert(k.to_owned(), v.clone());
+                }
+            }
+            let unread_ok = unread.as_deref().is_none_or(|v| ["true", "false", "0", "1"].contains(&v));
+            let limit_ok = limit.as_deref().is_none_or(|v| v.parse::<i64>().is_ok_and(|l| (1..=LIST_MAX).contains(&l)));
+            let before_ok = before.as_deref().is_none_or(|v| v.parse::<i64>().is_ok_and(|b| b > 0));
+            match list_query(&q) {
+                Ok(l) => {
+                    prop_assert!(unread_ok && limit_ok && before_ok);
+                    prop_assert_eq!(l.limit, limit.map_or(50, |v| v.parse().unwrap()));
+                    prop_assert_eq!(l.unread_only, matches!(unread.as_deref(), Some("true" | "1")));
+                }
+                Err(ApiError::BadRequest(why)) => {
+                    let first = if !unread_ok { "unread" } else if !limit_ok { "limit" } else { "before" };
+                    prop_assert!(!(unread_ok && limit_ok && before_ok));
+                    prop_assert!(why.starts_with(first), "{why}");
+                }
+                Err(other) => prop_assert!(false, "{other:?}"),
+            }
+        }
     }
 }

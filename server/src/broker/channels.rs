@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use herald_shared::GroupName;
+use herald_shared::depth::{MAX_DEPTH, depth};
 use herald_shared::frames::encode_event;
 
 use crate::outbox::Delivery;
@@ -41,6 +42,11 @@ pub fn decode(
         return None;
     }
     let raw = serde_json::value::to_raw_value(&message).ok()?;
+    // The same nesting limit as an event posted to the API: deeper reaches clients
+    // whose parsers stop short of it.
+    if depth(raw.get()) > MAX_DEPTH {
+        return None;
+    }
     let frame = encode_event(group.as_str(), &raw);
     Some((group, Delivery::event(frame)))
 }
@@ -77,5 +83,35 @@ mod tests {
         let mut trailing = payload.clone();
         trailing.push(0x01);
         assert!(decode("asgi", "asgi__group__g", &trailing).is_none());
+    }
+
+    /// A message nested past [`MAX_DEPTH`] (the map counts as one level) is
+    /// dropped, as the API would refuse it; at the limit it is delivered.
+    #[test]
+    fn deep_messages_are_dropped() {
+        let nest = |n: usize| {
+            let mut v = serde_json::json!(1);
+            for _ in 0..n {
+                v = serde_json::json!([v]);
+            }
+            rmp_serde::to_vec_named(&serde_json::json!({ "type": "x", "v": v })).unwrap()
+        };
+        assert!(decode("asgi", "asgi__group__g", &nest(MAX_DEPTH - 1)).is_some());
+        assert!(decode("asgi", "asgi__group__g", &nest(MAX_DEPTH)).is_none());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever Redis carries on a channels group channel: an event for a valid
+        /// group, or nothing (the caller logs it); never a panic.
+        #[test]
+        fn any_payload_is_an_event_or_nothing(payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128)) {
+            if let Some((g, d)) = decode("asgi", "asgi__group__g", &payload) {
+                proptest::prop_assert_eq!(g.as_str(), "g");
+                let prefix = r#"{"type":"event","group":"g","payload":{"#;
+                proptest::prop_assert!(d.frame.as_str().starts_with(prefix), "{}", d.frame.as_str());
+            }
+        }
     }
 }

@@ -70,6 +70,27 @@ mod tests {
         assert!(back.notification.is_none());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any bytes on a group channel: a delivery or nothing, never a panic; a
+        /// delivery's tag, if any, has a valid user.
+        #[test]
+        fn any_bytes_decode_or_not(
+            head in "\\{(\"t\":[0-9]{1,3})?,?(\"id\":-?[0-9]{1,3})?,?(\"u\":\"[a-z ]{0,3}\")?\\}|.{0,12}",
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16),
+        ) {
+            let mut bytes = head.into_bytes();
+            bytes.push(b'\n');
+            bytes.extend(tail);
+            if let Some(d) = decode(&bytes) {
+                if let Some(tag) = &d.notification {
+                    proptest::prop_assert!(UserId::parse(tag.user.as_str()).is_ok());
+                }
+            }
+        }
+    }
+
     #[test]
     fn garbage_is_refused() {
         assert!(decode(b"no header").is_none());
