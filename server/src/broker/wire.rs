@@ -73,20 +73,31 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
 
-        /// Any bytes on a group channel: a delivery or nothing, never a panic; a
-        /// delivery's tag, if any, has a valid user.
+        /// Any bytes on a group channel: a delivery exactly when the header line
+        /// reads, the frame is UTF-8 and a notification's user is valid; the frame
+        /// is then the bytes after the header, unchanged. Never a panic.
         #[test]
         fn any_bytes_decode_or_not(
             head in "\\{(\"t\":[0-9]{1,3})?,?(\"id\":-?[0-9]{1,3})?,?(\"u\":\"[a-z ]{0,3}\")?\\}|.{0,12}",
             tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16),
         ) {
+            let nl = head.len();
             let mut bytes = head.into_bytes();
             bytes.push(b'\n');
             bytes.extend(tail);
-            if let Some(d) = decode(&bytes) {
-                if let Some(tag) = &d.notification {
-                    proptest::prop_assert!(UserId::parse(tag.user.as_str()).is_ok());
+            let nl = bytes[..=nl].iter().position(|b| *b == b'\n').unwrap();
+            let header = serde_json::from_slice::<Header>(&bytes[..nl]).ok();
+            let frame = std::str::from_utf8(&bytes[nl + 1..]).ok();
+            let user_ok = header.as_ref().is_some_and(|h| match (h.id, h.u) {
+                (Some(_), Some(u)) => UserId::parse(u).is_ok(),
+                _ => true,
+            });
+            match decode(&bytes) {
+                Some(d) => {
+                    proptest::prop_assert!(user_ok);
+                    proptest::prop_assert_eq!(Some(d.frame.as_str()), frame);
                 }
+                None => proptest::prop_assert!(header.is_none() || frame.is_none() || !user_ok),
             }
         }
     }
