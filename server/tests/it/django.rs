@@ -338,3 +338,30 @@ async fn another_channels_prefix_is_not_delivered() {
     );
     cl.silent_for(Duration::from_millis(300)).await;
 }
+
+/// A `group_send` message nested past 64 levels (the message map is one) is not
+/// delivered, as the API would refuse it as an event; one at 64 levels is. Sent in
+/// order on one connection, the 64-level one arriving first proves the deeper one
+/// before it was dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_send_deeper_than_64_levels_is_dropped() {
+    python().await;
+    let c = Cluster::start(1).await;
+    until_ready(&c.nodes).await;
+    let (mut cl, _) = c.nodes[0].connect("42").await;
+    // The map, plus `levels - 1` arrays inside it.
+    let nested = |levels: usize| {
+        let mut v = json!(1);
+        for _ in 1..levels {
+            v = json!([v]);
+        }
+        json!({"type": "deep", "v": v})
+    };
+    let (deep, ok) = (nested(65), nested(64));
+    django_group_send(&c.asgi, &[("user_42", deep), ("user_42", ok.clone())]).await;
+    assert_eq!(
+        wire_frame(&mut cl).await,
+        json!({"type": "event", "group": "user_42", "payload": ok})
+    );
+    cl.silent_for(Duration::from_millis(300)).await;
+}
