@@ -68,11 +68,12 @@ pub async fn run(
     let early = TcpListener::from_std(std_listener.try_clone()?)?;
     let public = TcpListener::from_std(std_listener)?;
     let starting = tokio_util::sync::CancellationToken::new();
-    let early_srv = tokio::spawn(
-        axum::serve(early, crate::api::starting_router())
-            .with_graceful_shutdown(starting.clone().cancelled_owned())
-            .into_future(),
-    );
+    let early_srv = tokio::spawn(crate::accept::serve(
+        early,
+        crate::api::starting_router(),
+        crate::accept::Options::public(&cfg),
+        starting.clone(),
+    ));
     // A stop requested while the store is still being reached ends start-up cleanly.
     let mut shutdown = std::pin::pin!(shutdown);
     let started = tokio::select! {

@@ -72,11 +72,7 @@ impl Node {
     /// Re-reads the open-file limit (after tuning raised it) and the capacity it allows.
     pub fn refresh_limits(&self) {
         let fd_limit = crate::limits::fd_limit();
-        let capacity = crate::limits::capacity(
-            fd_limit,
-            self.config.fd_reserve,
-            self.config.max_connections,
-        );
+        let capacity = crate::limits::capacity_for(&self.config, fd_limit);
         self.fd_limit.store(fd_limit, Ordering::Relaxed);
         self.capacity.store(capacity, Ordering::Relaxed);
         self.metrics.fd_limit.set(fd_limit as i64);

@@ -1219,14 +1219,24 @@ mod tests {
         assert_eq!(fake.core.health(), BrokerHealth::Down);
         let (other, _member) = member(&fake, "org_2");
         fake.subscribe(&other).await.unwrap();
-        assert_eq!(started.elapsed(), COMMAND_TIMEOUT, "no wait without a subscriber");
+        assert_eq!(
+            started.elapsed(),
+            COMMAND_TIMEOUT,
+            "no wait without a subscriber"
+        );
         // Redis answers again: a new subscriber, with both groups resubscribed.
         fake.gate.add_permits(1);
         tokio::time::sleep(RECONNECT_FIRST * 2).await;
         assert_eq!(fake.opens.load(Ordering::Relaxed), 2);
         let resubscribed = fake.listened.lock().unwrap().last().cloned().unwrap();
-        assert!(resubscribed.contains(&"h:g:org_1".to_owned()), "{resubscribed:?}");
-        assert!(resubscribed.contains(&"h:g:org_2".to_owned()), "{resubscribed:?}");
+        assert!(
+            resubscribed.contains(&"h:g:org_1".to_owned()),
+            "{resubscribed:?}"
+        );
+        assert!(
+            resubscribed.contains(&"h:g:org_2".to_owned()),
+            "{resubscribed:?}"
+        );
         tasks.stop(Duration::from_secs(1)).await;
     }
 

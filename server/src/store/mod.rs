@@ -199,20 +199,19 @@ pub async fn connect(
     let service = if postgres { "PostgreSQL" } else { "SQLite" };
     let mut delay = Duration::from_millis(200);
     loop {
-        let attempt: Result<std::sync::Arc<dyn Store>, StoreError> =
-            if postgres {
-                PgStore::connect(url, pool_size)
-                    .await
-                    .map(|s| std::sync::Arc::new(s) as _)
-            } else if url.starts_with("sqlite:") {
-                SqliteStore::connect(url, pool_size, tasks)
-                    .await
-                    .map(|s| std::sync::Arc::new(s) as _)
-            } else {
-                return Err(StoreError::Db(format!(
-                    "DATABASE_URL must start with sqlite:// or postgres:// (got {url:?})"
-                )));
-            };
+        let attempt: Result<std::sync::Arc<dyn Store>, StoreError> = if postgres {
+            PgStore::connect(url, pool_size)
+                .await
+                .map(|s| std::sync::Arc::new(s) as _)
+        } else if url.starts_with("sqlite:") {
+            SqliteStore::connect(url, pool_size, tasks)
+                .await
+                .map(|s| std::sync::Arc::new(s) as _)
+        } else {
+            return Err(StoreError::Db(format!(
+                "DATABASE_URL must start with sqlite:// or postgres:// (got {url:?})"
+            )));
+        };
         match attempt {
             Err(StoreError::Unavailable(why)) => {
                 tracing::warn!(%why, retry_in = ?delay, "store ({service}) unreachable at start-up; retrying");

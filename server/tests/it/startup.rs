@@ -1075,7 +1075,11 @@ async fn a_silent_service_is_named(var: &str, url: String, service: &str) {
         "exited instead of retrying:\n{}",
         p.err()
     );
-    assert!(named, "no repeated line naming {service} and the timeout:\n{}", p.err());
+    assert!(
+        named,
+        "no repeated line naming {service} and the timeout:\n{}",
+        p.err()
+    );
 }
 
 /// A Redis that accepts the connection and never answers: start-up says so, naming
@@ -1091,7 +1095,11 @@ async fn a_silent_redis_at_start_is_named_and_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_postgres_at_start_is_named_and_retried() {
     let (addr, silent) = silent_listener().await;
-    a_silent_service_is_named("DATABASE_URL", format!("postgres://root@{addr}/x"), "PostgreSQL")
-        .await;
+    a_silent_service_is_named(
+        "DATABASE_URL",
+        format!("postgres://root@{addr}/x"),
+        "PostgreSQL",
+    )
+    .await;
     silent.abort();
 }
