@@ -3,7 +3,8 @@
 //!
 //! Shutdown order: drain (readiness 503, paced 1012 closes over the configured
 //! window), close whatever is left, stop both listeners, then wait for every session
-//! task; axum's own graceful shutdown does not wait for upgraded connections, so the
+//! task; the listeners' graceful shutdown ([`accept::serve`]) does not wait for
+//! upgraded connections (hyper hands them over at the 101), so the
 //! node tracks them itself.
 
 use std::future::Future;

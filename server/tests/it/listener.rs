@@ -106,3 +106,32 @@ async fn connections_over_the_pending_bound_get_503() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The header-read timeout is also the keep-alive idle timeout: a connection that
+/// got its answer and sends nothing more is closed after it, not kept for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_timeout() {
+    let s = common::start_with(Db::Sqlite, &["--header-timeout-s", "2"]).await;
+    let mut c = TcpStream::connect(s.public).await.unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = c.read(&mut buf).await.unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(
+        !answer.to_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    let answered = tokio::time::Instant::now();
+    assert!(
+        closed_by(c, answered + Duration::from_secs(6)).await,
+        "an idle keep-alive connection still open 6 s after its answer"
+    );
+    assert!(
+        answered.elapsed() >= Duration::from_millis(1500),
+        "closed after {:?}: sooner than the timeout",
+        answered.elapsed()
+    );
+}
