@@ -32,6 +32,8 @@ use axum::http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -40,6 +42,7 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 
 /// The pending bound of the admin listener: a private plane with few callers.
 const ADMIN_PENDING: usize = 64;
@@ -92,15 +95,34 @@ impl Options {
     }
 }
 
+/// A connection's place among the pending ones, given back when dropped (at its
+/// session's start, or its end), and counted in `herald_pending_connections`.
+struct Pending {
+    _permit: OwnedSemaphorePermit,
+    gauge: Option<Gauge>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(g) = &self.gauge {
+            g.dec();
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `stop` is cancelled; then stops accepting,
 /// shuts every connection down gracefully and waits for them (upgraded ones are no
-/// longer connections here: the node tracks their sessions).
+/// longer connections here: the node tracks their sessions). With `metrics`, the
+/// pending connections and refusals are counted there.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     opts: Options,
+    metrics: Option<Arc<Metrics>>,
     stop: CancellationToken,
 ) {
+    let gauge = metrics.as_ref().map(|m| m.pending_connections.clone());
+    let refused: Option<Counter> = metrics.as_ref().map(|m| m.pending_refused.clone());
     let pending = Arc::new(Semaphore::new(opts.max_pending));
     let refusing = Arc::new(Semaphore::new(REFUSING));
     let connections = TaskTracker::new();
@@ -125,6 +147,9 @@ pub(crate) async fn serve(
             let _ = tcp.set_nodelay(true);
         }
         let Ok(permit) = pending.clone().try_acquire_owned() else {
+            if let Some(c) = &refused {
+                c.inc();
+            }
             if let Ok(slot) = refusing.clone().try_acquire_owned() {
                 connections.spawn(refuse(tcp, slot));
             }
@@ -133,7 +158,7 @@ pub(crate) async fn serve(
         let conn = http
             .serve_connection(
                 TokioIo::new(tcp),
-                Connection::new(&router, permit, peer, opts.connect_info),
+                Connection::new(&router, permit, gauge.clone(), peer, opts.connect_info),
             )
             .with_upgrades();
         let stop = stop.clone();
@@ -184,15 +209,28 @@ async fn refuse(mut tcp: TcpStream, _slot: OwnedSemaphorePermit) {
 #[derive(Clone)]
 struct Connection {
     router: Router,
-    permit: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
+    pending: Arc<Mutex<Option<Pending>>>,
     peer: Option<SocketAddr>,
 }
 
 impl Connection {
-    fn new(router: &Router, permit: OwnedSemaphorePermit, peer: SocketAddr, info: bool) -> Self {
+    fn new(
+        router: &Router,
+        permit: OwnedSemaphorePermit,
+        gauge: Option<Gauge>,
+        peer: SocketAddr,
+        info: bool,
+    ) -> Self {
+        if let Some(g) = &gauge {
+            g.inc();
+        }
+        let pending = Pending {
+            _permit: permit,
+            gauge,
+        };
         Self {
             router: router.clone(),
-            permit: Arc::new(Mutex::new(Some(permit))),
+            pending: Arc::new(Mutex::new(Some(pending))),
             peer: info.then_some(peer),
         }
     }
@@ -223,11 +261,11 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
             req.extensions_mut().insert(ConnectInfo(peer));
         }
         let mut router = self.router.clone();
-        let permit = self.permit.clone();
+        let pending = self.pending.clone();
         Box::pin(async move {
             let response = router.call(req.map(Body::new)).await?;
             if starts_session(&response) {
-                crate::lock::lock(&permit).take();
+                crate::lock::lock(&pending).take();
             }
             Ok(response)
         })

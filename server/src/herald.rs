@@ -72,6 +72,7 @@ pub async fn run(
         early,
         crate::api::starting_router(),
         crate::accept::Options::public(&cfg),
+        None,
         starting.clone(),
     ));
     // A stop requested while the store is still being reached ends start-up cleanly.

@@ -230,12 +230,14 @@ pub(crate) async fn serve(
         public,
         crate::routes::public(node.clone()),
         accept::Options::public(&node.config),
+        Some(node.metrics.clone()),
         stop.clone(),
     ));
     let admin_srv = tokio::spawn(accept::serve(
         admin_listener,
         admin::router(node.clone()),
         accept::Options::admin(&node.config),
+        None,
         stop.clone(),
     ));
 

@@ -98,6 +98,8 @@ async fn connections_over_the_pending_bound_get_503() {
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
     assert!(answer.to_lowercase().contains("retry-after: 1"), "{answer}");
     assert!(answer.contains("too many pending connections"), "{answer}");
+    assert!(s.metric("herald_pending_refused_total", &[]).await >= 1.0);
+    assert_eq!(s.metric("herald_pending_connections", &[]).await, 5.0);
 
     drop(idle);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
