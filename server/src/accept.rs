@@ -78,7 +78,7 @@ impl Options {
     pub(crate) fn public(cfg: &Config) -> Self {
         Self {
             header_timeout: cfg.header_timeout(),
-            max_pending: usize::try_from(cfg.max_pending_connections).unwrap_or(usize::MAX),
+            max_pending: crate::limits::pending_bound(cfg, crate::limits::fd_limit()),
             nodelay: true,
             connect_info: false,
         }

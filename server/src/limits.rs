@@ -24,12 +24,21 @@ pub fn fd_open() -> u64 {
 /// (`HERALD_MAX_PENDING_CONNECTIONS`) are kept back, so sessions at capacity and a
 /// full pending bound together still leave the reserve to the store and Redis.
 pub fn capacity_for(cfg: &crate::config::Config, fd_limit: u64) -> usize {
-    let pending = usize::try_from(cfg.max_pending_connections).unwrap_or(usize::MAX);
     capacity(
         fd_limit,
-        cfg.fd_reserve.saturating_add(pending),
+        cfg.fd_reserve.saturating_add(pending_bound(cfg, fd_limit)),
         cfg.max_connections,
     )
+}
+
+/// How many connections of the public listener may be pending (not sessions):
+/// `HERALD_MAX_PENDING_CONNECTIONS`, else a quarter of `fd_limit`, at most 1024,
+/// so a small limit (a shell's 1024) still leaves most descriptors to sessions.
+pub fn pending_bound(cfg: &crate::config::Config, fd_limit: u64) -> usize {
+    let bound = cfg
+        .max_pending_connections
+        .unwrap_or((fd_limit / 4).min(1024));
+    usize::try_from(bound).unwrap_or(usize::MAX).max(1)
 }
 
 /// How many connections a node with `fd_limit` descriptors may accept.
@@ -54,8 +63,13 @@ mod tests {
     #[test]
     fn capacity_keeps_the_pending_bound_back() {
         let mut cfg = crate::config::Config::defaults();
+        assert_eq!(pending_bound(&cfg, 20_000), 1024);
         assert_eq!(capacity_for(&cfg, 20_000), 20_000 - 256 - 1024);
-        cfg.max_pending_connections = 100;
+        // A shell's usual limit: a quarter is pending, the rest mostly sessions.
+        assert_eq!(pending_bound(&cfg, 1024), 256);
+        assert_eq!(capacity_for(&cfg, 1024), 512);
+        cfg.max_pending_connections = Some(100);
+        assert_eq!(capacity_for(&cfg, 20_000), 20_000 - 256 - 100);
         cfg.max_connections = Some(5_000);
         assert_eq!(capacity_for(&cfg, 20_000), 5_000);
     }

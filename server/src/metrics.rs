@@ -86,7 +86,8 @@ pub struct Metrics {
     pub draining: Gauge,
     pub fd_open: Gauge,
     pub fd_limit: Gauge,
-    /// Connection capacity of this node (configured, or fd limit minus reserve).
+    /// Connection capacity of this node (configured, or fd limit minus the reserve and
+    /// the bound on pending connections).
     pub capacity: Gauge,
     /// Connections on the public listener that are not sessions now, and those
     /// refused over their bound (`HERALD_MAX_PENDING_CONNECTIONS`).

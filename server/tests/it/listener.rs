@@ -38,7 +38,8 @@ async fn healthz(s: &common::TestServer) -> u16 {
 /// `/healthz` and WebSocket upgrades keep working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_headers_are_closed_and_the_node_keeps_serving() {
-    let s = common::start(Db::Sqlite).await;
+    // A bound above the 500 (the default depends on the open-file limit).
+    let s = common::start_with(Db::Sqlite, &["--max-pending-connections", "1024"]).await;
     let started = tokio::time::Instant::now();
     let mut slow = Vec::new();
     for _ in 0..500 {
