@@ -699,7 +699,7 @@ pub async fn connect_within<C, E: Display>(
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!(
-            "connected, but no answer within {CONNECT_TIMEOUT:?} (connect and handshake)"
+            "no answer within {CONNECT_TIMEOUT:?} (connect and handshake)"
         )),
     }
 }

@@ -1050,10 +1050,10 @@ async fn silent_listener() -> (SocketAddr, JoinHandle<()>) {
     (addr, task)
 }
 
-/// Starts the binary with `var` set to `url` (a service that accepts and never
-/// answers); within 15 s it must have logged at least twice, naming `service`, that
-/// an attempt got no answer in time, and still be running (retrying).
-async fn a_silent_service_is_named(var: &str, url: String, service: &str) {
+/// Starts the binary with `var` set to `url` (a service that fails); within 15 s it
+/// must have logged at least twice, naming `service` and saying `why`, that it
+/// retries, and still be running.
+async fn a_failing_service_is_named(var: &str, url: String, service: &str, why: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = bin(dir.path());
     cmd.env(var, url)
@@ -1065,7 +1065,7 @@ async fn a_silent_service_is_named(var: &str, url: String, service: &str) {
     let named = wait_until(Duration::from_secs(15), || {
         let log = err.lock().unwrap();
         log.lines()
-            .filter(|l| l.contains(service) && l.contains("within") && l.contains("retr"))
+            .filter(|l| l.contains(service) && l.contains(why) && l.contains("retr"))
             .count()
             >= 2
     })
@@ -1077,7 +1077,7 @@ async fn a_silent_service_is_named(var: &str, url: String, service: &str) {
     );
     assert!(
         named,
-        "no repeated line naming {service} and the timeout:\n{}",
+        "no repeated line naming {service} and saying {why:?}:\n{}",
         p.err()
     );
 }
@@ -1087,7 +1087,7 @@ async fn a_silent_service_is_named(var: &str, url: String, service: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_redis_at_start_is_named_and_retried() {
     let (addr, silent) = silent_listener().await;
-    a_silent_service_is_named("REDIS_URL", format!("redis://{addr}"), "Redis").await;
+    a_failing_service_is_named("REDIS_URL", format!("redis://{addr}"), "Redis", "within").await;
     silent.abort();
 }
 
@@ -1095,11 +1095,20 @@ async fn a_silent_redis_at_start_is_named_and_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_postgres_at_start_is_named_and_retried() {
     let (addr, silent) = silent_listener().await;
-    a_silent_service_is_named(
+    a_failing_service_is_named(
         "DATABASE_URL",
         format!("postgres://root@{addr}/x"),
         "PostgreSQL",
+        "within",
     )
     .await;
     silent.abort();
+}
+
+/// A Redis port where nothing listens: the line says the connection was refused,
+/// at once, not a timeout after the connection manager's own silent retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_redis_at_start_is_named_with_the_reason() {
+    let addr = free_addr();
+    a_failing_service_is_named("REDIS_URL", format!("redis://{addr}"), "Redis", "refused").await;
 }
