@@ -107,15 +107,22 @@ impl Node {
         self.tasks.spawn("store probe", async move {
             loop {
                 let Some(n) = node.upgrade() else { return };
-                let up = matches!(
-                    tokio::time::timeout(Duration::from_secs(2), n.store.ping()).await,
-                    Ok(Ok(()))
-                );
+                let limit = Duration::from_secs(2);
+                let probe = match tokio::time::timeout(limit, n.store.ping()).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {limit:?}")),
+                };
+                let up = probe.is_ok();
                 if n.store_up.swap(up, Ordering::Relaxed) != up {
-                    if up {
-                        tracing::info!("store reachable again");
-                    } else {
-                        tracing::warn!("store unreachable: readiness now 503");
+                    let store = n.store.kind();
+                    match probe {
+                        Ok(()) => tracing::info!(store, "store reachable again"),
+                        Err(why) => tracing::warn!(
+                            store,
+                            %why,
+                            "store unreachable: readiness now 503"
+                        ),
                     }
                 }
                 drop(n);
