@@ -176,6 +176,22 @@ pub struct Config {
     /// Database pool size.
     #[arg(long, env = "HERALD_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
+
+    /// Seconds a connection has to send a complete request head, counted from the
+    /// accept or from the end of its previous response (so it is also the keep-alive
+    /// idle timeout); then it is closed. Idle and one-byte-a-minute connections would
+    /// otherwise hold their descriptors for ever.
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT_S", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_s: u64,
+
+    /// Connections on the public listener that are not sessions (yet): before their
+    /// upgrade or SSE stream, or plain HTTP. Over it a new connection gets 503 and is
+    /// closed. Kept back from capacity, like the fd reserve (default: a quarter of
+    /// the open-file limit, at most 1024).
+    #[arg(long, env = "HERALD_MAX_PENDING_CONNECTIONS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pending_connections: Option<u64>,
 }
 
 impl Config {
@@ -221,6 +237,11 @@ impl Config {
     /// `HERALD_HEARTBEAT_S` as a duration.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_s)
+    }
+
+    /// `HERALD_HEADER_TIMEOUT_S` as a duration.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_s)
     }
 
     /// The store URL, defaulting to a SQLite file in the data dir.

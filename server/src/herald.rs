@@ -68,11 +68,13 @@ pub async fn run(
     let early = TcpListener::from_std(std_listener.try_clone()?)?;
     let public = TcpListener::from_std(std_listener)?;
     let starting = tokio_util::sync::CancellationToken::new();
-    let early_srv = tokio::spawn(
-        axum::serve(early, crate::api::starting_router())
-            .with_graceful_shutdown(starting.clone().cancelled_owned())
-            .into_future(),
-    );
+    let early_srv = tokio::spawn(crate::accept::serve(
+        early,
+        crate::api::starting_router(),
+        crate::accept::Options::public(&cfg),
+        None,
+        starting.clone(),
+    ));
     // A stop requested while the store is still being reached ends start-up cleanly.
     let mut shutdown = std::pin::pin!(shutdown);
     let started = tokio::select! {
@@ -145,7 +147,9 @@ impl Herald {
     /// and returns once every connection has ended.
     ///
     /// `public` gets [`Herald::router`] with `{"error"}` answers for unknown routes
-    /// and wrong methods (and `TCP_NODELAY` on every connection); `admin` gets
+    /// and wrong methods (and `TCP_NODELAY` on every connection), a header-read
+    /// timeout and a bound on connections that are not sessions (PROTOCOL.md 8);
+    /// `admin` gets
     /// [`Herald::admin_router`] with the callers' addresses. In cluster mode the
     /// registry announces the listeners' addresses unless `advertise_public` or
     /// `advertise_admin` say otherwise.
@@ -184,7 +188,9 @@ impl Herald {
     /// API under `/api/v1`, `/healthz`, `/readyz`, and `/demo/` when on), with no
     /// fallback, so it merges into your router (after your `with_state`). Serve the
     /// result with `into_make_service()`: given a bare router, `axum::serve` rebuilds
-    /// the route table for every connection, and each WebSocket is one.
+    /// the route table for every connection, and each WebSocket is one. Your server's
+    /// own limits apply: `axum::serve` sets no header-read timeout and does not bound
+    /// idle connections, which [`Herald::serve`] does.
     pub fn router(&self) -> axum::Router {
         crate::routes::mergeable(self.node.clone())
     }

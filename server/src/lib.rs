@@ -48,6 +48,7 @@
 
 #![deny(missing_docs)]
 
+pub(crate) mod accept;
 pub(crate) mod admin;
 pub(crate) mod api;
 pub(crate) mod auth;

@@ -19,6 +19,28 @@ pub fn fd_open() -> u64 {
         .unwrap_or(0)
 }
 
+/// The capacity `cfg` leaves a node with `fd_limit` descriptors: besides the fd
+/// reserve, the connections that are not sessions yet
+/// (`HERALD_MAX_PENDING_CONNECTIONS`) are kept back, so sessions at capacity and a
+/// full pending bound together still leave the reserve to the store and Redis.
+pub fn capacity_for(cfg: &crate::config::Config, fd_limit: u64) -> usize {
+    capacity(
+        fd_limit,
+        cfg.fd_reserve.saturating_add(pending_bound(cfg, fd_limit)),
+        cfg.max_connections,
+    )
+}
+
+/// How many connections of the public listener may be pending (not sessions):
+/// `HERALD_MAX_PENDING_CONNECTIONS`, else a quarter of `fd_limit`, at most 1024,
+/// so a small limit (a shell's 1024) still leaves most descriptors to sessions.
+pub fn pending_bound(cfg: &crate::config::Config, fd_limit: u64) -> usize {
+    let bound = cfg
+        .max_pending_connections
+        .unwrap_or((fd_limit / 4).min(1024));
+    usize::try_from(bound).unwrap_or(usize::MAX).max(1)
+}
+
 /// How many connections a node with `fd_limit` descriptors may accept.
 pub fn capacity(fd_limit: u64, reserve: usize, configured: Option<usize>) -> usize {
     let by_fds = (fd_limit as usize).saturating_sub(reserve);
@@ -35,6 +57,21 @@ mod tests {
         assert_eq!(capacity(20_000, 256, Some(5_000)), 5_000);
         assert_eq!(capacity(20_000, 256, Some(50_000)), 19_744);
         assert_eq!(capacity(100, 256, None), 0);
+    }
+
+    /// The pending bound is kept back from capacity, like the fd reserve.
+    #[test]
+    fn capacity_keeps_the_pending_bound_back() {
+        let mut cfg = crate::config::Config::defaults();
+        assert_eq!(pending_bound(&cfg, 20_000), 1024);
+        assert_eq!(capacity_for(&cfg, 20_000), 20_000 - 256 - 1024);
+        // A shell's usual limit: a quarter is pending, the rest mostly sessions.
+        assert_eq!(pending_bound(&cfg, 1024), 256);
+        assert_eq!(capacity_for(&cfg, 1024), 512);
+        cfg.max_pending_connections = Some(100);
+        assert_eq!(capacity_for(&cfg, 20_000), 20_000 - 256 - 100);
+        cfg.max_connections = Some(5_000);
+        assert_eq!(capacity_for(&cfg, 20_000), 5_000);
     }
 
     #[test]

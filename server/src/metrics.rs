@@ -86,8 +86,13 @@ pub struct Metrics {
     pub draining: Gauge,
     pub fd_open: Gauge,
     pub fd_limit: Gauge,
-    /// Connection capacity of this node (configured, or fd limit minus reserve).
+    /// Connection capacity of this node (configured, or fd limit minus the reserve and
+    /// the bound on pending connections).
     pub capacity: Gauge,
+    /// Connections on the public listener that are not sessions now, and those
+    /// refused over their bound (`HERALD_MAX_PENDING_CONNECTIONS`).
+    pub pending_connections: Gauge,
+    pub pending_refused: Counter,
     /// Store operations that failed, and store latency, by operation.
     pub store_errors: Family<OpLabel, Counter>,
     pub store_latency: Family<OpLabel, Histogram>,
@@ -133,6 +138,8 @@ impl Metrics {
             fd_open: Gauge::default(),
             fd_limit: Gauge::default(),
             capacity: Gauge::default(),
+            pending_connections: Gauge::default(),
+            pending_refused: Counter::default(),
             store_errors: Family::default(),
             store_latency: Family::new_with_constructor(histogram),
             broker_errors: Family::default(),
@@ -231,6 +238,16 @@ impl Metrics {
                 "herald_connection_capacity",
                 "Connections this node accepts",
                 m.capacity.clone(),
+            );
+            r.register(
+                "herald_pending_connections",
+                "Connections on the public listener that are not sessions",
+                m.pending_connections.clone(),
+            );
+            r.register(
+                "herald_pending_refused",
+                "Connections refused over the bound on pending connections",
+                m.pending_refused.clone(),
             );
             r.register(
                 "herald_store_errors",

@@ -72,11 +72,7 @@ impl Node {
     /// Re-reads the open-file limit (after tuning raised it) and the capacity it allows.
     pub fn refresh_limits(&self) {
         let fd_limit = crate::limits::fd_limit();
-        let capacity = crate::limits::capacity(
-            fd_limit,
-            self.config.fd_reserve,
-            self.config.max_connections,
-        );
+        let capacity = crate::limits::capacity_for(&self.config, fd_limit);
         self.fd_limit.store(fd_limit, Ordering::Relaxed);
         self.capacity.store(capacity, Ordering::Relaxed);
         self.metrics.fd_limit.set(fd_limit as i64);
@@ -111,15 +107,22 @@ impl Node {
         self.tasks.spawn("store probe", async move {
             loop {
                 let Some(n) = node.upgrade() else { return };
-                let up = matches!(
-                    tokio::time::timeout(Duration::from_secs(2), n.store.ping()).await,
-                    Ok(Ok(()))
-                );
+                let limit = Duration::from_secs(2);
+                let probe = match tokio::time::timeout(limit, n.store.ping()).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {limit:?}")),
+                };
+                let up = probe.is_ok();
                 if n.store_up.swap(up, Ordering::Relaxed) != up {
-                    if up {
-                        tracing::info!("store reachable again");
-                    } else {
-                        tracing::warn!("store unreachable: readiness now 503");
+                    let store = n.store.kind();
+                    match probe {
+                        Ok(()) => tracing::info!(store, "store reachable again"),
+                        Err(why) => tracing::warn!(
+                            store,
+                            %why,
+                            "store unreachable: readiness now 503"
+                        ),
                     }
                 }
                 drop(n);

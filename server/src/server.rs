@@ -3,7 +3,8 @@
 //!
 //! Shutdown order: drain (readiness 503, paced 1012 closes over the configured
 //! window), close whatever is left, stop both listeners, then wait for every session
-//! task; axum's own graceful shutdown does not wait for upgraded connections, so the
+//! task; the listeners' graceful shutdown ([`accept::serve`]) does not wait for
+//! upgraded connections (hyper hands them over at the 101), so the
 //! node tracks them itself.
 
 use std::future::Future;
@@ -11,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +31,7 @@ use crate::presence::{LocalPresence, Presence};
 use crate::publish::Publisher;
 use crate::tasks::Tasks;
 use crate::tuning::{Host, Profile};
-use crate::{admin, cluster, limits, secrets, store};
+use crate::{accept, admin, cluster, limits, secrets, store};
 use herald_shared::admin::NodeInfo;
 
 /// Why a node could not start or serve.
@@ -64,7 +64,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
     // Made first: the store, broker and presence start their background tasks here.
     let tasks = Tasks::new();
     let fd_limit = limits::fd_limit();
-    let capacity = limits::capacity(fd_limit, cfg.fd_reserve, cfg.max_connections);
+    let capacity = limits::capacity_for(&cfg, fd_limit);
     metrics.fd_limit.set(fd_limit as i64);
     metrics.capacity.set(capacity as i64);
     metrics.queue_capacity.set(cfg.queue_capacity as i64);
@@ -223,31 +223,23 @@ pub(crate) async fn serve(
     advertised.send_replace(Advertised::of(&node.config, public_addr, admin_addr));
     let stop = CancellationToken::new();
 
-    let public = public.tap_io(|tcp| {
-        // Frames are small and latency matters; Nagle would hold them back.
-        let _ = tcp.set_nodelay(true);
-    });
-    // A make-service, not the bare router: `axum::serve(listener, router)` re-resolves
-    // the whole route table (clones and re-states every route) for each connection,
-    // and here a connection is usually one WebSocket upgrade. `into_make_service`
-    // resolves it once; each connection then shares it through an `Arc`.
-    let public_srv = tokio::spawn(
-        axum::serve(
-            public,
-            crate::routes::public(node.clone()).into_make_service(),
-        )
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .into_future(),
-    );
-    let admin_srv = tokio::spawn(
-        axum::serve(
-            admin_listener,
-            admin::router(node.clone())
-                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .into_future(),
-    );
+    // The route table is resolved once and shared by every connection
+    // (`accept::serve`): with `TCP_NODELAY`, the header-read timeout and the pending
+    // bound on the public listener; the callers' addresses on the admin one.
+    let public_srv = tokio::spawn(accept::serve(
+        public,
+        crate::routes::public(node.clone()),
+        accept::Options::public(&node.config),
+        Some(node.metrics.clone()),
+        stop.clone(),
+    ));
+    let admin_srv = tokio::spawn(accept::serve(
+        admin_listener,
+        admin::router(node.clone()),
+        accept::Options::admin(&node.config),
+        None,
+        stop.clone(),
+    ));
 
     shutdown.await;
     stop_node(node, || stop.cancel()).await;

@@ -45,6 +45,7 @@ use herald_shared::GroupName;
 use rand::Rng;
 use redis::aio::ConnectionLike;
 use tokio::sync::{Mutex, Notify, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::{Broker, BrokerError, BrokerHealth, channels, wire};
 use crate::hub::Hub;
@@ -59,6 +60,21 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// the most it doubles to. A connection that held this long resets it.
 const RECONNECT_FIRST: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// The most one connection attempt to Redis may take, connect and handshake: a
+/// Redis that accepts the connection and never answers (paused, or a wrong port)
+/// fails the attempt, logged as such, instead of hanging start-up or the subscriber
+/// in silence. Wide enough for a Redis Cluster's discovery through its seeds.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most a group's SUBSCRIBE (or a batch's UNSUBSCRIBE) may take. It runs under
+/// the subscriber lock, which every upgrade's join waits on, so a Redis that stops
+/// answering would freeze all connects; past this the subscriber connection is
+/// abandoned: the loop reconnects, resubscribes and resyncs (PROTOCOL.md 7.4).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// The same bound for the resubscription of everything the hub holds on a new
+/// subscriber: one command of many channels (on a Redis Cluster, many commands),
+/// so it gets more time.
+const RESUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a group that lost its last local member waits before its unsubscribe
 /// goes out, so the groups of a disconnect burst share a command, and a client that
@@ -137,6 +153,29 @@ struct Subscriber<S> {
     sink: Option<S>,
     /// Groups whose subscription `sink` confirmed (and not unsubscribed since).
     groups: HashSet<GroupName>,
+    /// Cancelled when a command on `sink` timed out: the subscriber loop then drops
+    /// that connection and starts over. A new one for every connection.
+    abandoned: CancellationToken,
+}
+
+impl<S> Subscriber<S> {
+    /// Gives up on the current connection after a command on it timed out: no
+    /// subscriber until the loop has reconnected and resubscribed what the hub
+    /// holds, so joins from now on return at once instead of queueing on it.
+    fn abandon(&mut self) {
+        self.sink = None;
+        self.groups.clear();
+        self.abandoned.cancel();
+    }
+}
+
+/// The error a command past its bound (`limit`) reports.
+fn timed_out(what: &str, limit: Duration) -> redis::RedisError {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what}: no answer from Redis within {limit:?}"),
+    )
+    .into()
 }
 
 /// The state both Redis brokers keep, whatever carries their commands.
@@ -179,6 +218,7 @@ impl<S: Send + 'static> PubSubCore<S> {
             sub: Mutex::new(Subscriber {
                 sink: None,
                 groups: HashSet::new(),
+                abandoned: CancellationToken::new(),
             }),
             wanted: std::sync::Mutex::new(Vec::new()),
             unwanted: std::sync::Mutex::new(Vec::new()),
@@ -310,17 +350,22 @@ impl<S: Send + 'static> PubSubCore<S> {
 }
 
 /// Installs a new subscriber and subscribes it to the probe and resync channels and
-/// every group the hub holds; returns how many channels. On failure the broker is
-/// left without a subscriber.
+/// every group the hub holds (within [`RESUBSCRIBE_TIMEOUT`]); returns how many
+/// channels, and the token cancelled if the connection is abandoned later. On
+/// failure the broker is left without a subscriber.
 ///
 /// The sink is installed first, under the lock: a group that gains its first
 /// member from now on subscribes itself; the ones before are in the snapshot.
-async fn install<T: Transport>(broker: &T, sink: T::Sink) -> redis::RedisResult<usize> {
+async fn install<T: Transport>(
+    broker: &T,
+    sink: T::Sink,
+) -> redis::RedisResult<(usize, CancellationToken)> {
     let core = broker.core();
     let mut guard = core.sub.lock().await;
     let sub = &mut *guard;
     let sink = sub.sink.insert(sink);
     sub.groups.clear();
+    sub.abandoned = CancellationToken::new();
     // A new connection: no echo of an unsubscribe on the old one will come.
     core.own_unsubscribes
         .lock()
@@ -332,10 +377,13 @@ async fn install<T: Transport>(broker: &T, sink: T::Sink) -> redis::RedisResult<
         channels.extend(core.channels(g));
     }
     let n = channels.len();
-    match broker.listen(sink, channels).await {
+    let listened = tokio::time::timeout(RESUBSCRIBE_TIMEOUT, broker.listen(sink, channels))
+        .await
+        .unwrap_or_else(|_| Err(timed_out("resubscription", RESUBSCRIBE_TIMEOUT)));
+    match listened {
         Ok(()) => {
             sub.groups.extend(groups);
-            Ok(n)
+            Ok((n, sub.abandoned.clone()))
         }
         Err(e) => {
             sub.sink = None;
@@ -352,7 +400,9 @@ async fn install<T: Transport>(broker: &T, sink: T::Sink) -> redis::RedisResult<
 /// (which held a node in cluster mode to about 1,400 connects a second). Queued
 /// groups that lost their members meanwhile are left out, so no subscription
 /// outlives its group. On failure the waiters of the batch subscribe for themselves
-/// when they get the lock.
+/// when they get the lock. A SUBSCRIBE unanswered within [`COMMAND_TIMEOUT`]
+/// abandons the subscriber connection ([`Subscriber::abandon`]): the waiters then
+/// return at once, and the reconnect resubscribes their groups and resyncs.
 async fn subscribe_batch<T: Transport>(broker: &T, group: &GroupName) -> Result<(), BrokerError> {
     let core = broker.core();
     let mut guard = core.sub.lock().await;
@@ -371,12 +421,20 @@ async fn subscribe_batch<T: Transport>(broker: &T, group: &GroupName) -> Result<
             batch.dedup();
             batch.retain(|g| !sub.groups.contains(g) && (g == group || core.hub.members(g) > 0));
             let channels = batch.iter().flat_map(|g| core.channels(g)).collect();
-            broker
-                .listen(sink, channels)
-                .await
-                .map_err(|e| BrokerError::Disconnected(e.to_string()))?;
-            sub.groups.extend(batch);
-            Ok(())
+            match tokio::time::timeout(COMMAND_TIMEOUT, broker.listen(sink, channels)).await {
+                Ok(Ok(())) => {
+                    sub.groups.extend(batch);
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(BrokerError::Disconnected(e.to_string())),
+                Err(_) => {
+                    core.set_connected(false);
+                    sub.abandon();
+                    let e = timed_out("SUBSCRIBE", COMMAND_TIMEOUT);
+                    tracing::warn!(error = %e, "{} subscriber abandoned; reconnecting", T::NAME);
+                    Err(BrokerError::Disconnected(e.to_string()))
+                }
+            }
         }
     }
 }
@@ -436,11 +494,11 @@ async fn subscriber<T: Transport>(broker: Weak<T>) {
     let mut first = true;
     loop {
         let Some(b) = broker.upgrade() else { return };
-        let inbox = match b.open().await {
+        let inbox = match connect_within(b.open()).await {
             Ok((sink, inbox)) => match install(&*b, sink).await {
-                Ok(n) => {
+                Ok((n, abandoned)) => {
                     tracing::info!(channels = n, "{} subscriber connected", T::NAME);
-                    Some(inbox)
+                    Some((inbox, abandoned))
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff.delay(), "{} resubscription failed; reconnecting", T::NAME);
@@ -452,7 +510,7 @@ async fn subscriber<T: Transport>(broker: Weak<T>) {
                 None
             }
         };
-        let Some(inbox) = inbox else {
+        let Some((inbox, abandoned)) = inbox else {
             b.core().set_connected(false);
             drop(b);
             backoff.sleep().await;
@@ -462,7 +520,7 @@ async fn subscriber<T: Transport>(broker: Weak<T>) {
         first = false;
         drop(b);
         let since = Instant::now();
-        let Some(why) = read(&broker, inbox).await else {
+        let Some(why) = read(&broker, inbox, abandoned).await else {
             return;
         };
         let Some(b) = broker.upgrade() else { return };
@@ -476,10 +534,20 @@ async fn subscriber<T: Transport>(broker: Weak<T>) {
     }
 }
 
-/// Dispatches what `inbox` receives until the subscriber must start over; returns
+/// Dispatches what `inbox` receives until the subscriber must start over (its
+/// connection is lost, or `abandoned` after a command on it timed out); returns
 /// why, or `None` once the broker is gone.
-async fn read<T: Transport>(broker: &Weak<T>, mut inbox: Inbox<T::Message>) -> Option<String> {
-    while let Some(received) = inbox.next().await {
+async fn read<T: Transport>(
+    broker: &Weak<T>,
+    mut inbox: Inbox<T::Message>,
+    abandoned: CancellationToken,
+) -> Option<String> {
+    loop {
+        let received = tokio::select! {
+            received = inbox.next() => received,
+            () = abandoned.cancelled() => return Some("stopped answering".to_owned()),
+        };
+        let Some(received) = received else { break };
         let b = broker.upgrade()?;
         let core = b.core();
         match received {
@@ -548,8 +616,15 @@ async fn unsubscribe_batch<T: Transport>(broker: &T) -> bool {
                 *own.entry(c.clone()).or_default() += 1;
             }
         }
-        if let Err(e) = broker.unlisten(sink, channels).await {
-            tracing::warn!(groups = batch.len(), error = %e, "unsubscribe failed");
+        match tokio::time::timeout(COMMAND_TIMEOUT, broker.unlisten(sink, channels)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(groups = batch.len(), error = %e, "unsubscribe failed"),
+            Err(_) => {
+                core.set_connected(false);
+                sub.abandon();
+                let e = timed_out("UNSUBSCRIBE", COMMAND_TIMEOUT);
+                tracing::warn!(error = %e, "{} subscriber abandoned; reconnecting", T::NAME);
+            }
         }
     }
     more
@@ -614,14 +689,30 @@ impl Backoff {
     }
 }
 
-/// Runs `connect` until it succeeds, backing off while `what` is unreachable.
+/// One connection attempt to Redis, bounded by [`CONNECT_TIMEOUT`] (connect and
+/// handshake); the error says why, a timeout included. Every connection Herald
+/// opens to Redis itself goes through here.
+pub async fn connect_within<C, E: Display>(
+    connect: impl Future<Output = Result<C, E>>,
+) -> Result<C, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no answer within {CONNECT_TIMEOUT:?} (connect and handshake)"
+        )),
+    }
+}
+
+/// Runs `connect` ([`connect_within`]) until it succeeds, backing off while `what`
+/// is unreachable, with a log line naming `what` and the reason for each failure.
 pub async fn connect_retrying<C, E: Display, F: Future<Output = Result<C, E>>>(
     what: &str,
     mut connect: impl FnMut() -> F,
 ) -> C {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        match connect().await {
+        match connect_within(connect()).await {
             Ok(c) => return c,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff.delay(), "{what} unreachable at start-up; retrying");
@@ -1108,6 +1199,46 @@ mod tests {
             "{opens} attempts"
         );
         assert!(*resyncs.borrow_and_update() < opens);
+    }
+
+    /// A SUBSCRIBE that Redis never answers (a paused Redis) gives up after
+    /// COMMAND_TIMEOUT instead of holding the subscriber lock: the join fails, the
+    /// joins after it return at once, and the subscriber reconnects.
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_subscribe_abandons_the_subscriber() {
+        let fake = fake();
+        let tasks = Tasks::new();
+        tasks.spawn("subscriber", subscriber(Arc::downgrade(&fake)));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(fake.opens.load(Ordering::Relaxed), 1);
+        // The gate's one permit went to the resubscription: the next SUBSCRIBE hangs.
+        let (g, _member) = member(&fake, "org_1");
+        let started = tokio::time::Instant::now();
+        let subscribed = tokio::time::timeout(COMMAND_TIMEOUT * 2, fake.subscribe(&g)).await;
+        assert!(subscribed.expect("gave up by itself").is_err());
+        assert_eq!(started.elapsed(), COMMAND_TIMEOUT);
+        assert_eq!(fake.core.health(), BrokerHealth::Down);
+        let (other, _member) = member(&fake, "org_2");
+        fake.subscribe(&other).await.unwrap();
+        assert_eq!(
+            started.elapsed(),
+            COMMAND_TIMEOUT,
+            "no wait without a subscriber"
+        );
+        // Redis answers again: a new subscriber, with both groups resubscribed.
+        fake.gate.add_permits(1);
+        tokio::time::sleep(RECONNECT_FIRST * 2).await;
+        assert_eq!(fake.opens.load(Ordering::Relaxed), 2);
+        let resubscribed = fake.listened.lock().unwrap().last().cloned().unwrap();
+        assert!(
+            resubscribed.contains(&"h:g:org_1".to_owned()),
+            "{resubscribed:?}"
+        );
+        assert!(
+            resubscribed.contains(&"h:g:org_2".to_owned()),
+            "{resubscribed:?}"
+        );
+        tasks.stop(Duration::from_secs(1)).await;
     }
 
     #[tokio::test(start_paused = true)]

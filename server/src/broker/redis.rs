@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use redis::Msg;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::{AsyncConnectionConfig, Msg};
 
 use super::BrokerError;
 use super::pubsub::{self, Inbox, Message, PubSubCore, Received, Transport};
@@ -46,8 +46,15 @@ impl RedisBroker {
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_max_delay(Duration::from_secs(2));
-        let publisher = pubsub::connect_retrying("Redis", || {
-            ConnectionManager::new_with_config(client.clone(), cfg.clone())
+        // A plain connection first, bounded by `connect_retrying` alone: the manager
+        // retries a failed connect by itself, in silence, so a refused or silent
+        // Redis would show only as a timeout, and late.
+        let plain = AsyncConnectionConfig::new().set_connection_timeout(None);
+        let publisher = pubsub::connect_retrying("Redis", || async {
+            client
+                .get_multiplexed_async_connection_with_config(&plain)
+                .await?;
+            ConnectionManager::new_with_config(client.clone(), cfg.clone()).await
         })
         .await;
         let broker = Arc::new(Self {

@@ -195,25 +195,26 @@ pub async fn connect(
     pool_size: u32,
     tasks: &crate::tasks::Tasks,
 ) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let service = if postgres { "PostgreSQL" } else { "SQLite" };
     let mut delay = Duration::from_millis(200);
     loop {
-        let attempt: Result<std::sync::Arc<dyn Store>, StoreError> =
-            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                PgStore::connect(url, pool_size)
-                    .await
-                    .map(|s| std::sync::Arc::new(s) as _)
-            } else if url.starts_with("sqlite:") {
-                SqliteStore::connect(url, pool_size, tasks)
-                    .await
-                    .map(|s| std::sync::Arc::new(s) as _)
-            } else {
-                return Err(StoreError::Db(format!(
-                    "DATABASE_URL must start with sqlite:// or postgres:// (got {url:?})"
-                )));
-            };
+        let attempt: Result<std::sync::Arc<dyn Store>, StoreError> = if postgres {
+            PgStore::connect(url, pool_size)
+                .await
+                .map(|s| std::sync::Arc::new(s) as _)
+        } else if url.starts_with("sqlite:") {
+            SqliteStore::connect(url, pool_size, tasks)
+                .await
+                .map(|s| std::sync::Arc::new(s) as _)
+        } else {
+            return Err(StoreError::Db(format!(
+                "DATABASE_URL must start with sqlite:// or postgres:// (got {url:?})"
+            )));
+        };
         match attempt {
             Err(StoreError::Unavailable(why)) => {
-                tracing::warn!(%why, retry_in = ?delay, "store unreachable at start-up; retrying");
+                tracing::warn!(%why, retry_in = ?delay, "store ({service}) unreachable at start-up; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }

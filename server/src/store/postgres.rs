@@ -23,6 +23,9 @@ use super::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
+/// The most a pooled connection may take to be handed out, opening it included.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 pub struct PgStore {
     pool: PgPool,
 }
@@ -32,11 +35,20 @@ impl PgStore {
         let opts: PgConnectOptions = url
             .parse()
             .map_err(|e| StoreError::Db(format!("bad postgres url: {e}")))?;
+        // The acquire timeout bounds every new connection too, connect and
+        // handshake, at start-up and on reconnect: a server that accepts and never
+        // answers fails the attempt instead of hanging it.
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.max(1))
-            .acquire_timeout(Duration::from_secs(3))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(opts.application_name("herald"))
-            .await?;
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::PoolTimedOut => StoreError::Unavailable(format!(
+                    "no connection within {ACQUIRE_TIMEOUT:?} (connect and handshake)"
+                )),
+                other => other.into(),
+            })?;
         MIGRATOR.run(&pool).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(inner) => StoreError::from(inner),
             other => StoreError::Db(format!("postgres migrations: {other}")),

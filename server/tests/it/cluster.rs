@@ -350,6 +350,17 @@ impl OwnRedis {
         }
     }
 
+    /// Sends `signal` (`-STOP`, `-CONT`) to the server: stopped, it still accepts
+    /// connections (the kernel completes them) but answers nothing.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let st = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(st.success(), "kill {signal} {pid} failed");
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -412,6 +423,40 @@ async fn redis_restart_loses_nothing_stored() {
         sent.push(c.nodes[0].notify("42", json!(i)).await.id);
     }
     crate::cluster::receive_all(&mut client, got, &sent).await;
+}
+
+/// A Redis that stops answering (SIGSTOP) does not freeze connects: the SUBSCRIBE
+/// of a new user's group gives up after 2 s and the upgrades complete; once the
+/// subscriber is abandoned, later upgrades do not wait on Redis at all. When Redis
+/// answers again (SIGCONT) the node resubscribes and its sessions catch up on what
+/// was stored meanwhile, then live deliveries work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_does_not_freeze_connects() {
+    let redis = OwnRedis::start();
+    let c = Cluster::start_on_redis(1, &redis.url()).await;
+    until_ready(&c.nodes).await;
+    let node = &c.nodes[0];
+    let (mut early, _) = node.connect("early").await;
+
+    redis.signal("-STOP");
+    let users: Vec<String> = (0..5).map(|i| format!("paused{i}")).collect();
+    let upgrades = futures_util::future::join_all(users.iter().map(|u| node.connect(u)));
+    let mut clients = tokio::time::timeout(Duration::from_secs(6), upgrades)
+        .await
+        .expect("upgrades complete within 6 s with Redis paused");
+    // The subscriber is abandoned now: an upgrade does not wait on Redis at all.
+    tokio::time::timeout(Duration::from_millis(1500), node.connect("late"))
+        .await
+        .expect("an upgrade after the subscriber was abandoned is quick");
+    assert_eq!(readyz(node).await, 503, "Redis is down for this node");
+    // Stored while Redis cannot carry it: 201 all the same.
+    let stored = node.notify("early", json!("while paused")).await.id;
+
+    redis.signal("-CONT");
+    until_ready(&c.nodes).await;
+    crate::cluster::receive_all(&mut early, Vec::new(), &[stored]).await;
+    let live = node.notify("paused0", json!("live")).await.id;
+    crate::cluster::receive_all(&mut clients[0].0, Vec::new(), &[live]).await;
 }
 
 /// After Redis restarts empty, presence heals (the node rewrites its counts) and a

@@ -16,6 +16,7 @@ mod django;
 mod embedded;
 mod failover;
 mod lifecycle;
+mod listener;
 mod nginx;
 mod order;
 mod redis_cluster;

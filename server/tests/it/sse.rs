@@ -590,6 +590,30 @@ async fn streams_count_against_capacity() {
     assert_eq!(headers["retry-after"], "1");
 }
 
+/// A stream is a session: it does not hold a place among the pending connections
+/// (more streams than the bound open), and the header-read timeout does not end it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_sessions_for_the_listener() {
+    let s = start_with(
+        Db::Sqlite,
+        &["--max-pending-connections", "2", "--header-timeout-s", "1"],
+    )
+    .await;
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let mut st = Stream::open(&s, &format!("?token={}", s.token("7", &[], 600)), &[]).await;
+        st.opening(false).await;
+        streams.push(st);
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let sent = s.notify("7", json!("past the timeout")).await;
+    for st in &mut streams {
+        let ev = st.event().await;
+        assert_eq!(ev.kind, "notification", "{ev:?}");
+        assert_eq!(ev.id, Some(sent.id));
+    }
+}
+
 /// A client that stops reading is a slow consumer: once its queue overflows, the
 /// stream is closed and counted under 1013, and a resume gets everything.
 #[tokio::test]

@@ -1051,3 +1051,80 @@ async fn refusing_database_at_start_is_retried() {
     p.term();
     assert!(p.exit(Duration::from_secs(30)).await.success());
 }
+
+/// A listener that accepts every connection and never answers, like a paused server
+/// or a service on the wrong port; it holds the sockets until the task ends.
+async fn silent_listener() -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (addr, task)
+}
+
+/// Starts the binary with `var` set to `url` (a service that fails); within 15 s it
+/// must have logged at least twice, naming `service` and saying `why`, that it
+/// retries, and still be running.
+async fn a_failing_service_is_named(var: &str, url: String, service: &str, why: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = bin(dir.path());
+    cmd.env(var, url)
+        .env("HERALD_JWT_SECRET", JWT_SECRET)
+        .env("HERALD_API_KEY", API_KEY)
+        .env("HERALD_ADMIN_TOKEN", ADMIN_TOKEN);
+    let mut p = Proc::spawn(cmd);
+    let err = p.err.clone();
+    let named = wait_until(Duration::from_secs(15), || {
+        let log = err.lock().unwrap();
+        log.lines()
+            .filter(|l| l.contains(service) && l.contains(why) && l.contains("retr"))
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "exited instead of retrying:\n{}",
+        p.err()
+    );
+    assert!(
+        named,
+        "no repeated line naming {service} and saying {why:?}:\n{}",
+        p.err()
+    );
+}
+
+/// A Redis that accepts the connection and never answers: start-up says so, naming
+/// Redis, every few seconds, instead of hanging in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_redis_at_start_is_named_and_retried() {
+    let (addr, silent) = silent_listener().await;
+    a_failing_service_is_named("REDIS_URL", format!("redis://{addr}"), "Redis", "within").await;
+    silent.abort();
+}
+
+/// The same for a PostgreSQL that accepts and never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_postgres_at_start_is_named_and_retried() {
+    let (addr, silent) = silent_listener().await;
+    a_failing_service_is_named(
+        "DATABASE_URL",
+        format!("postgres://root@{addr}/x"),
+        "PostgreSQL",
+        "within",
+    )
+    .await;
+    silent.abort();
+}
+
+/// A Redis port where nothing listens: the line says the connection was refused,
+/// at once, not a timeout after the connection manager's own silent retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_redis_at_start_is_named_with_the_reason() {
+    let addr = free_addr();
+    a_failing_service_is_named("REDIS_URL", format!("redis://{addr}"), "Redis", "refused").await;
+}
