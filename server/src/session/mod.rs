@@ -348,6 +348,11 @@ impl Session {
                 self.node.metrics.rate_limited.inc();
                 commands::error(ErrorCode::RateLimited, "too many frames; slow down")
             }
+            Verdict::Dropped => {
+                // Told once this window already: a flood gets no flood of answers.
+                self.node.metrics.rate_limited.inc();
+                return None;
+            }
             Verdict::Allowed => match ClientFrame::parse(text) {
                 Ok(frame) => commands::handle(&self.node, &self.ident, &mut self.reg, frame).await,
                 Err(why) => commands::error(ErrorCode::BadRequest, why),

@@ -109,9 +109,93 @@ async fn frame_floods_are_limited_then_closed_with_1008() {
             )
         })
         .count();
-    // The burst (plus what refilled while sending) is served, then refusals.
+    // The burst (plus what refilled while sending) is served, then refusals, of
+    // which only the first is answered.
     assert!((40..60).contains(&pongs), "pongs {pongs}");
-    assert!(limited >= 30, "rate_limited frames {limited}");
+    assert_eq!(limited, 1, "one rate_limited notice per window");
+}
+
+/// Sends a ping every `every` for at most `lasting`, while reading what comes back;
+/// returns how the connection ended (`None`: still open), the frames sent, the
+/// pongs, and when each `rate_limited` came, from the first frame sent.
+async fn paced_pings(
+    c: common::Client,
+    every: Duration,
+    lasting: Duration,
+) -> (Option<u16>, usize, usize, Vec<Duration>) {
+    use futures_util::StreamExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (mut tx, mut rx) = c.ws.split();
+    let start = tokio::time::Instant::now();
+    let sent = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while start.elapsed() < lasting {
+            tick.tick().await;
+            if tx.send(Message::text(r#"{"type":"ping"}"#)).await.is_err() {
+                break;
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        tx
+    });
+    let (mut pongs, mut limited) = (0, Vec::new());
+    let deadline = start + lasting + Duration::from_secs(2);
+    let end = loop {
+        match tokio::time::timeout_at(deadline, rx.next()).await {
+            Err(_) => break None,
+            Ok(Some(Ok(Message::Text(t)))) => {
+                match serde_json::from_str::<ServerFrame>(t.as_str()).unwrap() {
+                    ServerFrame::Pong => pongs += 1,
+                    ServerFrame::Error {
+                        code: ErrorCode::RateLimited,
+                        ..
+                    } => limited.push(start.elapsed()),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            Ok(Some(Ok(Message::Close(f)))) => break Some(f.map_or(1005, |f| f.code.into())),
+            Ok(Some(Ok(_))) => {}
+            Ok(None | Some(Err(_))) => break Some(1006),
+        }
+    };
+    sender.abort();
+    (end, sent.load(Ordering::SeqCst), pongs, limited)
+}
+
+/// 100 frames a second against 20/s: a token comes back every fifth frame, and the
+/// client is still closed with 1008 (abuse is judged over a window, not refusals in
+/// a row), within a bounded time, with one `rate_limited` notice per window at most.
+/// A client just under the rate, on the same node, is never refused nor closed.
+#[tokio::test]
+async fn a_steady_flood_above_the_rate_is_closed_and_just_under_is_not() {
+    let s = start(Db::Sqlite).await;
+    let (flooder, _) = s.connect("42").await;
+    let (steady, _) = s.connect("43").await;
+    let flood = paced_pings(flooder, Duration::from_millis(10), Duration::from_secs(15));
+    let under = paced_pings(
+        steady,
+        Duration::from_millis(1000 / 18),
+        Duration::from_secs(12),
+    );
+    let ((end, _, pongs, limited), (steady_end, steady_sent, steady_pongs, steady_limited)) =
+        tokio::join!(flood, under);
+
+    assert_eq!(end, Some(1008), "flooder closed with 1008");
+    assert!(pongs >= 40, "the burst was served: {pongs}");
+    let window = Duration::from_secs(5);
+    for pair in limited.windows(2) {
+        assert!(pair[1] - pair[0] >= window, "two notices in one window: {limited:?}");
+    }
+    assert!(!limited.is_empty(), "told once before the close");
+
+    assert_eq!(steady_end, None, "the steady client is still open");
+    assert!(steady_limited.is_empty(), "never refused: {steady_limited:?}");
+    assert!(steady_sent > 100, "well past the burst: {steady_sent}");
+    assert_eq!(steady_pongs, steady_sent, "every ping answered");
+    assert_eq!(s.metric("herald_disconnects_total", &[("code", "1008")]).await, 1.0);
 }
 
 /// A client whose queue overflows is closed with 1013, and resuming with `after`
