@@ -111,6 +111,12 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// Most connections one user may hold on this node, WebSockets and SSE streams
+    /// together; one more is refused with 429, so one token cannot fill a node.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_user: u32,
+
     /// File descriptors kept back from connections for the store, Redis, listeners, logs.
     #[arg(long, env = "HERALD_FD_RESERVE", default_value_t = 256)]
     pub fd_reserve: usize,

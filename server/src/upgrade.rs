@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::api::ApiError;
 use crate::auth::{AuthError, Identity};
+use crate::hub::Full;
 use crate::metrics::CodeLabel;
 use crate::node::Node;
 use crate::registration::Registration;
@@ -131,13 +132,21 @@ pub(crate) fn parse_after(a: &str) -> Result<i64, ApiError> {
 }
 
 /// Admits a connection of `ident` once the request is valid: 503 while the node is
-/// draining (`Retry-After: 5`) or full (`Retry-After: 1`); otherwise its
+/// draining (`Retry-After: 5`) or full (`Retry-After: 1`), 429 when the user holds
+/// `HERALD_MAX_CONNECTIONS_PER_USER` connections here already (no `Retry-After`:
+/// another connection of the user must close first); otherwise its
 /// [`Registration`], joined to its personal group.
 pub(crate) async fn admit(node: &Arc<Node>, ident: &Identity) -> Result<Registration, ApiError> {
     check_serving(node)?;
     let registration = Registration::new(node, ident)
         .await
-        .ok_or_else(|| ApiError::Unavailable("node at connection capacity".into(), 1))?;
+        .map_err(|full| match full {
+            Full::Node => ApiError::Unavailable("node at connection capacity".into(), 1),
+            Full::User => ApiError::TooMany(format!(
+                "user {} has {} connections to this node, the most allowed; close one first",
+                ident.user, node.config.max_connections_per_user
+            )),
+        })?;
     node.metrics.connections_accepted.inc();
     Ok(registration)
 }

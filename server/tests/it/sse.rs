@@ -590,6 +590,44 @@ async fn streams_count_against_capacity() {
     assert_eq!(headers["retry-after"], "1");
 }
 
+/// One user may hold at most `HERALD_MAX_CONNECTIONS_PER_USER` connections on a
+/// node, sockets and streams counted together: one more is refused with 429 and a
+/// JSON reason on either transport, while other users still connect, and a closed
+/// connection frees its place.
+#[tokio::test]
+async fn one_user_is_capped_across_sockets_and_streams() {
+    let s = start_with(Db::Sqlite, &["--max-connections-per-user", "3"]).await;
+    let token = s.token("42", &[], 600);
+    let (ws_a, _) = s.connect("42").await;
+    let (_ws_b, _) = s.connect("42").await;
+    let mut st = Stream::open(&s, &format!("?token={token}"), &[]).await;
+    st.opening(false).await;
+
+    let (code, body, _) = common::refused(&s.ws_url(&format!("?token={token}")), &[]).await;
+    assert_eq!(code, 429, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("connections"), "{body}");
+    let Err((code, body, _)) = Stream::try_open(&s, &format!("?token={token}"), &[]).await else {
+        panic!("a fourth connection of the user was accepted as a stream");
+    };
+    assert_eq!(code, 429, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("connections"), "{body}");
+    assert_eq!(
+        s.metric("herald_upgrades_refused_total", &[("code", "429")]).await,
+        2.0
+    );
+
+    // Another user is not affected.
+    let (_other, _) = s.connect("43").await;
+    // Closing one of the three frees a place, once its session is cleaned up.
+    drop(ws_a);
+    let url = s.ws_url(&format!("?token={token}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while common::Client::connect(&url).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "place never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A client that stops reading is a slow consumer: once its queue overflows, the
 /// stream is closed and counted under 1013, and a resume gets everything.
 #[tokio::test]
