@@ -33,10 +33,15 @@ use crate::session::Session;
 const READ_BUFFER: usize = 512;
 /// Frames are batched up to this many bytes before a write (a flush writes at once).
 const WRITE_BUFFER: usize = 8 * 1024;
-/// No cap on the write buffer beyond what the session feeds it: a session feeds at
-/// most one batch before it flushes, and a flush that cannot finish within the
-/// queue expiry ends the connection (1013). A cap would only make the largest
-/// legitimate frame (a full `missed` of big messages) fail.
+/// No cap on the write buffer in bytes: it is bounded by frames instead. Once the
+/// buffer is past [`WRITE_BUFFER`] and the socket will not take more, the sink
+/// refuses the next frame until it has drained (the session's feed waits), so the
+/// buffer holds at most 8 KiB plus one frame; the largest frames, `initial_state`
+/// and `missed`, hold at most 1 MiB of notifications each (`OPENING_MAX_BYTES`);
+/// and a write that cannot finish within the queue expiry ends the connection
+/// (1013). A byte cap would add nothing to that bound, and would make a frame
+/// larger than itself fail on every reconnect, for ever: a notification stored
+/// under a higher `HERALD_MAX_MESSAGE_BYTES` than today's is such a frame.
 const MAX_WRITE_BUFFER: usize = usize::MAX;
 
 #[derive(Debug, Deserialize)]

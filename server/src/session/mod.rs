@@ -167,9 +167,15 @@ impl Session {
                     node.metrics.resumes.inc();
                     node.metrics.resume_replayed.inc_by(opening.replayed as u64);
                 }
-                let frames: Vec<&ServerFrame> =
-                    std::iter::once(&welcome).chain(&opening.frames).collect();
-                if let Err(end) = send_all(ws, &frames, expiry).await {
+                // Encoded, and the frames' notifications let go, before the write:
+                // while a client that does not read holds the write up, the node
+                // keeps one copy of the opening (in the socket's buffer), not two.
+                let out: Vec<Outgoing> = std::iter::once(&welcome)
+                    .chain(&opening.frames)
+                    .map(outgoing)
+                    .collect();
+                drop(opening.frames);
+                if let Err(end) = write_all(ws, out, expiry).await {
                     return Some(end);
                 }
                 self.seam = opening.seam;
@@ -378,14 +384,28 @@ async fn send_all<T: Transport>(
     frames: &[&ServerFrame],
     expiry: Duration,
 ) -> Result<(), End> {
+    write_all(ws, frames.iter().map(|f| outgoing(f)).collect(), expiry).await
+}
+
+/// A frame encoded for the transport.
+fn outgoing(f: &ServerFrame) -> Outgoing {
+    Outgoing {
+        text: f.to_json().into(),
+        kind: f.kind(),
+        resume_id: f.newest_id(),
+    }
+}
+
+/// Writes encoded frames in one write (fed, then flushed once), bounded by the
+/// queue expiry.
+async fn write_all<T: Transport>(
+    ws: &mut T,
+    frames: Vec<Outgoing>,
+    expiry: Duration,
+) -> Result<(), End> {
     let write = async {
         for f in frames {
-            ws.feed(Outgoing {
-                text: f.to_json().into(),
-                kind: f.kind(),
-                resume_id: f.newest_id(),
-            })
-            .await?;
+            ws.feed(f).await?;
         }
         ws.flush().await
     };

@@ -198,6 +198,100 @@ async fn a_steady_flood_above_the_rate_is_closed_and_just_under_is_not() {
     assert_eq!(s.metric("herald_disconnects_total", &[("code", "1008")]).await, 1.0);
 }
 
+/// This process's resident memory in bytes: the node under test runs in it.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kb * 1024
+}
+
+/// 200 sockets resume from 0 for a user with 4.5 MB of large stored notifications,
+/// then never read, while 9 MB more are published to them. Each holds its opening write (at most 1 MiB of notifications per
+/// frame, and a write buffer of 8 KiB plus one frame), so the node's memory grows
+/// by a bounded amount per socket, not by what the user has stored; /healthz keeps
+/// answering; and each socket is closed as a slow consumer (1013) once its write
+/// outlasts the queue expiry.
+///
+/// The node runs in this test process, so RSS is the process's: other tests running
+/// beside it add to it, hence a loose bound (3 MiB a socket, where the unbounded
+/// frames were about 10 MB a socket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_read_keep_the_node_bounded_and_end_with_1013() {
+    const SOCKETS: usize = 200;
+    let s = start_with(
+        Db::Sqlite,
+        &[
+            "--max-connections-per-user",
+            "200",
+            "--queue-expiry-ms",
+            "3000",
+        ],
+    )
+    .await;
+    let big = "x".repeat(15_000);
+    for _ in 0..6 {
+        let items: Vec<_> = (0..50)
+            .map(|_| json!({"user": "42", "message": big}))
+            .collect();
+        s.notify_batch(items).await;
+    }
+    let before = rss();
+    let url = s.ws_url(&format!("?token={}&after=0", s.token("42", &[], 600)));
+    let mut sockets = Vec::with_capacity(SOCKETS);
+    let mut peak = before;
+    for _ in 0..SOCKETS {
+        let (ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("upgrade accepted");
+        sockets.push(ws);
+        peak = peak.max(rss());
+    }
+    // The kernel's socket buffers (up to 4 MB a socket for sending, with
+    // net.ipv4.tcp_wmem's default maximum) took the openings; 9 MB of live
+    // notifications fill them, and the writes stall.
+    for _ in 0..12 {
+        let items: Vec<_> = (0..50)
+            .map(|_| json!({"user": "42", "message": big}))
+            .collect();
+        s.notify_batch(items).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        peak = peak.max(rss());
+        let health = tokio::time::timeout(
+            Duration::from_secs(5),
+            common::api().get(s.http("/healthz")).send(),
+        )
+        .await
+        .expect("/healthz answers while the sockets sit")
+        .unwrap();
+        assert_eq!(health.status(), 200);
+        let closed = s
+            .metric("herald_disconnects_total", &[("code", "1013")])
+            .await;
+        if closed as usize == SOCKETS {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{closed} of {SOCKETS} closed as slow consumers"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let grown = peak.saturating_sub(before);
+    println!("RSS grew by {} MiB at most", grown >> 20);
+    assert!(
+        grown < (SOCKETS as u64) * 3 * 1024 * 1024,
+        "RSS grew by {} MiB for {SOCKETS} sockets",
+        grown >> 20
+    );
+    drop(sockets);
+}
+
 /// A client whose queue overflows is closed with 1013, and resuming with `after`
 /// gets every notification it did not receive: nothing stored is lost.
 #[tokio::test]

@@ -12,6 +12,7 @@ both_stores!(
     welcome_then_initial_state_newest_unread_first,
     resume_sends_missed_oldest_first_read_or_not,
     missed_is_truncated_past_1000,
+    missed_is_truncated_past_its_byte_budget,
     live_notifications_reach_every_connection_of_the_user_only,
 );
 
@@ -121,6 +122,41 @@ async fn missed_is_truncated_past_1000(db: Db) {
     assert_eq!(ns.len(), 1000);
     assert_eq!(ns[0]["message"], 0);
     assert_eq!(ns[999]["message"], 999);
+}
+
+/// Large notifications: a `missed` frame stops before its notifications pass 1 MiB,
+/// with `truncated: true`, and resuming from its last id, frame after frame, gets
+/// every notification once and in order.
+async fn missed_is_truncated_past_its_byte_budget(db: Db) {
+    let s = start(db).await;
+    let big = "x".repeat(15_000);
+    let mut stored = Vec::new();
+    for _ in 0..10 {
+        let items: Vec<_> = (0..20)
+            .map(|_| json!({"user": "42", "message": big}))
+            .collect();
+        stored.extend(s.notify_batch(items).await);
+    }
+    let (mut after, mut got, mut frames) = (0, Vec::new(), 0);
+    loop {
+        let (mut c, _) = s.connect_with("42", &[], Some(after)).await;
+        let v = c.raw().await;
+        assert_eq!(v["type"], "missed");
+        frames += 1;
+        let ns = v["notifications"].as_array().unwrap();
+        let bytes: usize = ns.iter().map(|n| n.to_string().len() + 1).sum();
+        assert!(bytes <= 1024 * 1024, "{bytes} bytes of notifications");
+        got.extend(ns.iter().map(|n| n["id"].as_i64().unwrap()));
+        after = *got.last().unwrap();
+        if v.get("truncated").is_none() {
+            break;
+        }
+        assert_eq!(v["truncated"], true);
+        // Cut by bytes, not by the 1000 count.
+        assert!(ns.len() < 100, "{} notifications", ns.len());
+    }
+    assert_eq!(got, stored, "everything once, in order");
+    assert!(frames >= 3, "3 MB of notifications in {frames} frames");
 }
 
 /// A new notification reaches each open connection of its user once, and no one else.
