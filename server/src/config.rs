@@ -145,6 +145,12 @@ pub struct Config {
     #[arg(long, env = "HERALD_CLIENT_BURST", default_value_t = 40)]
     pub client_burst: u32,
 
+    /// Store writes (`mark_read`, `mark_all_read`) one user may make a second on this
+    /// node, across its connections (a bucket of as many); more get `rate_limited`.
+    #[arg(long, env = "HERALD_CLIENT_WRITE_RATE", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_write_rate: u32,
+
     /// Seconds between server pings; a client silent for three of these is dropped.
     #[arg(long, env = "HERALD_HEARTBEAT_S", default_value_t = 25,
           value_parser = clap::value_parser!(u64).range(1..))]

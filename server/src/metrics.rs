@@ -95,6 +95,8 @@ pub struct Metrics {
     pub broker_errors: Family<OpLabel, Counter>,
     /// Client frames refused by the rate limiter.
     pub rate_limited: Counter,
+    /// Client writes refused to keep the store's capacity for the backend API.
+    pub client_writes_refused: Counter,
     /// Server-Sent Events streams opened since start (also counted as connections).
     pub sse_streams: Counter,
     /// Times the broker resubscribed after losing its subscriptions (sessions then
@@ -137,6 +139,7 @@ impl Metrics {
             store_latency: Family::new_with_constructor(histogram),
             broker_errors: Family::default(),
             rate_limited: Counter::default(),
+            client_writes_refused: Counter::default(),
             sse_streams: Counter::default(),
             broker_resyncs: Counter::default(),
         };
@@ -251,6 +254,11 @@ impl Metrics {
                 "herald_rate_limited",
                 "Client frames refused by the rate limiter",
                 m.rate_limited.clone(),
+            );
+            r.register(
+                "herald_client_writes_refused",
+                "Client writes (mark_read, mark_all_read) refused: the user's write budget or the store's share for clients was spent",
+                m.client_writes_refused.clone(),
             );
             r.register(
                 "herald_sse_streams",

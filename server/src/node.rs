@@ -21,6 +21,7 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::publish::Publisher;
+use crate::session::ClientWrites;
 use crate::store::Store;
 use crate::tasks::Tasks;
 use crate::tuning::{Host, Profile};
@@ -33,6 +34,8 @@ pub struct Node {
     pub broker: Arc<dyn Broker>,
     pub hub: Arc<Hub>,
     pub publisher: Arc<Publisher>,
+    /// The budget and store share of client writes (`mark_read`, `mark_all_read`).
+    pub client_writes: ClientWrites,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Lifecycle,
     /// Most connections this node accepts (see [`crate::limits`]); recomputed when

@@ -156,6 +156,8 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
         metrics.clone(),
     ));
     tracing::info!(node = %id, store = store.kind(), broker = broker.kind(), capacity, fd_limit, "node ready");
+    let client_writes =
+        crate::session::ClientWrites::new(cfg.client_write_rate, store.write_slots());
     Ok(Arc::new(Node {
         id,
         auth: Auth::new(&secrets),
@@ -165,6 +167,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
         broker,
         hub,
         publisher,
+        client_writes,
         metrics,
         capacity: AtomicUsize::new(capacity),
         fd_limit: AtomicU64::new(fd_limit),

@@ -185,6 +185,7 @@ pub async fn command(State(node): State<Arc<Node>>, headers: HeaderMap, body: By
             Some(ServerFrame::Error { code, message }) => Err(match code {
                 ErrorCode::Forbidden => ApiError::Forbidden(message),
                 ErrorCode::Internal => ApiError::Unavailable(message, 1),
+                ErrorCode::RateLimited => ApiError::TooMany(message),
                 _ => ApiError::BadRequest(message),
             }),
             Some(reply) => Ok((

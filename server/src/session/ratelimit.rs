@@ -24,18 +24,16 @@ pub enum Verdict {
     Abusive,
 }
 
+/// A token bucket: `burst` tokens, refilled at `per_sec` a second.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct Bucket {
     per_sec: f32,
     burst: f32,
     tokens: f32,
     last: Instant,
-    /// When the current window of refusals began (none refused yet, or it is over).
-    window_start: Option<Instant>,
-    refused: u32,
 }
 
-impl RateLimiter {
+impl Bucket {
     pub fn new(per_sec: u32, burst: u32, now: Instant) -> Self {
         let burst = burst.max(1) as f32;
         Self {
@@ -43,23 +41,57 @@ impl RateLimiter {
             burst,
             tokens: burst,
             last: now,
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f32();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.per_sec).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the bucket would be full at `now`: it is then no different from a
+    /// new one, and may be forgotten.
+    pub fn full_at(&self, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f32();
+        self.tokens + dt * self.per_sec >= self.burst
+    }
+}
+
+#[derive(Debug)]
+pub struct RateLimiter {
+    bucket: Bucket,
+    burst: u32,
+    /// When the current window of refusals began (none refused yet, or it is over).
+    window_start: Option<Instant>,
+    refused: u32,
+}
+
+impl RateLimiter {
+    pub fn new(per_sec: u32, burst: u32, now: Instant) -> Self {
+        Self {
+            bucket: Bucket::new(per_sec, burst, now),
+            burst: burst.max(1),
             window_start: None,
             refused: 0,
         }
     }
 
     pub fn check(&mut self, now: Instant) -> Verdict {
-        let dt = now.saturating_duration_since(self.last).as_secs_f32();
-        self.last = now;
-        self.tokens = (self.tokens + dt * self.per_sec).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.bucket.take(now) {
             return Verdict::Allowed;
         }
         match self.window_start {
             Some(start) if now.saturating_duration_since(start) < WINDOW => {
                 self.refused += 1;
-                if self.refused as f32 > self.burst {
+                if self.refused > self.burst {
                     Verdict::Abusive
                 } else {
                     Verdict::Dropped

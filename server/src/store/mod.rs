@@ -109,6 +109,10 @@ pub trait Store: Send + Sync + 'static {
     /// `"sqlite"` or `"postgres"`, for logs and status.
     fn kind(&self) -> &'static str;
 
+    /// How many writes the store runs at once: what client writes may take only a
+    /// share of, so the backend API keeps its own ([`crate::session::ClientWrites`]).
+    fn write_slots(&self) -> usize;
+
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -142,6 +142,11 @@ impl Store for PgStore {
         "postgres"
     }
 
+    /// One write a pooled connection.
+    fn write_slots(&self) -> usize {
+        self.pool.options().get_max_connections() as usize
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

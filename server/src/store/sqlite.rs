@@ -168,6 +168,11 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    /// Every write goes through the one writer connection.
+    fn write_slots(&self) -> usize {
+        1
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

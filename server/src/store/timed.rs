@@ -56,6 +56,10 @@ impl Store for Timed {
         self.inner.kind()
     }
 
+    fn write_slots(&self) -> usize {
+        self.inner.write_slots()
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.time("ping", self.inner.ping()).await
     }
