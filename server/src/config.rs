@@ -152,8 +152,9 @@ pub struct Config {
     pub client_write_rate: u32,
 
     /// Seconds between server pings; a client silent for three of these is dropped.
+    /// 1 to 3600: a ping time far in the future overflows the clock.
     #[arg(long, env = "HERALD_HEARTBEAT_S", default_value_t = 25,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=MAX_HEARTBEAT_S))]
     pub heartbeat_s: u64,
 
     /// Require the admin token for `/metrics` too (default: open to scrapers).
@@ -182,7 +183,23 @@ pub struct Config {
     pub db_pool: u32,
 }
 
+/// The longest heartbeat: `Instant + Duration` panics on overflow, and no client
+/// needs a ping less often than once an hour.
+pub const MAX_HEARTBEAT_S: u64 = 3600;
+
 impl Config {
+    /// Refuses what flags cannot (a `Config` built in code, by an embedding host):
+    /// a heartbeat outside 1 to [`MAX_HEARTBEAT_S`] seconds.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=MAX_HEARTBEAT_S).contains(&self.heartbeat_s) {
+            return Err(format!(
+                "HERALD_HEARTBEAT_S must be 1 to {MAX_HEARTBEAT_S} seconds (got {})",
+                self.heartbeat_s
+            ));
+        }
+        Ok(())
+    }
+
     /// Parses a config from flags alone (environment variables still apply), as tests do.
     pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
     where

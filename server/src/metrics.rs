@@ -34,6 +34,29 @@ pub struct CodeLabel {
     pub code: u16,
 }
 
+/// A close code as a label: see [`close_code_label`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabel {
+    pub code: &'static str,
+}
+
+/// The `code` label of a close. The codes RFC 6455 defines (1000 to 1015) are
+/// themselves; the codes a client may choose itself (3000 to 4999) are counted by
+/// range, `3xxx` and `4xxx`, and anything else is `other`: a label per code a client
+/// sent would let clients make thousands of series.
+pub fn close_code_label(code: u16) -> &'static str {
+    const DEFINED: [&str; 16] = [
+        "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009",
+        "1010", "1011", "1012", "1013", "1014", "1015",
+    ];
+    match code {
+        1000..=1015 => DEFINED[usize::from(code - 1000)],
+        3000..=3999 => "3xxx",
+        4000..=4999 => "4xxx",
+        _ => "other",
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: &'static str,
@@ -65,8 +88,9 @@ pub struct Metrics {
     pub connections_open: Gauge,
     /// Upgrades refused, by HTTP status (401, 403, 503).
     pub upgrades_refused: Family<CodeLabel, Counter>,
-    /// Closes by WebSocket close code.
-    pub disconnects: Family<CodeLabel, Counter>,
+    /// Closes by WebSocket close code, client-chosen codes bucketed
+    /// ([`close_code_label`]).
+    pub disconnects: Family<CloseLabel, Counter>,
     /// Client frame handling time (`websocket_message_duration_seconds`).
     pub message_duration: Histogram,
     /// Publish accepted to frame written (`herald_delivery_latency_seconds`).
@@ -285,7 +309,11 @@ impl Metrics {
 
     /// Records a closed connection with its close code.
     pub fn closed(&self, code: u16) {
-        self.disconnects.get_or_create(&CodeLabel { code }).inc();
+        self.disconnects
+            .get_or_create(&CloseLabel {
+                code: close_code_label(code),
+            })
+            .inc();
         if code == herald_shared::close::TRY_AGAIN_LATER {
             self.slow_consumer_disconnects.inc();
         }
@@ -309,6 +337,19 @@ mod tests {
         for w in b.windows(2) {
             assert!(w[1] / w[0] <= 1.67 && w[1] > w[0], "{w:?}");
         }
+    }
+
+    #[test]
+    fn close_codes_are_bucketed() {
+        assert_eq!(close_code_label(1000), "1000");
+        assert_eq!(close_code_label(1013), "1013");
+        assert_eq!(close_code_label(1015), "1015");
+        assert_eq!(close_code_label(1016), "other");
+        assert_eq!(close_code_label(2999), "other");
+        assert_eq!(close_code_label(3000), "3xxx");
+        assert_eq!(close_code_label(4999), "4xxx");
+        assert_eq!(close_code_label(5000), "other");
+        assert_eq!(close_code_label(999), "other");
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub enum ServerError {
 /// Builds the node's shared state from `cfg` (connecting to the store, retrying
 /// while it is unreachable).
 pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
+    cfg.check().map_err(ServerError::Config)?;
     let secrets = secrets::resolve(&cfg)?.secrets;
     let profile = Profile::load(cfg.tuning_profile.as_deref()).map_err(ServerError::Config)?;
     let host = Host {

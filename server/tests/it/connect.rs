@@ -334,3 +334,43 @@ fn now_unix() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// Close codes a client chooses (3000 to 4999) are counted by range in
+/// `herald_disconnects_total`, never one series each; the codes RFC 6455 defines
+/// are themselves.
+#[tokio::test]
+async fn client_close_codes_are_bucketed_in_metrics() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let s = start(Db::Sqlite).await;
+    for code in [4321u16, 4000, 3999, 1000] {
+        let (mut c, _) = s.connect("42").await;
+        c.ws.close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        }))
+        .await
+        .unwrap();
+        // The node echoes the close once it has counted it.
+        c.closed().await;
+    }
+    let want = [("4xxx", 2.0), ("3xxx", 1.0), ("1000", 1.0)];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = s.metrics_text().await;
+        let counted = want
+            .iter()
+            .all(|(code, n)| common::metric_in(&text, "herald_disconnects_total", &[("code", code)]) == *n);
+        if counted {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for code in ["4321", "4000", "3999"] {
+        assert!(
+            !text.contains(&format!("herald_disconnects_total{{code=\"{code}\"}}")),
+            "a series for {code}:\n{text}"
+        );
+    }
+}
