@@ -9,6 +9,7 @@
 //! [`admit`]) and holds the same [`Registration`].
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -91,6 +92,7 @@ async fn prepare(
         params.token.as_deref(),
         params.after.as_deref(),
     )?;
+    check_after(node, after).await?;
     // A draining node says so before it looks at the upgrade headers, so a plain
     // GET (a browser client's diagnostic after a refused upgrade) reads the 503.
     check_serving(node)?;
@@ -126,6 +128,33 @@ pub(crate) fn identify_client(
         identify(node, headers, token).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
     let after = after.map(parse_after).transpose()?;
     Ok((ident, after))
+}
+
+/// Refuses (400) a resume point beyond the newest id the store has issued: such an
+/// `after` would skip every notification up to it, so the client would never get
+/// them. The store's id sequence is shared by every node on it, so an id another
+/// node issued is accepted here too. Only a point above what this node last saw
+/// costs a query; if the store cannot answer, the point is let through (the
+/// opening then fails with 1011, as it would anyway).
+pub(crate) async fn check_after(node: &Node, after: Option<i64>) -> Result<(), ApiError> {
+    let Some(after) = after else { return Ok(()) };
+    if after <= node.newest_issued.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let newest = match node.store.newest_issued_id().await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check after against the store");
+            return Ok(());
+        }
+    };
+    node.newest_issued.fetch_max(newest, Ordering::Relaxed);
+    if after > newest {
+        return Err(ApiError::BadRequest(format!(
+            "after ({after}) is beyond the newest notification id ({newest}); resume from an id you received"
+        )));
+    }
+    Ok(())
 }
 
 /// A resume point: a notification id ≥ 0.

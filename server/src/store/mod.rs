@@ -116,6 +116,11 @@ pub trait Store: Send + Sync + 'static {
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// The highest notification id the store has issued, to any user through any
+    /// node (0 for none): read from the id sequence, so a deleted newest row does not
+    /// lower it. A client's resume point can be no higher.
+    async fn newest_issued_id(&self) -> Result<i64, StoreError>;
+
     /// Stores all of `items` in one transaction, returning them with their ids in
     /// the same order. Ids increase in that order.
     async fn insert(&self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError>;

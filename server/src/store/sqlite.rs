@@ -178,6 +178,15 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn newest_issued_id(&self) -> Result<i64, StoreError> {
+        // AUTOINCREMENT keeps the highest id ever issued in sqlite_sequence.
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'notifications'), 0)",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     async fn insert(&self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {
         let created = now_ms();
         let ms = created.timestamp_millis();

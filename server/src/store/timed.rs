@@ -64,6 +64,11 @@ impl Store for Timed {
         self.time("ping", self.inner.ping()).await
     }
 
+    async fn newest_issued_id(&self) -> Result<i64, StoreError> {
+        self.time("newest_issued_id", self.inner.newest_issued_id())
+            .await
+    }
+
     async fn insert(&self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {
         self.time("insert", self.inner.insert(items)).await
     }

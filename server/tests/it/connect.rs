@@ -13,6 +13,7 @@ both_stores!(
     resume_sends_missed_oldest_first_read_or_not,
     missed_is_truncated_past_1000,
     missed_is_truncated_past_its_byte_budget,
+    after_beyond_the_newest_issued_id_is_refused_with_400,
     live_notifications_reach_every_connection_of_the_user_only,
 );
 
@@ -256,6 +257,42 @@ async fn bad_after_is_refused_with_400() {
         let (code, body, _) = refused(&s.ws_url(&format!("?token={token}&after={bad}")), &[]).await;
         assert_eq!(code, 400, "after={bad}");
         assert!(body["error"].as_str().unwrap().contains("after"));
+    }
+}
+
+/// `after` beyond the newest id the store has issued would silently skip every
+/// notification up to it: 400, on a socket and on a stream (`after` or
+/// `Last-Event-ID`). Up to that id it is accepted, whoever's it is and whichever
+/// node issued it: the id sequence is the store's.
+async fn after_beyond_the_newest_issued_id_is_refused_with_400(db: Db) {
+    let s = start(db).await;
+    let mine = s.notify("42", json!(1)).await.id;
+    let token = s.token("42", &[], 60);
+    // Issued through a second node on the same store: the first has not seen it.
+    let other = common::start_on(s.storage.clone(), &[]).await;
+    let theirs = other.notify("43", json!(2)).await.id;
+    assert!(theirs > mine);
+    for ok in [0, mine, theirs] {
+        let (mut c, _) = s.connect_with("42", &[], Some(ok)).await;
+        assert!(matches!(c.frame().await, ServerFrame::Missed { .. }), "after={ok}");
+    }
+    for bad in [theirs + 1, i64::MAX] {
+        let (code, body, _) = refused(&s.ws_url(&format!("?token={token}&after={bad}")), &[]).await;
+        assert_eq!(code, 400, "after={bad}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("beyond"), "{body}");
+        for (query, headers) in [
+            (format!("?token={token}&after={bad}"), vec![]),
+            (format!("?token={token}"), vec![("last-event-id", bad.to_string())]),
+        ] {
+            let mut req = common::api().get(s.http(&format!("/sse/notifications/{query}")));
+            for (k, v) in &headers {
+                req = req.header(*k, v);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 400, "stream {query} {headers:?}");
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert!(body["error"].as_str().unwrap().contains("beyond"), "{body}");
+        }
     }
 }
 
