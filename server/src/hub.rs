@@ -430,9 +430,17 @@ mod tests {
         assert_eq!(hub.register(a.clone(), &u, 10, 2), Ok(()));
         assert_eq!(hub.register(b, &u, 10, 2), Ok(()));
         assert_eq!(hub.register(c.clone(), &u, 10, 2), Err(Full::User));
-        assert_eq!(hub.register(c.clone(), &v, 10, 2), Ok(()), "others still may");
+        assert_eq!(
+            hub.register(c.clone(), &v, 10, 2),
+            Ok(()),
+            "others still may"
+        );
         hub.unregister(a.id, &u);
-        assert_eq!(hub.register(a, &u, 10, 2), Ok(()), "a closed one frees a place");
+        assert_eq!(
+            hub.register(a, &u, 10, 2),
+            Ok(()),
+            "a closed one frees a place"
+        );
         assert_eq!(hub.user_connections(&u), 2);
     }
 }

@@ -46,8 +46,8 @@ pub struct CloseLabel {
 /// sent would let clients make thousands of series.
 pub fn close_code_label(code: u16) -> &'static str {
     const DEFINED: [&str; 16] = [
-        "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009",
-        "1010", "1011", "1012", "1013", "1014", "1015",
+        "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010",
+        "1011", "1012", "1013", "1014", "1015",
     ];
     match code {
         1000..=1015 => DEFINED[usize::from(code - 1000)],

@@ -6,11 +6,11 @@
 
 use herald_shared::{ClientFrame, ErrorCode, GroupName, ServerFrame};
 
+use super::writes::Refused;
 use crate::auth::Identity;
 use crate::node::Node;
 use crate::registration::Registration;
 use crate::store::StoreError;
-use super::writes::Refused;
 
 /// Most ids one `mark_read` may carry.
 pub const MARK_READ_MAX: usize = 1000;

@@ -78,7 +78,11 @@ pub async fn opening(
 ) -> Result<Opening, StoreError> {
     let mut unread = node.store.unread(user, INITIAL_STATE_LIMIT).await?;
     // The newest that fit; `unread_count` still counts them all.
-    let fit = within_budget(&unread.newest, INITIAL_STATE_LIMIT as usize, OPENING_MAX_BYTES);
+    let fit = within_budget(
+        &unread.newest,
+        INITIAL_STATE_LIMIT as usize,
+        OPENING_MAX_BYTES,
+    );
     unread.newest.truncate(fit);
     // Everything up to here existed at connect time (or precedes `after`): a later
     // catch-up starts beyond it, never replaying what the client already had.
@@ -92,7 +96,11 @@ pub async fn opening(
     if let Some(after) = after {
         let mut missed = node.store.after(user, after, MISSED_LIMIT + 1).await?;
         let fetched = missed.len();
-        missed.truncate(within_budget(&missed, MISSED_LIMIT as usize, OPENING_MAX_BYTES));
+        missed.truncate(within_budget(
+            &missed,
+            MISSED_LIMIT as usize,
+            OPENING_MAX_BYTES,
+        ));
         let truncated = missed.len() < fetched;
         ids.extend(missed.iter().map(|n| n.id));
         replayed = missed.len();
@@ -148,11 +156,9 @@ mod tests {
     use super::*;
 
     fn note(id: i64, text_len: usize) -> Notification {
-        let message = serde_json::value::RawValue::from_string(format!(
-            "\"{}\"",
-            "x".repeat(text_len)
-        ))
-        .unwrap();
+        let message =
+            serde_json::value::RawValue::from_string(format!("\"{}\"", "x".repeat(text_len)))
+                .unwrap();
         Notification {
             id,
             user: "42".into(),

@@ -124,7 +124,11 @@ mod tests {
         assert_eq!(r.check(t0), Verdict::Limited);
         // 50 ms later one token (20/s) has come back.
         assert_eq!(r.check(t0 + ms(50)), Verdict::Allowed);
-        assert_eq!(r.check(t0 + ms(50)), Verdict::Dropped, "one notice a window");
+        assert_eq!(
+            r.check(t0 + ms(50)),
+            Verdict::Dropped,
+            "one notice a window"
+        );
     }
 
     /// 100 frames/s against 20/s: a token comes back every fifth frame, which used

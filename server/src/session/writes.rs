@@ -84,7 +84,8 @@ impl ClientWrites {
     fn take(&self, user: &UserId, now: Instant) -> bool {
         let mut u = lock(&self.users);
         if u.buckets.len() > SWEEP_ABOVE
-            && u.swept.is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY)
+            && u.swept
+                .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY)
         {
             u.buckets.retain(|_, b| !b.full_at(now));
             u.swept = Some(now);
@@ -117,7 +118,7 @@ mod tests {
         let w = ClientWrites::new(10, 1);
         let t0 = Instant::now();
         for i in 0..2000 {
-            w.take(&UserId::parse(&format!("u{i}")).unwrap(), t0);
+            w.take(&UserId::parse(format!("u{i}")).unwrap(), t0);
         }
         let later = t0 + Duration::from_secs(1);
         w.take(&UserId::parse("last").unwrap(), later);

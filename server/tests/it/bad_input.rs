@@ -187,15 +187,25 @@ async fn a_steady_flood_above_the_rate_is_closed_and_just_under_is_not() {
     assert!(pongs >= 40, "the burst was served: {pongs}");
     let window = Duration::from_secs(5);
     for pair in limited.windows(2) {
-        assert!(pair[1] - pair[0] >= window, "two notices in one window: {limited:?}");
+        assert!(
+            pair[1] - pair[0] >= window,
+            "two notices in one window: {limited:?}"
+        );
     }
     assert!(!limited.is_empty(), "told once before the close");
 
     assert_eq!(steady_end, None, "the steady client is still open");
-    assert!(steady_limited.is_empty(), "never refused: {steady_limited:?}");
+    assert!(
+        steady_limited.is_empty(),
+        "never refused: {steady_limited:?}"
+    );
     assert!(steady_sent > 100, "well past the burst: {steady_sent}");
     assert_eq!(steady_pongs, steady_sent, "every ping answered");
-    assert_eq!(s.metric("herald_disconnects_total", &[("code", "1008")]).await, 1.0);
+    assert_eq!(
+        s.metric("herald_disconnects_total", &[("code", "1008")])
+            .await,
+        1.0
+    );
 }
 
 /// This process's resident memory in bytes: the node under test runs in it.

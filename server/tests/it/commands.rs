@@ -180,10 +180,10 @@ async fn a_mark_read_flood_cannot_starve_backend_posts(db: Db) {
     let stop = Arc::new(AtomicBool::new(false));
     let (marked, limited) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut floods = Vec::new();
-    for u in 0..USERS {
+    for (u, user_ids) in ids.iter().enumerate() {
         for _ in 0..PER_USER {
             let (c, _) = s.connect(&format!("u{u}")).await;
-            let frame = json!({"type": "mark_read", "ids": ids[u]}).to_string();
+            let frame = json!({"type": "mark_read", "ids": user_ids}).to_string();
             let (stop, marked, limited) = (stop.clone(), marked.clone(), limited.clone());
             floods.push(tokio::spawn(async move {
                 let (mut tx, mut rx) = c.ws.split();
@@ -220,7 +220,12 @@ async fn a_mark_read_flood_cannot_starve_backend_posts(db: Db) {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 201, "POST {i} during the flood: {:?}", r.text().await);
+        assert_eq!(
+            r.status(),
+            201,
+            "POST {i} during the flood: {:?}",
+            r.text().await
+        );
     }
     // Let the flood run at least 3 s, whatever the POSTs took.
     tokio::time::sleep_until(started + Duration::from_secs(3)).await;
@@ -229,12 +234,18 @@ async fn a_mark_read_flood_cannot_starve_backend_posts(db: Db) {
         f.await.expect("every socket answered every frame");
     }
     let secs = t0.elapsed().as_secs_f64();
-    let (marked, limited) = (marked.load(Ordering::SeqCst), limited.load(Ordering::SeqCst));
+    let (marked, limited) = (
+        marked.load(Ordering::SeqCst),
+        limited.load(Ordering::SeqCst),
+    );
     assert!(marked > 0, "some writes were done");
     assert!(limited > 0, "the flood went past the budget");
     // Each user: a bucket of 10, refilled at 10 a second, since its first socket.
     let most = USERS as f64 * 10.0 * (secs + 1.0);
-    assert!((marked as f64) <= most, "{marked} writes done in {secs:.1} s, budget {most}");
+    assert!(
+        (marked as f64) <= most,
+        "{marked} writes done in {secs:.1} s, budget {most}"
+    );
     assert_eq!(
         s.metric("herald_client_writes_refused_total", &[]).await as usize,
         limited

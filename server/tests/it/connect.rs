@@ -274,7 +274,10 @@ async fn after_beyond_the_newest_issued_id_is_refused_with_400(db: Db) {
     assert!(theirs > mine);
     for ok in [0, mine, theirs] {
         let (mut c, _) = s.connect_with("42", &[], Some(ok)).await;
-        assert!(matches!(c.frame().await, ServerFrame::Missed { .. }), "after={ok}");
+        assert!(
+            matches!(c.frame().await, ServerFrame::Missed { .. }),
+            "after={ok}"
+        );
     }
     for bad in [theirs + 1, i64::MAX] {
         let (code, body, _) = refused(&s.ws_url(&format!("?token={token}&after={bad}")), &[]).await;
@@ -282,7 +285,10 @@ async fn after_beyond_the_newest_issued_id_is_refused_with_400(db: Db) {
         assert!(body["error"].as_str().unwrap().contains("beyond"), "{body}");
         for (query, headers) in [
             (format!("?token={token}&after={bad}"), vec![]),
-            (format!("?token={token}"), vec![("last-event-id", bad.to_string())]),
+            (
+                format!("?token={token}"),
+                vec![("last-event-id", bad.to_string())],
+            ),
         ] {
             let mut req = common::api().get(s.http(&format!("/sse/notifications/{query}")));
             for (k, v) in &headers {
@@ -395,9 +401,9 @@ async fn client_close_codes_are_bucketed_in_metrics() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let text = loop {
         let text = s.metrics_text().await;
-        let counted = want
-            .iter()
-            .all(|(code, n)| common::metric_in(&text, "herald_disconnects_total", &[("code", code)]) == *n);
+        let counted = want.iter().all(|(code, n)| {
+            common::metric_in(&text, "herald_disconnects_total", &[("code", code)]) == *n
+        });
         if counted {
             break text;
         }

@@ -605,14 +605,21 @@ async fn one_user_is_capped_across_sockets_and_streams() {
 
     let (code, body, _) = common::refused(&s.ws_url(&format!("?token={token}")), &[]).await;
     assert_eq!(code, 429, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("connections"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("connections"),
+        "{body}"
+    );
     let Err((code, body, _)) = Stream::try_open(&s, &format!("?token={token}"), &[]).await else {
         panic!("a fourth connection of the user was accepted as a stream");
     };
     assert_eq!(code, 429, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("connections"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("connections"),
+        "{body}"
+    );
     assert_eq!(
-        s.metric("herald_upgrades_refused_total", &[("code", "429")]).await,
+        s.metric("herald_upgrades_refused_total", &[("code", "429")])
+            .await,
         2.0
     );
 

@@ -1052,7 +1052,10 @@ async fn a_heartbeat_past_an_hour_is_refused_at_start() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started anyway:\n{text}");
-    assert!(text.contains("heartbeat") && text.contains("3600"), "{text}");
+    assert!(
+        text.contains("heartbeat") && text.contains("3600"),
+        "{text}"
+    );
 
     let storage = common::Storage::new(common::Db::Sqlite).await;
     let mut cfg = common::config(&storage, &[]);
