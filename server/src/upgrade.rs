@@ -1,7 +1,8 @@
 //! `GET /ws/notifications/`: everything decided before a socket exists.
 //!
-//! Origin (403), token (401), `after` (400), node state and capacity (503 with
-//! `Retry-After`), then the connect seam: the connection joins its user's group
+//! Origin (403), token (401), `after` (400, also beyond the newest issued id), node
+//! state and capacity (503 with `Retry-After`), the user's connections on this node
+//! (429), then the connect seam: the connection joins its user's group
 //! *before* the 101 response goes out, so every notification published after the
 //! upgrade is already queued for it while its session loads `initial_state`.
 //!
