@@ -122,7 +122,7 @@ pub async fn opening(
 /// than `bytes` of their JSON, but always the first one, so a client resuming from
 /// the id of the last one it got always moves on, even past a notification larger
 /// than the budget.
-fn within_budget(ns: &[Notification], count: usize, bytes: usize) -> usize {
+pub(super) fn within_budget(ns: &[Notification], count: usize, bytes: usize) -> usize {
     let mut total = 0;
     for (i, n) in ns.iter().take(count).enumerate() {
         // The notification's JSON, and the comma before it.

@@ -296,7 +296,7 @@ impl Session {
         // Page by page, so a long outage is replayed whole, never cut at one page.
         loop {
             let since = self.seam.newest();
-            let page = match self
+            let mut page = match self
                 .node
                 .store
                 .after(&self.ident.user, since, MISSED_LIMIT)
@@ -314,6 +314,14 @@ impl Session {
             if page.is_empty() {
                 return None;
             }
+            // Held while it is written: no more of it than an opening frame holds.
+            let fetched = page.len();
+            page.truncate(handshake::within_budget(
+                &page,
+                fetched,
+                herald_shared::config::OPENING_MAX_BYTES,
+            ));
+            let more = page.len() < fetched || (fetched as i64) == MISSED_LIMIT;
             self.node.metrics.resume_replayed.inc_by(page.len() as u64);
             self.seam.extend(page.iter().map(|n| n.id));
             for n in &page {
@@ -333,7 +341,7 @@ impl Session {
                 Ok(Err(_)) => return Some(End::Gone),
                 Err(_) => return Some(SLOW),
             }
-            if (page.len() as i64) < MISSED_LIMIT {
+            if !more {
                 return None;
             }
         }
@@ -443,6 +451,7 @@ mod tests {
     #[derive(Default)]
     struct Seen {
         frames: Vec<&'static str>,
+        flushes: usize,
         pings: Vec<tokio::time::Instant>,
         end: Option<String>,
     }
@@ -488,6 +497,7 @@ mod tests {
         }
 
         async fn flush(&mut self) -> Result<(), Broken> {
+            self.probe.with(|s| s.flushes += 1);
             Ok(())
         }
 
@@ -555,6 +565,55 @@ mod tests {
         );
         tokio::time::pause();
         (probe, tx)
+    }
+
+    /// A catch-up after a broker loss writes what the store holds beyond the client's
+    /// newest id in pages of at most 1 MiB of notifications (one flush each), so a
+    /// session holds no more of a long outage at a time than an opening frame; every
+    /// notification is written once.
+    #[tokio::test]
+    async fn a_catch_up_is_written_in_pages_of_at_most_a_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = node(&dir).await;
+        let ident = Identity {
+            user: UserId::parse("42").unwrap(),
+            groups: Vec::new(),
+            exp: now_unix() + 3600,
+        };
+        let reg = crate::upgrade::admit(&node, &ident)
+            .await
+            .expect("admitted");
+        let probe = Probe::default();
+        let (_tx, input) = mpsc::unbounded_channel();
+        let wire = Fake::<true> {
+            probe: probe.clone(),
+            input,
+        };
+        tokio::spawn(Session::new(node.clone(), ident, reg, None).run(wire));
+        probe.until(|s| s.frames.len() >= 2).await;
+        let opened = probe.seen.lock().unwrap().flushes;
+        // 2.25 MB stored behind the broker's back, then the broker asks for a resync.
+        let message = format!("\"{}\"", "x".repeat(15_000));
+        let items: Vec<_> = (0..150)
+            .map(|_| herald_shared::api::NewNotification {
+                user: UserId::parse("42").unwrap(),
+                message: serde_json::value::RawValue::from_string(message.clone()).unwrap(),
+            })
+            .collect();
+        node.store.insert(&items).await.unwrap();
+        for outbox in node.hub.all() {
+            outbox.resync();
+        }
+        probe
+            .until(|s| s.frames.iter().filter(|k| **k == "notification").count() >= 150)
+            .await;
+        let seen = probe.seen.lock().unwrap();
+        assert_eq!(seen.frames.len(), 2 + 150, "each notification once");
+        assert!(
+            seen.flushes - opened >= 3,
+            "2.25 MB in {} pages",
+            seen.flushes - opened
+        );
     }
 
     /// A client that never answers is pinged every heartbeat and dropped (no close frame)
