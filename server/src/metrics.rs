@@ -86,7 +86,7 @@ pub struct Metrics {
     /// a plain atomic operation, no label lookup per connection.)
     pub connections_opening: Gauge,
     pub connections_open: Gauge,
-    /// Upgrades refused, by HTTP status (401, 403, 503).
+    /// Upgrades and SSE streams refused, by HTTP status (400, 401, 403, 429, 503).
     pub upgrades_refused: Family<CodeLabel, Counter>,
     /// Closes by WebSocket close code, client-chosen codes bucketed
     /// ([`close_code_label`]).
