@@ -119,6 +119,12 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// Most connections one user may hold on this node, WebSockets and SSE streams
+    /// together; one more is refused with 429, so one token cannot fill a node.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_user: u32,
+
     /// File descriptors kept back from connections for the store, Redis, listeners, logs.
     #[arg(long, env = "HERALD_FD_RESERVE", default_value_t = 256)]
     pub fd_reserve: usize,
@@ -147,9 +153,16 @@ pub struct Config {
     #[arg(long, env = "HERALD_CLIENT_BURST", default_value_t = 40)]
     pub client_burst: u32,
 
+    /// Store writes (`mark_read`, `mark_all_read`) one user may make a second on this
+    /// node, across its connections (a bucket of as many); more get `rate_limited`.
+    #[arg(long, env = "HERALD_CLIENT_WRITE_RATE", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_write_rate: u32,
+
     /// Seconds between server pings; a client silent for three of these is dropped.
+    /// 1 to 3600: a ping time far in the future overflows the clock.
     #[arg(long, env = "HERALD_HEARTBEAT_S", default_value_t = 25,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=MAX_HEARTBEAT_S))]
     pub heartbeat_s: u64,
 
     /// Require the admin token for `/metrics` too (default: open to scrapers).
@@ -194,7 +207,23 @@ pub struct Config {
     pub max_pending_connections: Option<u64>,
 }
 
+/// The longest heartbeat: `Instant + Duration` panics on overflow, and no client
+/// needs a ping less often than once an hour.
+pub const MAX_HEARTBEAT_S: u64 = 3600;
+
 impl Config {
+    /// Refuses what flags cannot (a `Config` built in code, by an embedding host):
+    /// a heartbeat outside 1 to [`MAX_HEARTBEAT_S`] seconds.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=MAX_HEARTBEAT_S).contains(&self.heartbeat_s) {
+            return Err(format!(
+                "HERALD_HEARTBEAT_S must be 1 to {MAX_HEARTBEAT_S} seconds (got {})",
+                self.heartbeat_s
+            ));
+        }
+        Ok(())
+    }
+
     /// Parses a config from flags alone (environment variables still apply), as tests do.
     pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
     where

@@ -97,6 +97,15 @@ struct Registry {
     users: HashMap<UserId, u32>,
 }
 
+/// Why a connection was not registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// The node holds as many connections as it can.
+    Node,
+    /// The user holds as many connections on this node as one user may.
+    User,
+}
+
 /// What a delivery reached.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Reach {
@@ -120,15 +129,25 @@ impl Hub {
     }
 
     /// Adds `user`'s connection to the registry unless `capacity` connections are
-    /// open already (checked and added under one lock, so bursts cannot overshoot).
-    pub fn register(&self, outbox: Arc<Outbox>, user: &UserId, capacity: usize) -> bool {
+    /// open already, or `per_user` of this user's (checked and added under one lock,
+    /// so bursts cannot overshoot either).
+    pub fn register(
+        &self,
+        outbox: Arc<Outbox>,
+        user: &UserId,
+        capacity: usize,
+        per_user: usize,
+    ) -> Result<(), Full> {
         let mut r = lock(&self.registry);
         if r.conns.len() >= capacity {
-            return false;
+            return Err(Full::Node);
+        }
+        if r.users.get(user).is_some_and(|n| *n as usize >= per_user) {
+            return Err(Full::User);
         }
         r.conns.insert(outbox.id, outbox);
         *r.users.entry(user.clone()).or_default() += 1;
-        true
+        Ok(())
     }
 
     pub fn unregister(&self, id: u64, user: &UserId) {
@@ -338,7 +357,7 @@ mod tests {
         let g = GroupName::parse("org_1").unwrap();
         let u = UserId::parse("1").unwrap();
         let a = outbox();
-        assert!(hub.register(a.clone(), &u, 10));
+        assert!(hub.register(a.clone(), &u, 10, usize::MAX).is_ok());
         assert!(hub.join(&g, &a));
         let panics = |f: &dyn Fn()| assert!(catch_unwind(AssertUnwindSafe(f)).is_err());
         panics(&|| {
@@ -357,7 +376,7 @@ mod tests {
         assert_eq!(a.take(10).frames.len(), 2);
         // Joins, connects and the drain's snapshot carry on too.
         let b = outbox();
-        assert!(hub.register(b.clone(), &u, 10));
+        assert!(hub.register(b.clone(), &u, 10, usize::MAX).is_ok());
         assert!(!hub.join(&g, &b));
         assert_eq!(hub.deliver(&g, &d).queued, 2);
         assert_eq!((hub.connections(), hub.all().len()), (2, 2));
@@ -369,7 +388,7 @@ mod tests {
         let u = UserId::parse("1").unwrap();
         hub.until_empty().await; // none open: at once
         let a = outbox();
-        assert!(hub.register(a.clone(), &u, 10));
+        assert!(hub.register(a.clone(), &u, 10, usize::MAX).is_ok());
         let waiter = tokio::spawn({
             let hub = hub.clone();
             async move { hub.until_empty().await }
@@ -389,9 +408,9 @@ mod tests {
         let u = UserId::parse("42").unwrap();
         let v = UserId::parse("43").unwrap();
         let (a, b, c) = (outbox(), outbox(), outbox());
-        assert!(hub.register(a.clone(), &u, 2));
-        assert!(hub.register(b.clone(), &u, 2));
-        assert!(!hub.register(c.clone(), &v, 2), "full");
+        assert!(hub.register(a.clone(), &u, 2, usize::MAX).is_ok());
+        assert!(hub.register(b.clone(), &u, 2, usize::MAX).is_ok());
+        assert_eq!(hub.register(c.clone(), &v, 2, usize::MAX), Err(Full::Node));
         assert_eq!(hub.user_connections(&u), 2);
         assert_eq!(hub.user_connections(&v), 0);
         hub.unregister(a.id, &u);
@@ -399,6 +418,29 @@ mod tests {
         assert_eq!(hub.connections(), 1);
         assert_eq!(hub.user_connections(&u), 1);
         assert_eq!(hub.all()[0].id, b.id);
-        assert!(hub.register(c, &v, 2));
+        assert!(hub.register(c, &v, 2, usize::MAX).is_ok());
+    }
+
+    #[test]
+    fn one_user_cannot_take_more_than_its_share() {
+        let hub = Hub::new();
+        let u = UserId::parse("42").unwrap();
+        let v = UserId::parse("43").unwrap();
+        let (a, b, c) = (outbox(), outbox(), outbox());
+        assert_eq!(hub.register(a.clone(), &u, 10, 2), Ok(()));
+        assert_eq!(hub.register(b, &u, 10, 2), Ok(()));
+        assert_eq!(hub.register(c.clone(), &u, 10, 2), Err(Full::User));
+        assert_eq!(
+            hub.register(c.clone(), &v, 10, 2),
+            Ok(()),
+            "others still may"
+        );
+        hub.unregister(a.id, &u);
+        assert_eq!(
+            hub.register(a, &u, 10, 2),
+            Ok(()),
+            "a closed one frees a place"
+        );
+        assert_eq!(hub.user_connections(&u), 2);
     }
 }

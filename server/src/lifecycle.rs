@@ -174,7 +174,7 @@ mod tests {
         let conns = (0..n)
             .map(|_| {
                 let o = Outbox::new(10, Duration::from_secs(60), metrics.clone());
-                assert!(hub.register(o.clone(), &user, n));
+                assert!(hub.register(o.clone(), &user, n, usize::MAX).is_ok());
                 o
             })
             .collect();

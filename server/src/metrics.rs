@@ -34,6 +34,29 @@ pub struct CodeLabel {
     pub code: u16,
 }
 
+/// A close code as a label: see [`close_code_label`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabel {
+    pub code: &'static str,
+}
+
+/// The `code` label of a close. The codes RFC 6455 defines (1000 to 1015) are
+/// themselves; the codes a client may choose itself (3000 to 4999) are counted by
+/// range, `3xxx` and `4xxx`, and anything else is `other`: a label per code a client
+/// sent would let clients make thousands of series.
+pub fn close_code_label(code: u16) -> &'static str {
+    const DEFINED: [&str; 16] = [
+        "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010",
+        "1011", "1012", "1013", "1014", "1015",
+    ];
+    match code {
+        1000..=1015 => DEFINED[usize::from(code - 1000)],
+        3000..=3999 => "3xxx",
+        4000..=4999 => "4xxx",
+        _ => "other",
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: &'static str,
@@ -63,10 +86,11 @@ pub struct Metrics {
     /// a plain atomic operation, no label lookup per connection.)
     pub connections_opening: Gauge,
     pub connections_open: Gauge,
-    /// Upgrades refused, by HTTP status (401, 403, 503).
+    /// Upgrades and SSE streams refused, by HTTP status (400, 401, 403, 429, 503).
     pub upgrades_refused: Family<CodeLabel, Counter>,
-    /// Closes by WebSocket close code.
-    pub disconnects: Family<CodeLabel, Counter>,
+    /// Closes by WebSocket close code, client-chosen codes bucketed
+    /// ([`close_code_label`]).
+    pub disconnects: Family<CloseLabel, Counter>,
     /// Client frame handling time (`websocket_message_duration_seconds`).
     pub message_duration: Histogram,
     /// Publish accepted to frame written (`herald_delivery_latency_seconds`).
@@ -100,6 +124,8 @@ pub struct Metrics {
     pub broker_errors: Family<OpLabel, Counter>,
     /// Client frames refused by the rate limiter.
     pub rate_limited: Counter,
+    /// Client writes refused to keep the store's capacity for the backend API.
+    pub client_writes_refused: Counter,
     /// Server-Sent Events streams opened since start (also counted as connections).
     pub sse_streams: Counter,
     /// Times the broker resubscribed after losing its subscriptions (sessions then
@@ -144,6 +170,7 @@ impl Metrics {
             store_latency: Family::new_with_constructor(histogram),
             broker_errors: Family::default(),
             rate_limited: Counter::default(),
+            client_writes_refused: Counter::default(),
             sse_streams: Counter::default(),
             broker_resyncs: Counter::default(),
         };
@@ -270,6 +297,11 @@ impl Metrics {
                 m.rate_limited.clone(),
             );
             r.register(
+                "herald_client_writes_refused",
+                "Client writes (mark_read, mark_all_read) refused: the user's write budget or the store's share for clients was spent",
+                m.client_writes_refused.clone(),
+            );
+            r.register(
                 "herald_sse_streams",
                 "Server-Sent Events streams opened",
                 m.sse_streams.clone(),
@@ -294,7 +326,11 @@ impl Metrics {
 
     /// Records a closed connection with its close code.
     pub fn closed(&self, code: u16) {
-        self.disconnects.get_or_create(&CodeLabel { code }).inc();
+        self.disconnects
+            .get_or_create(&CloseLabel {
+                code: close_code_label(code),
+            })
+            .inc();
         if code == herald_shared::close::TRY_AGAIN_LATER {
             self.slow_consumer_disconnects.inc();
         }
@@ -318,6 +354,19 @@ mod tests {
         for w in b.windows(2) {
             assert!(w[1] / w[0] <= 1.67 && w[1] > w[0], "{w:?}");
         }
+    }
+
+    #[test]
+    fn close_codes_are_bucketed() {
+        assert_eq!(close_code_label(1000), "1000");
+        assert_eq!(close_code_label(1013), "1013");
+        assert_eq!(close_code_label(1015), "1015");
+        assert_eq!(close_code_label(1016), "other");
+        assert_eq!(close_code_label(2999), "other");
+        assert_eq!(close_code_label(3000), "3xxx");
+        assert_eq!(close_code_label(4999), "4xxx");
+        assert_eq!(close_code_label(5000), "other");
+        assert_eq!(close_code_label(999), "other");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use herald_shared::{GroupName, UserId};
 
 use crate::auth::Identity;
+use crate::hub::Full;
 use crate::node::Node;
 use crate::outbox::Outbox;
 
@@ -24,20 +25,20 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Registers a connection of `ident`'s user and joins its personal group; `None`
-    /// when the node is at capacity.
-    pub(crate) async fn new(node: &Arc<Node>, ident: &Identity) -> Option<Self> {
+    /// Registers a connection of `ident`'s user and joins its personal group; `Err`
+    /// when the node, or the user's share of it, is full.
+    pub(crate) async fn new(node: &Arc<Node>, ident: &Identity) -> Result<Self, Full> {
         let outbox = Outbox::new(
             node.config.queue_capacity,
             node.config.queue_expiry(),
             node.metrics.clone(),
         );
-        if !node
-            .hub
-            .register(outbox.clone(), &ident.user, node.capacity())
-        {
-            return None;
-        }
+        node.hub.register(
+            outbox.clone(),
+            &ident.user,
+            node.capacity(),
+            node.config.max_connections_per_user as usize,
+        )?;
         node.metrics.connections.inc();
         node.metrics.connections_opening.inc();
         node.presence.changed(&ident.user, 1);
@@ -51,7 +52,7 @@ impl Registration {
         // A failed subscribe is logged, not fatal: the store still has everything,
         // and the broker resubscribes what the hub holds when it reconnects.
         let _ = reg.join(ident.user.group()).await;
-        Some(reg)
+        Ok(reg)
     }
 
     /// Marks the connection open: its opening frames are sent.

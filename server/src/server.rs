@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -55,6 +55,7 @@ pub enum ServerError {
 /// Builds the node's shared state from `cfg` (connecting to the store, retrying
 /// while it is unreachable).
 pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
+    cfg.check().map_err(ServerError::Config)?;
     let secrets = secrets::resolve(&cfg)?.secrets;
     let profile = Profile::load(cfg.tuning_profile.as_deref()).map_err(ServerError::Config)?;
     let host = Host {
@@ -156,6 +157,8 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
         metrics.clone(),
     ));
     tracing::info!(node = %id, store = store.kind(), broker = broker.kind(), capacity, fd_limit, "node ready");
+    let client_writes =
+        crate::session::ClientWrites::new(cfg.client_write_rate, store.write_slots());
     Ok(Arc::new(Node {
         id,
         auth: Auth::new(&secrets, &cfg),
@@ -165,6 +168,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
         broker,
         hub,
         publisher,
+        client_writes,
         metrics,
         capacity: AtomicUsize::new(capacity),
         fd_limit: AtomicU64::new(fd_limit),
@@ -172,6 +176,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
         host,
         started: Instant::now(),
         store_up: AtomicBool::new(true),
+        newest_issued: AtomicI64::new(0),
         presence,
         cluster,
         auth_failure_audited_us: AtomicU64::new(0),

@@ -35,7 +35,9 @@ use crate::auth::{AuthError, bearer};
 use crate::node::Node;
 use crate::session::commands::{self, GROUPS_MAX};
 use crate::session::{Broken, CLOSE_GRACE, End, Incoming, Outgoing, Session, Transport};
-use crate::upgrade::{admit, check_origin, counted_refusal, identify_client, parse_after};
+use crate::upgrade::{
+    admit, check_after, check_origin, counted_refusal, identify_client, parse_after,
+};
 
 /// Bytes gathered before a chunk goes to the response body (a flush sends sooner).
 const WRITE_BUFFER: usize = 8 * 1024;
@@ -91,6 +93,7 @@ async fn open(
         })?),
     };
     let after = after.max(last_event_id);
+    check_after(node, after).await?;
     let groups = wanted_groups(&ident, params.groups.as_deref())?;
     let mut registration = admit(node, &ident).await?;
     node.metrics.sse_streams.inc();
@@ -185,6 +188,7 @@ pub async fn command(State(node): State<Arc<Node>>, headers: HeaderMap, body: By
             Some(ServerFrame::Error { code, message }) => Err(match code {
                 ErrorCode::Forbidden => ApiError::Forbidden(message),
                 ErrorCode::Internal => ApiError::Unavailable(message, 1),
+                ErrorCode::RateLimited => ApiError::TooMany(message),
                 _ => ApiError::BadRequest(message),
             }),
             Some(reply) => Ok((

@@ -1,7 +1,8 @@
 //! `GET /ws/notifications/`: everything decided before a socket exists.
 //!
-//! Origin (403), token (401), `after` (400), node state and capacity (503 with
-//! `Retry-After`), then the connect seam: the connection joins its user's group
+//! Origin (403), token (401), `after` (400, also beyond the newest issued id), node
+//! state and capacity (503 with `Retry-After`), the user's connections on this node
+//! (429), then the connect seam: the connection joins its user's group
 //! *before* the 101 response goes out, so every notification published after the
 //! upgrade is already queued for it while its session loads `initial_state`.
 //!
@@ -9,6 +10,7 @@
 //! [`admit`]) and holds the same [`Registration`].
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -20,6 +22,7 @@ use serde::Deserialize;
 
 use crate::api::ApiError;
 use crate::auth::{AuthError, Identity};
+use crate::hub::Full;
 use crate::metrics::CodeLabel;
 use crate::node::Node;
 use crate::registration::Registration;
@@ -32,10 +35,15 @@ use crate::session::Session;
 const READ_BUFFER: usize = 512;
 /// Frames are batched up to this many bytes before a write (a flush writes at once).
 const WRITE_BUFFER: usize = 8 * 1024;
-/// No cap on the write buffer beyond what the session feeds it: a session feeds at
-/// most one batch before it flushes, and a flush that cannot finish within the
-/// queue expiry ends the connection (1013). A cap would only make the largest
-/// legitimate frame (a full `missed` of big messages) fail.
+/// No cap on the write buffer in bytes: it is bounded by frames instead. Once the
+/// buffer is past [`WRITE_BUFFER`] and the socket will not take more, the sink
+/// refuses the next frame until it has drained (the session's feed waits), so the
+/// buffer holds at most 8 KiB plus one frame; the largest frames, `initial_state`
+/// and `missed`, hold at most 1 MiB of notifications each (`OPENING_MAX_BYTES`);
+/// and a write that cannot finish within the queue expiry ends the connection
+/// (1013). A byte cap would add nothing to that bound, and would make a frame
+/// larger than itself fail on every reconnect, for ever: a notification stored
+/// under a higher `HERALD_MAX_MESSAGE_BYTES` than today's is such a frame.
 const MAX_WRITE_BUFFER: usize = usize::MAX;
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +93,7 @@ async fn prepare(
         params.token.as_deref(),
         params.after.as_deref(),
     )?;
+    check_after(node, after).await?;
     // A draining node says so before it looks at the upgrade headers, so a plain
     // GET (a browser client's diagnostic after a refused upgrade) reads the 503.
     check_serving(node)?;
@@ -122,6 +131,33 @@ pub(crate) fn identify_client(
     Ok((ident, after))
 }
 
+/// Refuses (400) a resume point beyond the newest id the store has issued: such an
+/// `after` would skip every notification up to it, so the client would never get
+/// them. The store's id sequence is shared by every node on it, so an id another
+/// node issued is accepted here too. Only a point above what this node last saw
+/// costs a query; if the store cannot answer, the point is let through (the
+/// opening then fails with 1011, as it would anyway).
+pub(crate) async fn check_after(node: &Node, after: Option<i64>) -> Result<(), ApiError> {
+    let Some(after) = after else { return Ok(()) };
+    if after <= node.newest_issued.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let newest = match node.store.newest_issued_id().await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check after against the store");
+            return Ok(());
+        }
+    };
+    node.newest_issued.fetch_max(newest, Ordering::Relaxed);
+    if after > newest {
+        return Err(ApiError::BadRequest(format!(
+            "after ({after}) is beyond the newest notification id ({newest}); resume from an id you received"
+        )));
+    }
+    Ok(())
+}
+
 /// A resume point: a notification id ≥ 0.
 pub(crate) fn parse_after(a: &str) -> Result<i64, ApiError> {
     a.parse::<i64>()
@@ -131,13 +167,21 @@ pub(crate) fn parse_after(a: &str) -> Result<i64, ApiError> {
 }
 
 /// Admits a connection of `ident` once the request is valid: 503 while the node is
-/// draining (`Retry-After: 5`) or full (`Retry-After: 1`); otherwise its
+/// draining (`Retry-After: 5`) or full (`Retry-After: 1`), 429 when the user holds
+/// `HERALD_MAX_CONNECTIONS_PER_USER` connections here already (no `Retry-After`:
+/// another connection of the user must close first); otherwise its
 /// [`Registration`], joined to its personal group.
 pub(crate) async fn admit(node: &Arc<Node>, ident: &Identity) -> Result<Registration, ApiError> {
     check_serving(node)?;
     let registration = Registration::new(node, ident)
         .await
-        .ok_or_else(|| ApiError::Unavailable("node at connection capacity".into(), 1))?;
+        .map_err(|full| match full {
+            Full::Node => ApiError::Unavailable("node at connection capacity".into(), 1),
+            Full::User => ApiError::TooMany(format!(
+                "user {} has {} connections to this node, the most allowed; close one first",
+                ident.user, node.config.max_connections_per_user
+            )),
+        })?;
     node.metrics.connections_accepted.inc();
     Ok(registration)
 }

@@ -29,3 +29,7 @@ pub const DEMO_PATH: &str = "/demo/";
 pub const INITIAL_STATE_LIMIT: i64 = 50;
 /// Most notifications in one `missed` frame.
 pub const MISSED_LIMIT: i64 = 1000;
+/// Most bytes of notifications (their JSON, as in the frame) in one `initial_state`
+/// or `missed` frame: a full frame of large messages would otherwise be many
+/// megabytes, built and held by the node for every connection that opens.
+pub const OPENING_MAX_BYTES: usize = 1024 * 1024;

@@ -21,6 +21,9 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     TooLarge(String),
+    /// 429: the caller holds or asks for more than its share.
+    #[error("{0}")]
+    TooMany(String),
     /// 503 with `Retry-After` (seconds).
     #[error("{0}")]
     Unavailable(String, u32),
@@ -52,6 +55,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, None),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, None),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, None),
+            ApiError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, None),
             ApiError::Unavailable(_, s) => (StatusCode::SERVICE_UNAVAILABLE, Some(*s)),
             ApiError::Internal(why) => {
                 tracing::error!(%why, "internal error");

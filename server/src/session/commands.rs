@@ -6,6 +6,7 @@
 
 use herald_shared::{ClientFrame, ErrorCode, GroupName, ServerFrame};
 
+use super::writes::Refused;
 use crate::auth::Identity;
 use crate::node::Node;
 use crate::registration::Registration;
@@ -21,6 +22,20 @@ pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerFrame {
         code,
         message: message.into(),
     }
+}
+
+/// The answer to a client write that [`ClientWrites`] refused: nothing was written.
+///
+/// [`ClientWrites`]: super::ClientWrites
+fn refused(node: &Node, why: Refused) -> ServerFrame {
+    node.metrics.client_writes_refused.inc();
+    error(
+        ErrorCode::RateLimited,
+        match why {
+            Refused::User => "too many writes for this user; slow down",
+            Refused::Busy => "the store is busy; try again shortly",
+        },
+    )
 }
 
 fn store_error(op: &'static str, e: StoreError) -> ServerFrame {
@@ -61,6 +76,10 @@ pub async fn handle_stateless(
                     format!("mark_read takes at most {MARK_READ_MAX} ids"),
                 ));
             }
+            let _slot = match node.client_writes.admit(&ident.user).await {
+                Ok(slot) => slot,
+                Err(why) => return Some(refused(node, why)),
+            };
             match node.store.mark_read(&ident.user, &ids).await {
                 Ok((ids, unread_count)) => ServerFrame::MarkedRead {
                     ids: Some(ids),
@@ -70,14 +89,20 @@ pub async fn handle_stateless(
                 Err(e) => store_error("mark_read", e),
             }
         }
-        ClientFrame::MarkAllRead => match node.store.mark_all_read(&ident.user).await {
-            Ok(unread_count) => ServerFrame::MarkedRead {
-                ids: None,
-                all: true,
-                unread_count,
-            },
-            Err(e) => store_error("mark_all_read", e),
-        },
+        ClientFrame::MarkAllRead => {
+            let _slot = match node.client_writes.admit(&ident.user).await {
+                Ok(slot) => slot,
+                Err(why) => return Some(refused(node, why)),
+            };
+            match node.store.mark_all_read(&ident.user).await {
+                Ok(unread_count) => ServerFrame::MarkedRead {
+                    ids: None,
+                    all: true,
+                    unread_count,
+                },
+                Err(e) => store_error("mark_all_read", e),
+            }
+        }
     })
 }
 

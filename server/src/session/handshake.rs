@@ -9,8 +9,8 @@
 
 use std::collections::HashSet;
 
-use herald_shared::ServerFrame;
-use herald_shared::config::{INITIAL_STATE_LIMIT, MISSED_LIMIT};
+use herald_shared::config::{INITIAL_STATE_LIMIT, MISSED_LIMIT, OPENING_MAX_BYTES};
+use herald_shared::{Notification, ServerFrame};
 
 use crate::node::Node;
 use crate::store::StoreError;
@@ -76,7 +76,14 @@ pub async fn opening(
     user: &UserId,
     after: Option<i64>,
 ) -> Result<Opening, StoreError> {
-    let unread = node.store.unread(user, INITIAL_STATE_LIMIT).await?;
+    let mut unread = node.store.unread(user, INITIAL_STATE_LIMIT).await?;
+    // The newest that fit; `unread_count` still counts them all.
+    let fit = within_budget(
+        &unread.newest,
+        INITIAL_STATE_LIMIT as usize,
+        OPENING_MAX_BYTES,
+    );
+    unread.newest.truncate(fit);
     // Everything up to here existed at connect time (or precedes `after`): a later
     // catch-up starts beyond it, never replaying what the client already had.
     let baseline = unread.newest_id.max(after.unwrap_or(0));
@@ -88,8 +95,13 @@ pub async fn opening(
     let mut replayed = 0;
     if let Some(after) = after {
         let mut missed = node.store.after(user, after, MISSED_LIMIT + 1).await?;
-        let truncated = missed.len() as i64 > MISSED_LIMIT;
-        missed.truncate(MISSED_LIMIT as usize);
+        let fetched = missed.len();
+        missed.truncate(within_budget(
+            &missed,
+            MISSED_LIMIT as usize,
+            OPENING_MAX_BYTES,
+        ));
+        let truncated = missed.len() < fetched;
         ids.extend(missed.iter().map(|n| n.id));
         replayed = missed.len();
         frames.push(ServerFrame::Missed {
@@ -106,9 +118,74 @@ pub async fn opening(
     })
 }
 
+/// How many of `ns`, from the first, fit in one frame: at most `count`, and no more
+/// than `bytes` of their JSON, but always the first one, so a client resuming from
+/// the id of the last one it got always moves on, even past a notification larger
+/// than the budget.
+pub(super) fn within_budget(ns: &[Notification], count: usize, bytes: usize) -> usize {
+    let mut total = 0;
+    for (i, n) in ns.iter().take(count).enumerate() {
+        // The notification's JSON, and the comma before it.
+        total += json_len(n) + 1;
+        if total > bytes && i > 0 {
+            return i;
+        }
+    }
+    ns.len().min(count)
+}
+
+/// The length of `n`'s JSON, counted as it is written, without building it.
+fn json_len(n: &Notification) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    serde_json::to_writer(&mut c, n).expect("notifications always serialise");
+    c.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn note(id: i64, text_len: usize) -> Notification {
+        let message =
+            serde_json::value::RawValue::from_string(format!("\"{}\"", "x".repeat(text_len)))
+                .unwrap();
+        Notification {
+            id,
+            user: "42".into(),
+            message: herald_shared::frames::RawJson(message),
+            created_at: "2026-11-25T19:21:08.123Z".into(),
+            read: false,
+        }
+    }
+
+    #[test]
+    fn json_len_is_the_encoded_length() {
+        let n = note(7, 100);
+        assert_eq!(json_len(&n), serde_json::to_string(&n).unwrap().len());
+    }
+
+    #[test]
+    fn the_budget_caps_by_count_and_by_bytes_but_keeps_one() {
+        let small: Vec<_> = (1..=10).map(|i| note(i, 10)).collect();
+        assert_eq!(within_budget(&small, 4, 1 << 20), 4, "count cap");
+        assert_eq!(within_budget(&small, 100, 1 << 20), 10, "everything fits");
+        let one = json_len(&small[0]) + 1;
+        assert_eq!(within_budget(&small, 100, 3 * one), 3, "exactly three fit");
+        assert_eq!(within_budget(&small, 100, 3 * one - 1), 2);
+        let big = [note(1, 5000), note(2, 10)];
+        assert_eq!(within_budget(&big, 100, 1000), 1, "the first always goes");
+        assert_eq!(within_budget(&[], 100, 1000), 0);
+    }
 
     #[test]
     fn seam_drops_repeats_until_a_newer_id() {

@@ -13,6 +13,7 @@ pub(crate) mod commands;
 mod handshake;
 mod ratelimit;
 mod transport;
+mod writes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use crate::registration::Registration;
 use handshake::Seam;
 use ratelimit::{RateLimiter, Verdict};
 pub use transport::{Broken, Incoming, Outgoing, Transport};
+pub use writes::ClientWrites;
 
 /// Frames taken from the outbox per write batch.
 const BATCH: usize = 64;
@@ -167,9 +169,15 @@ impl Session {
                     node.metrics.resumes.inc();
                     node.metrics.resume_replayed.inc_by(opening.replayed as u64);
                 }
-                let frames: Vec<&ServerFrame> =
-                    std::iter::once(&welcome).chain(&opening.frames).collect();
-                if let Err(end) = send_all(ws, &frames, expiry).await {
+                // Encoded, and the frames' notifications let go, before the write:
+                // while a client that does not read holds the write up, the node
+                // keeps one copy of the opening (in the socket's buffer), not two.
+                let out: Vec<Outgoing> = std::iter::once(&welcome)
+                    .chain(&opening.frames)
+                    .map(outgoing)
+                    .collect();
+                drop(opening.frames);
+                if let Err(end) = write_all(ws, out, expiry).await {
                     return Some(end);
                 }
                 self.seam = opening.seam;
@@ -288,7 +296,7 @@ impl Session {
         // Page by page, so a long outage is replayed whole, never cut at one page.
         loop {
             let since = self.seam.newest();
-            let page = match self
+            let mut page = match self
                 .node
                 .store
                 .after(&self.ident.user, since, MISSED_LIMIT)
@@ -306,6 +314,14 @@ impl Session {
             if page.is_empty() {
                 return None;
             }
+            // Held while it is written: no more of it than an opening frame holds.
+            let fetched = page.len();
+            page.truncate(handshake::within_budget(
+                &page,
+                fetched,
+                herald_shared::config::OPENING_MAX_BYTES,
+            ));
+            let more = page.len() < fetched || (fetched as i64) == MISSED_LIMIT;
             self.node.metrics.resume_replayed.inc_by(page.len() as u64);
             self.seam.extend(page.iter().map(|n| n.id));
             for n in &page {
@@ -325,7 +341,7 @@ impl Session {
                 Ok(Err(_)) => return Some(End::Gone),
                 Err(_) => return Some(SLOW),
             }
-            if (page.len() as i64) < MISSED_LIMIT {
+            if !more {
                 return None;
             }
         }
@@ -347,6 +363,11 @@ impl Session {
             Verdict::Limited => {
                 self.node.metrics.rate_limited.inc();
                 commands::error(ErrorCode::RateLimited, "too many frames; slow down")
+            }
+            Verdict::Dropped => {
+                // Told once this window already: a flood gets no flood of answers.
+                self.node.metrics.rate_limited.inc();
+                return None;
             }
             Verdict::Allowed => match ClientFrame::parse(text) {
                 Ok(frame) => commands::handle(&self.node, &self.ident, &mut self.reg, frame).await,
@@ -373,14 +394,28 @@ async fn send_all<T: Transport>(
     frames: &[&ServerFrame],
     expiry: Duration,
 ) -> Result<(), End> {
+    write_all(ws, frames.iter().map(|f| outgoing(f)).collect(), expiry).await
+}
+
+/// A frame encoded for the transport.
+fn outgoing(f: &ServerFrame) -> Outgoing {
+    Outgoing {
+        text: f.to_json().into(),
+        kind: f.kind(),
+        resume_id: f.newest_id(),
+    }
+}
+
+/// Writes encoded frames in one write (fed, then flushed once), bounded by the
+/// queue expiry.
+async fn write_all<T: Transport>(
+    ws: &mut T,
+    frames: Vec<Outgoing>,
+    expiry: Duration,
+) -> Result<(), End> {
     let write = async {
         for f in frames {
-            ws.feed(Outgoing {
-                text: f.to_json().into(),
-                kind: f.kind(),
-                resume_id: f.newest_id(),
-            })
-            .await?;
+            ws.feed(f).await?;
         }
         ws.flush().await
     };
@@ -416,6 +451,7 @@ mod tests {
     #[derive(Default)]
     struct Seen {
         frames: Vec<&'static str>,
+        flushes: usize,
         pings: Vec<tokio::time::Instant>,
         end: Option<String>,
     }
@@ -461,6 +497,7 @@ mod tests {
         }
 
         async fn flush(&mut self) -> Result<(), Broken> {
+            self.probe.with(|s| s.flushes += 1);
             Ok(())
         }
 
@@ -528,6 +565,55 @@ mod tests {
         );
         tokio::time::pause();
         (probe, tx)
+    }
+
+    /// A catch-up after a broker loss writes what the store holds beyond the client's
+    /// newest id in pages of at most 1 MiB of notifications (one flush each), so a
+    /// session holds no more of a long outage at a time than an opening frame; every
+    /// notification is written once.
+    #[tokio::test]
+    async fn a_catch_up_is_written_in_pages_of_at_most_a_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = node(&dir).await;
+        let ident = Identity {
+            user: UserId::parse("42").unwrap(),
+            groups: Vec::new(),
+            exp: now_unix() + 3600,
+        };
+        let reg = crate::upgrade::admit(&node, &ident)
+            .await
+            .expect("admitted");
+        let probe = Probe::default();
+        let (_tx, input) = mpsc::unbounded_channel();
+        let wire = Fake::<true> {
+            probe: probe.clone(),
+            input,
+        };
+        tokio::spawn(Session::new(node.clone(), ident, reg, None).run(wire));
+        probe.until(|s| s.frames.len() >= 2).await;
+        let opened = probe.seen.lock().unwrap().flushes;
+        // 2.25 MB stored behind the broker's back, then the broker asks for a resync.
+        let message = format!("\"{}\"", "x".repeat(15_000));
+        let items: Vec<_> = (0..150)
+            .map(|_| herald_shared::api::NewNotification {
+                user: UserId::parse("42").unwrap(),
+                message: serde_json::value::RawValue::from_string(message.clone()).unwrap(),
+            })
+            .collect();
+        node.store.insert(&items).await.unwrap();
+        for outbox in node.hub.all() {
+            outbox.resync();
+        }
+        probe
+            .until(|s| s.frames.iter().filter(|k| **k == "notification").count() >= 150)
+            .await;
+        let seen = probe.seen.lock().unwrap();
+        assert_eq!(seen.frames.len(), 2 + 150, "each notification once");
+        assert!(
+            seen.flushes - opened >= 3,
+            "2.25 MB in {} pages",
+            seen.flushes - opened
+        );
     }
 
     /// A client that never answers is pinged every heartbeat and dropped (no close frame)

@@ -109,8 +109,17 @@ pub trait Store: Send + Sync + 'static {
     /// `"sqlite"` or `"postgres"`, for logs and status.
     fn kind(&self) -> &'static str;
 
+    /// How many writes the store runs at once: what client writes may take only a
+    /// share of, so the backend API keeps its own ([`crate::session::ClientWrites`]).
+    fn write_slots(&self) -> usize;
+
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The highest notification id the store has issued, to any user through any
+    /// node (0 for none): read from the id sequence, so a deleted newest row does not
+    /// lower it. A client's resume point can be no higher.
+    async fn newest_issued_id(&self) -> Result<i64, StoreError>;
 
     /// Stores all of `items` in one transaction, returning them with their ids in
     /// the same order. Ids increase in that order.

@@ -154,9 +154,24 @@ impl Store for PgStore {
         "postgres"
     }
 
+    /// One write a pooled connection.
+    fn write_slots(&self) -> usize {
+        self.pool.options().get_max_connections() as usize
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn newest_issued_id(&self) -> Result<i64, StoreError> {
+        // The identity's sequence: NULL until its first id. It may be past the
+        // newest committed id (a rolled-back insert), which is harmless to accept.
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE(pg_sequence_last_value(pg_get_serial_sequence('notifications', 'id')), 0)",
+        )
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn insert(&self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {

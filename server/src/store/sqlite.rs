@@ -168,9 +168,23 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    /// Every write goes through the one writer connection.
+    fn write_slots(&self) -> usize {
+        1
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn newest_issued_id(&self) -> Result<i64, StoreError> {
+        // AUTOINCREMENT keeps the highest id ever issued in sqlite_sequence.
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'notifications'), 0)",
+        )
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn insert(&self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {

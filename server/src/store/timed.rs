@@ -56,8 +56,17 @@ impl Store for Timed {
         self.inner.kind()
     }
 
+    fn write_slots(&self) -> usize {
+        self.inner.write_slots()
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.time("ping", self.inner.ping()).await
+    }
+
+    async fn newest_issued_id(&self) -> Result<i64, StoreError> {
+        self.time("newest_issued_id", self.inner.newest_issued_id())
+            .await
     }
 
     async fn insert(&self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {

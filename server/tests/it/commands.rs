@@ -11,7 +11,8 @@ use crate::common::{self, Db, start};
 both_stores!(
     ping_gets_pong,
     mark_read_touches_only_own_ids,
-    mark_all_read_zeroes_the_count
+    mark_all_read_zeroes_the_count,
+    a_mark_read_flood_cannot_starve_backend_posts,
 );
 
 /// `ping` is answered with `pong`.
@@ -152,4 +153,101 @@ async fn subscribe_validates_names() {
     s.event("user_42", json!("still joined")).await;
     assert_eq!(c.raw().await["payload"], "still joined");
     c.silent_for(Duration::from_millis(200)).await;
+}
+
+/// 200 sockets (20 users, 10 each) mark 1000 of their user's ids each, as fast as
+/// the frame rate lets them, while the backend POSTs notifications: every POST
+/// gets 201 (client writes hold a share of the store, never all of it); writes
+/// beyond each user's budget (10 a second across its connections) are answered
+/// `rate_limited` and the connections stay open; those within it are done.
+async fn a_mark_read_flood_cannot_starve_backend_posts(db: Db) {
+    use futures_util::{SinkExt, StreamExt};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tokio_tungstenite::tungstenite::Message;
+
+    const USERS: usize = 20;
+    const PER_USER: usize = 10;
+    let s = start(db).await;
+    let mut ids = Vec::new();
+    for u in 0..USERS {
+        let items: Vec<_> = (0..1000)
+            .map(|i| json!({"user": format!("u{u}"), "message": i}))
+            .collect();
+        ids.push(s.notify_batch(items).await);
+    }
+    let t0 = tokio::time::Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (marked, limited) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut floods = Vec::new();
+    for (u, user_ids) in ids.iter().enumerate() {
+        for _ in 0..PER_USER {
+            let (c, _) = s.connect(&format!("u{u}")).await;
+            let frame = json!({"type": "mark_read", "ids": user_ids}).to_string();
+            let (stop, marked, limited) = (stop.clone(), marked.clone(), limited.clone());
+            floods.push(tokio::spawn(async move {
+                let (mut tx, mut rx) = c.ws.split();
+                // Under the frame rate (20/s): every frame is handled and answered.
+                let mut tick = tokio::time::interval(Duration::from_millis(1000 / 18));
+                while !stop.load(Ordering::SeqCst) {
+                    tick.tick().await;
+                    tx.send(Message::text(frame.clone())).await.unwrap();
+                    let reply = loop {
+                        match rx.next().await {
+                            Some(Ok(Message::Text(t))) => break t,
+                            Some(Ok(_)) => continue,
+                            other => panic!("socket ended during the flood: {other:?}"),
+                        }
+                    };
+                    let v: serde_json::Value = serde_json::from_str(reply.as_str()).unwrap();
+                    match (v["type"].as_str(), v["code"].as_str()) {
+                        (Some("marked_read"), _) => marked.fetch_add(1, Ordering::SeqCst),
+                        (Some("error"), Some("rate_limited")) => {
+                            limited.fetch_add(1, Ordering::SeqCst)
+                        }
+                        _ => panic!("unexpected reply {v}"),
+                    };
+                }
+            }));
+        }
+    }
+    let started = tokio::time::Instant::now();
+    for i in 0..100 {
+        let r = common::api()
+            .post(s.http("/api/v1/notifications"))
+            .bearer_auth(common::API_KEY)
+            .json(&json!({"user": format!("b{}", i % 7), "message": {"n": i}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            201,
+            "POST {i} during the flood: {:?}",
+            r.text().await
+        );
+    }
+    // Let the flood run at least 3 s, whatever the POSTs took.
+    tokio::time::sleep_until(started + Duration::from_secs(3)).await;
+    stop.store(true, Ordering::SeqCst);
+    for f in floods {
+        f.await.expect("every socket answered every frame");
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let (marked, limited) = (
+        marked.load(Ordering::SeqCst),
+        limited.load(Ordering::SeqCst),
+    );
+    assert!(marked > 0, "some writes were done");
+    assert!(limited > 0, "the flood went past the budget");
+    // Each user: a bucket of 10, refilled at 10 a second, since its first socket.
+    let most = USERS as f64 * 10.0 * (secs + 1.0);
+    assert!(
+        (marked as f64) <= most,
+        "{marked} writes done in {secs:.1} s, budget {most}"
+    );
+    assert_eq!(
+        s.metric("herald_client_writes_refused_total", &[]).await as usize,
+        limited
+    );
 }

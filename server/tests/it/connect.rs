@@ -12,6 +12,8 @@ both_stores!(
     welcome_then_initial_state_newest_unread_first,
     resume_sends_missed_oldest_first_read_or_not,
     missed_is_truncated_past_1000,
+    missed_is_truncated_past_its_byte_budget,
+    after_beyond_the_newest_issued_id_is_refused_with_400,
     live_notifications_reach_every_connection_of_the_user_only,
 );
 
@@ -123,6 +125,41 @@ async fn missed_is_truncated_past_1000(db: Db) {
     assert_eq!(ns[999]["message"], 999);
 }
 
+/// Large notifications: a `missed` frame stops before its notifications pass 1 MiB,
+/// with `truncated: true`, and resuming from its last id, frame after frame, gets
+/// every notification once and in order.
+async fn missed_is_truncated_past_its_byte_budget(db: Db) {
+    let s = start(db).await;
+    let big = "x".repeat(15_000);
+    let mut stored = Vec::new();
+    for _ in 0..10 {
+        let items: Vec<_> = (0..20)
+            .map(|_| json!({"user": "42", "message": big}))
+            .collect();
+        stored.extend(s.notify_batch(items).await);
+    }
+    let (mut after, mut got, mut frames) = (0, Vec::new(), 0);
+    loop {
+        let (mut c, _) = s.connect_with("42", &[], Some(after)).await;
+        let v = c.raw().await;
+        assert_eq!(v["type"], "missed");
+        frames += 1;
+        let ns = v["notifications"].as_array().unwrap();
+        let bytes: usize = ns.iter().map(|n| n.to_string().len() + 1).sum();
+        assert!(bytes <= 1024 * 1024, "{bytes} bytes of notifications");
+        got.extend(ns.iter().map(|n| n["id"].as_i64().unwrap()));
+        after = *got.last().unwrap();
+        if v.get("truncated").is_none() {
+            break;
+        }
+        assert_eq!(v["truncated"], true);
+        // Cut by bytes, not by the 1000 count.
+        assert!(ns.len() < 100, "{} notifications", ns.len());
+    }
+    assert_eq!(got, stored, "everything once, in order");
+    assert!(frames >= 3, "3 MB of notifications in {frames} frames");
+}
+
 /// A new notification reaches each open connection of its user once, and no one else.
 async fn live_notifications_reach_every_connection_of_the_user_only(db: Db) {
     let s = start(db).await;
@@ -223,6 +260,48 @@ async fn bad_after_is_refused_with_400() {
     }
 }
 
+/// `after` beyond the newest id the store has issued would silently skip every
+/// notification up to it: 400, on a socket and on a stream (`after` or
+/// `Last-Event-ID`). Up to that id it is accepted, whoever's it is and whichever
+/// node issued it: the id sequence is the store's.
+async fn after_beyond_the_newest_issued_id_is_refused_with_400(db: Db) {
+    let s = start(db).await;
+    let mine = s.notify("42", json!(1)).await.id;
+    let token = s.token("42", &[], 60);
+    // Issued through a second node on the same store: the first has not seen it.
+    let other = common::start_on(s.storage.clone(), &[]).await;
+    let theirs = other.notify("43", json!(2)).await.id;
+    assert!(theirs > mine);
+    for ok in [0, mine, theirs] {
+        let (mut c, _) = s.connect_with("42", &[], Some(ok)).await;
+        assert!(
+            matches!(c.frame().await, ServerFrame::Missed { .. }),
+            "after={ok}"
+        );
+    }
+    for bad in [theirs + 1, i64::MAX] {
+        let (code, body, _) = refused(&s.ws_url(&format!("?token={token}&after={bad}")), &[]).await;
+        assert_eq!(code, 400, "after={bad}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("beyond"), "{body}");
+        for (query, headers) in [
+            (format!("?token={token}&after={bad}"), vec![]),
+            (
+                format!("?token={token}"),
+                vec![("last-event-id", bad.to_string())],
+            ),
+        ] {
+            let mut req = common::api().get(s.http(&format!("/sse/notifications/{query}")));
+            for (k, v) in &headers {
+                req = req.header(*k, v);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 400, "stream {query} {headers:?}");
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert!(body["error"].as_str().unwrap().contains("beyond"), "{body}");
+        }
+    }
+}
+
 /// With allowed origins configured, a foreign `Origin` gets 403; a listed one, or
 /// none (not a browser), is accepted.
 #[tokio::test]
@@ -297,4 +376,44 @@ fn now_unix() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+/// Close codes a client chooses (3000 to 4999) are counted by range in
+/// `herald_disconnects_total`, never one series each; the codes RFC 6455 defines
+/// are themselves.
+#[tokio::test]
+async fn client_close_codes_are_bucketed_in_metrics() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let s = start(Db::Sqlite).await;
+    for code in [4321u16, 4000, 3999, 1000] {
+        let (mut c, _) = s.connect("42").await;
+        c.ws.close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        }))
+        .await
+        .unwrap();
+        // The node echoes the close once it has counted it.
+        c.closed().await;
+    }
+    let want = [("4xxx", 2.0), ("3xxx", 1.0), ("1000", 1.0)];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = s.metrics_text().await;
+        let counted = want.iter().all(|(code, n)| {
+            common::metric_in(&text, "herald_disconnects_total", &[("code", code)]) == *n
+        });
+        if counted {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for code in ["4321", "4000", "3999"] {
+        assert!(
+            !text.contains(&format!("herald_disconnects_total{{code=\"{code}\"}}")),
+            "a series for {code}:\n{text}"
+        );
+    }
 }

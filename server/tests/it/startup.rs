@@ -1128,3 +1128,33 @@ async fn a_refused_redis_at_start_is_named_with_the_reason() {
     let addr = free_addr();
     a_failing_service_is_named("REDIS_URL", format!("redis://{addr}"), "Redis", "refused").await;
 }
+
+/// A heartbeat past an hour would overflow the clock when the first ping is due: the
+/// binary refuses it at start-up, naming the setting and its range, and so does an
+/// embedded node given it in code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_past_an_hour_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = bin(dir.path());
+    cmd.env("HERALD_HEARTBEAT_S", "18446744073709551615")
+        .env("HERALD_LISTEN", free_addr().to_string())
+        .env("HERALD_ADMIN_LISTEN", free_addr().to_string());
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("refused, not running")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started anyway:\n{text}");
+    assert!(
+        text.contains("heartbeat") && text.contains("3600"),
+        "{text}"
+    );
+
+    let storage = common::Storage::new(common::Db::Sqlite).await;
+    let mut cfg = common::config(&storage, &[]);
+    cfg.heartbeat_s = u64::MAX;
+    match Herald::start(cfg).await {
+        Err(e) => assert!(e.to_string().contains("HERALD_HEARTBEAT_S"), "{e}"),
+        Ok(_) => panic!("an embedded node started with a heartbeat of u64::MAX s"),
+    }
+}
