@@ -161,6 +161,14 @@ export declare function backoffDelay(attempt: number, opts?: BackoffOptions, ran
 export declare function decideClose(code: number, reason?: string): Decision;
 /** The upgrade/stream refusal statuses of PROTOCOL.md 3.1. */
 export declare function decideStatus(status: number, retryAfter?: string | null): Decision;
+/** An HTTP refusal of an attempt; `error` is the node's text, read for a 400. */
+export interface Refusal {
+  status: number;
+  retryAfter: string | null;
+  error?: string;
+}
+/** True when a 400 says the `after` sent is beyond every id the node's store issued. */
+export declare function resumeRefused(http: Refusal, sentAfter: number | null): boolean;
 /** Retry-After (seconds or HTTP date) in ms, or null. */
 export declare function parseRetryAfter(value: string | null | undefined, now?: number): number | null;
 /** The `exp` claim of a JWT in ms since the epoch, unverified; null if unreadable. */
@@ -191,6 +199,8 @@ export declare class IdTracker {
   lastId: number | null;
   /** The connection's user, from `welcome`. */
   user: string | null;
+  /** Forgets the resume point and recent ids: the next connect opens from the snapshot. */
+  resetResume(): void;
   /** Sets the user; returns true (and forgets the resume point) when it changed. */
   setUser(user: string): boolean;
   isOwn(n: HeraldNotification): boolean;

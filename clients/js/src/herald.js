@@ -394,6 +394,15 @@ export class IdTracker {
   }
 
   /**
+   * Forgets the resume point and the recent ids: the next connect opens from the
+   * snapshot (a new user, or a store that never issued our ids).
+   */
+  resetResume() {
+    this.lastId = null;
+    this.recent.clear();
+  }
+
+  /**
    * Sets the connection's user. A different user (the token provider switched accounts)
    * invalidates the resume point: another user's ids mean nothing for this one.
    * @param {string} user
@@ -401,10 +410,7 @@ export class IdTracker {
    */
   setUser(user) {
     const changed = this.user !== null && this.user !== user;
-    if (changed) {
-      this.lastId = null;
-      this.recent.clear();
-    }
+    if (changed) this.resetResume();
     this.user = user;
     return changed;
   }
@@ -590,6 +596,12 @@ export class SseParser {
 // ---------------------------------------------------------------------------------------
 
 /**
+ * An HTTP refusal of an attempt: its status, its Retry-After, and for a 400 the node's
+ * `error` text (it tells a resume point the store never issued from a bad request).
+ * @typedef {{status: number, retryAfter: string | null, error?: string}} Refusal
+ */
+
+/**
  * One attempt at a connection over one transport.
  * @typedef {object} Conn
  * @property {TransportName} kind
@@ -602,7 +614,7 @@ export class SseParser {
  * @property {any} [initial]                 `initial_state`, kept until `missed` arrives
  * @property {HeraldNotification[]} early    live notifications that came before the
  *   opening frames were processed (defensive: the node orders them after, 3.11)
- * @property {{status: number, retryAfter: string | null} | null} http refusal, if seen
+ * @property {Refusal | null} http refusal, if seen
  * @property {number} heartbeatMs
  * @property {boolean} activity              something arrived since the last tick
  * @property {number} idleTicks              heartbeat ticks without activity
@@ -1041,10 +1053,27 @@ export class HeraldClient {
       ws.on('unexpected-response', (/** @type {any} */ _req, /** @type {any} */ res) => {
         if (!live()) return;
         const ra = res.headers?.['retry-after'];
-        conn.http = { status: res.statusCode, retryAfter: Array.isArray(ra) ? ra[0] : (ra ?? null) };
-        res.resume?.();
+        /** @type {Refusal} */
+        const refusal = { status: res.statusCode, retryAfter: Array.isArray(ra) ? ra[0] : (ra ?? null) };
+        conn.http = refusal;
         // terminate() aborts the handshake; ws then emits 'close' (1006), handled above.
-        ws.terminate();
+        if (res.statusCode !== 400 || typeof res.on !== 'function') {
+          res.resume?.();
+          ws.terminate();
+          return;
+        }
+        // A 400's reason matters (see `resumeRefused`): read its small body first.
+        let body = '';
+        res.setEncoding?.('utf8');
+        res.on('data', (/** @type {string} */ chunk) => {
+          if (body.length < 4096) body += chunk;
+        });
+        const done = () => {
+          refusal.error = errorText(body);
+          ws.terminate();
+        };
+        res.on('end', done);
+        res.on('error', done);
       });
       ws.on('ping', () => {
         if (live()) this.markActivity(conn);
@@ -1083,19 +1112,25 @@ export class HeraldClient {
    * @private
    * @param {FetchLike} fetchFn
    * @param {Conn} conn
-   * @returns {Promise<{status: number, retryAfter: string | null} | null>}
+   * @returns {Promise<Refusal | null>}
    */
   async diagnose(fetchFn, conn) {
     try {
       const token = typeof this.opts.token === 'string' ? this.opts.token : this.token;
       const url = endpointUrl(this.opts.url, 'http', '/ws/notifications/', { token, after: conn.sentAfter });
       const res = await fetchFn(url, { method: 'GET', cache: 'no-store', credentials: 'omit' });
-      try {
-        await res.body?.cancel?.();
-      } catch {
-        /* the body is not needed */
+      /** @type {Refusal} */
+      const refusal = { status: res.status, retryAfter: res.headers?.get?.('retry-after') ?? null };
+      if (res.status === 400) {
+        refusal.error = errorText(await res.text().catch(() => ''));
+      } else {
+        try {
+          await res.body?.cancel?.();
+        } catch {
+          /* the body is not needed */
+        }
       }
-      return { status: res.status, retryAfter: res.headers?.get?.('retry-after') ?? null };
+      return refusal;
     } catch {
       return null; // unreachable, or CORS hid the answer: plain backoff
     }
@@ -1131,9 +1166,9 @@ export class HeraldClient {
       return;
     }
     if (res.status !== 200) {
-      conn.http = { status: res.status, retryAfter: res.headers?.get?.('retry-after') ?? null };
       const body = await res.text().catch(() => '');
-      if (live()) this.lost(conn, 1006, errorText(body) || `HTTP ${res.status}`);
+      conn.http = { status: res.status, retryAfter: res.headers?.get?.('retry-after') ?? null, error: errorText(body) };
+      if (live()) this.lost(conn, 1006, conn.http.error || `HTTP ${res.status}`);
       return;
     }
     const ctype = res.headers?.get?.('content-type') ?? '';
@@ -1620,7 +1655,13 @@ export class HeraldClient {
     const http = conn.http;
     let decision = http ? decideStatus(http.status, http.retryAfter) : decideClose(code, reason);
 
-    if (conn.kind === 'sse' && http && (http.status === 400 || http.status === 403)) {
+    if (http && resumeRefused(http, conn.sentAfter)) {
+      // The node never issued the id we resume from: its store was replaced or wiped.
+      // Resuming can never work; start over from the opening snapshot instead.
+      this.tracker.resetResume();
+      this.emit('error', new HeraldError('resume_reset', `${http.error}; reconnecting without after`, { status: 400 }));
+      decision = { action: 'reconnect', delay: 'immediate', code: 'resume_reset' };
+    } else if (conn.kind === 'sse' && http && (http.status === 400 || http.status === 403)) {
       // Over SSE a 400/403 may be about a group just added to groups=: drop those
       // groups, fail their subscribe() calls, and reopen without them.
       const fresh = [...this.subWaiters.keys()].filter((g) => this.wanted.has(g));
@@ -1796,6 +1837,17 @@ function describe(err) {
 function errorText(body) {
   const j = safeJson(body);
   return j && typeof j.error === 'string' ? j.error : '';
+}
+
+/**
+ * Whether a refusal says the resume point is beyond every id the node's store has
+ * issued (PROTOCOL 3.1): a 400 to an attempt that sent `after`, naming it.
+ * @param {Refusal} http
+ * @param {number | null} sentAfter
+ * @returns {boolean}
+ */
+export function resumeRefused(http, sentAfter) {
+  return http.status === 400 && sentAfter !== null && /beyond the newest notification id/.test(http.error ?? '');
 }
 
 /** @param {number} status @returns {string} */

@@ -5,6 +5,8 @@
 // Every id exactly once, in order.
 
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
 import {
   e2e, HeraldNode, TcpProxy, newClient, mintToken, publish, publishMany, waitFor, waitState, waitAll,
   assertExactlyOnce, sleep,
@@ -66,3 +68,38 @@ e2e('resume after kill -9 and restart of a single node', { timeoutMs: 45000 }, a
   assert.ok(rec.disconnects.every((d) => d.willReconnect), 'every disconnect reconnects');
   assert.deepEqual(rec.errors.filter((e) => e.fatal), [], 'no fatal error');
 });
+
+// A store replaced under the clients (the data dir wiped, a database restored from an
+// older backup): the node refuses their resume point with 400, since it never issued
+// it (PROTOCOL 3.1). The library reports `resume_reset`, opens from the snapshot, and
+// takes the new store's ids, on both transports.
+for (const transport of ['websocket', 'sse']) {
+  e2e(`a resume point the store never issued is reset, not retried (${transport})`, { timeoutMs: 45000 }, async (scope) => {
+    const node = await HeraldNode.create(scope, { name: `wiped-${transport}` });
+    const { client, rec } = await newClient(scope, { url: node.url, token: mintToken('w1'), transport }, 'w1');
+    await waitState(client, 'open');
+    const old = await publishMany(node.url, 'w1', 5, (i) => ({ old: i }));
+    await waitAll(rec, old);
+
+    await node.kill9();
+    for (const f of fs.readdirSync(node.dataDir)) {
+      if (f.startsWith('herald.db')) fs.rmSync(path.join(node.dataDir, f));
+    }
+    await node.start(); // same port, an empty store
+    await waitFor(() => rec.errors.some((e) => e.code === 'resume_reset'), {
+      what: () => `a resume_reset error (errors: ${JSON.stringify(rec.errors)})`,
+    });
+    await waitState(client, 'open');
+    assert.equal(client.lastId, null, 'no resume point left from the old store');
+    const fresh = await publishMany(node.url, 'w1', 3, (i) => ({ fresh: i }));
+    assert.ok(fresh[0] <= old[0], `the new store counts from the start again (${fresh})`);
+    // The ids start over, so the waitAll helper's ascending check does not apply.
+    await waitFor(() => rec.ids.length >= old.length + fresh.length, {
+      what: () => `the new store's notifications (ids ${rec.ids})`,
+    });
+    await sleep(200);
+    assert.deepEqual(rec.ids, [...old, ...fresh], 'each once: the old ones, then the new store\'s');
+    assert.equal(client.lastId, fresh.at(-1));
+    assert.deepEqual(rec.errors.filter((e) => e.fatal), [], 'no fatal error');
+  });
+}

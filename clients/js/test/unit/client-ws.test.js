@@ -475,3 +475,44 @@ test("auto mode: two upgrade failures with the node reachable (426) fall back to
   assert.equal(c.transport, 'sse');
   c.close();
 });
+
+test('a resume point the node never issued (400 "beyond the newest") is dropped, not retried', async (t) => {
+  useFakeTimers(t);
+  const requests = [];
+  const fetch = async (url) => {
+    requests.push(new URL(url));
+    const body = '{"error":"after (900) is beyond the newest notification id (12); resume from an id you received"}';
+    return new Response(body, { status: 400 });
+  };
+  const c = makeClient({ fetch, after: 900, transport: 'websocket' });
+  const log = record(c);
+  c.connect();
+  await flush();
+  assert.equal(last().after, '900');
+  last().failBeforeOpen();
+  await flush();
+  assert.equal(requests.length, 1, 'one diagnostic GET');
+  assert.equal(log.error.at(-1).code, 'resume_reset');
+  assert.equal(log.error.at(-1).fatal, false);
+  assert.notEqual(c.state, 'closed');
+  await advance(0);
+  await flush();
+  assert.equal(last().after, null, 'the next attempt opens without after');
+  c.close();
+});
+
+test('any other 400 to an attempt with after is not a reset', async (t) => {
+  useFakeTimers(t);
+  const fetch = async () => new Response('{"error":"after must be an integer >= 0"}', { status: 400 });
+  const c = makeClient({ fetch, after: 5, transport: 'websocket' });
+  const log = record(c);
+  c.connect();
+  await flush();
+  last().failBeforeOpen();
+  await flush();
+  assert.equal(log.error.some((e) => e.code === 'resume_reset'), false);
+  await advance(60_000);
+  await flush();
+  assert.equal(last().after, '5', 'the resume point is kept');
+  c.close();
+});
