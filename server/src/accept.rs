@@ -10,10 +10,11 @@
 //!   ever.
 //! - **Pending bound** (`HERALD_MAX_PENDING_CONNECTIONS`): every accepted connection
 //!   holds a permit until it becomes a session (a 101, or an SSE stream's 200),
-//!   which capacity counts from then on ([`crate::limits`]). Over the bound, a new
+//!   which capacity counts from then on ([`crate::limits`]). Over the bound, or when
+//!   the node's sessions and pending connections together would pass the
+//!   descriptor budget they share ([`crate::limits::connection_budget`]), a new
 //!   connection is answered 503 and closed, so connections that are not sessions can
-//!   never take the descriptors the store and Redis need: capacity keeps the bound
-//!   back, like the fd reserve.
+//!   never take the descriptors the store and Redis need.
 //!
 //! The router is resolved once and shared by every connection (a clone is an `Arc`),
 //! as `into_make_service` does: `axum::serve` given a bare router rebuilds the route
@@ -42,7 +43,7 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::node::Node;
 
 /// The pending bound of the admin listener: a private plane with few callers.
 const ADMIN_PENDING: usize = 64;
@@ -112,17 +113,18 @@ impl Drop for Pending {
 
 /// Serves `router` on `listener` until `stop` is cancelled; then stops accepting,
 /// shuts every connection down gracefully and waits for them (upgraded ones are no
-/// longer connections here: the node tracks their sessions). With `metrics`, the
-/// pending connections and refusals are counted there.
+/// longer connections here: the node tracks their sessions). With `node` (the
+/// public listener's), pending connections share the node's descriptor budget with
+/// its sessions and are counted in its metrics.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     opts: Options,
-    metrics: Option<Arc<Metrics>>,
+    node: Option<Arc<Node>>,
     stop: CancellationToken,
 ) {
-    let gauge = metrics.as_ref().map(|m| m.pending_connections.clone());
-    let refused: Option<Counter> = metrics.as_ref().map(|m| m.pending_refused.clone());
+    let gauge = node.as_ref().map(|n| n.metrics.pending_connections.clone());
+    let refused: Option<Counter> = node.as_ref().map(|n| n.metrics.pending_refused.clone());
     let pending = Arc::new(Semaphore::new(opts.max_pending));
     let refusing = Arc::new(Semaphore::new(REFUSING));
     let connections = TaskTracker::new();
@@ -146,7 +148,11 @@ pub(crate) async fn serve(
         if opts.nodelay {
             let _ = tcp.set_nodelay(true);
         }
-        let Ok(permit) = pending.clone().try_acquire_owned() else {
+        let admitted = pending.clone().try_acquire_owned().ok().filter(|_| {
+            let in_use = opts.max_pending - pending.available_permits();
+            node.as_deref().is_none_or(|n| within_budget(n, in_use))
+        });
+        let Some(permit) = admitted else {
             if let Some(c) = &refused {
                 c.inc();
             }
@@ -178,6 +184,13 @@ pub(crate) async fn serve(
     }
     connections.close();
     connections.wait().await;
+}
+
+/// Whether the node's sessions and `pending` connections (the new one included)
+/// fit the descriptors that client connections may hold.
+fn within_budget(node: &Node, pending: usize) -> bool {
+    let budget = crate::limits::connection_budget(&node.config, node.fd_limit());
+    node.hub.connections() + pending <= budget
 }
 
 /// Answers a connection over the pending bound with 503 once its request head is

@@ -200,8 +200,8 @@ pub struct Config {
 
     /// Connections on the public listener that are not sessions (yet): before their
     /// upgrade or SSE stream, or plain HTTP. Over it a new connection gets 503 and is
-    /// closed. Kept back from capacity, like the fd reserve (default: a quarter of
-    /// the open-file limit, at most 1024).
+    /// closed. They share the descriptors left after the fd reserve with the
+    /// sessions (default: a quarter of the open-file limit, at most 1024).
     #[arg(long, env = "HERALD_MAX_PENDING_CONNECTIONS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_pending_connections: Option<u64>,

@@ -19,16 +19,18 @@ pub fn fd_open() -> u64 {
         .unwrap_or(0)
 }
 
-/// The capacity `cfg` leaves a node with `fd_limit` descriptors: besides the fd
-/// reserve, the connections that are not sessions yet
-/// (`HERALD_MAX_PENDING_CONNECTIONS`) are kept back, so sessions at capacity and a
-/// full pending bound together still leave the reserve to the store and Redis.
+/// The capacity `cfg` leaves a node with `fd_limit` descriptors: sessions may use
+/// every descriptor but the reserve ([`connection_budget`]).
 pub fn capacity_for(cfg: &crate::config::Config, fd_limit: u64) -> usize {
-    capacity(
-        fd_limit,
-        cfg.fd_reserve.saturating_add(pending_bound(cfg, fd_limit)),
-        cfg.max_connections,
-    )
+    capacity(fd_limit, cfg.fd_reserve, cfg.max_connections)
+}
+
+/// The descriptors that client connections of any kind may hold: the soft limit
+/// minus the reserve. Sessions and pending connections (not sessions yet) share it,
+/// so together they always leave the reserve to the store, Redis and the logs,
+/// without keeping a pending bound's worth of descriptors idle at capacity.
+pub fn connection_budget(cfg: &crate::config::Config, fd_limit: u64) -> usize {
+    capacity(fd_limit, cfg.fd_reserve, None)
 }
 
 /// How many connections of the public listener may be pending (not sessions):
@@ -59,19 +61,20 @@ mod tests {
         assert_eq!(capacity(100, 256, None), 0);
     }
 
-    /// The pending bound is kept back from capacity, like the fd reserve.
+    /// Sessions and pending connections share one budget: the pending bound is
+    /// not kept back from capacity, and a configured maximum limits sessions only.
     #[test]
-    fn capacity_keeps_the_pending_bound_back() {
+    fn sessions_and_pending_connections_share_the_budget() {
         let mut cfg = crate::config::Config::defaults();
         assert_eq!(pending_bound(&cfg, 20_000), 1024);
-        assert_eq!(capacity_for(&cfg, 20_000), 20_000 - 256 - 1024);
-        // A shell's usual limit: a quarter is pending, the rest mostly sessions.
+        assert_eq!(capacity_for(&cfg, 20_000), 20_000 - 256);
+        assert_eq!(connection_budget(&cfg, 20_000), 20_000 - 256);
+        // A shell's usual limit: a quarter may be pending.
         assert_eq!(pending_bound(&cfg, 1024), 256);
-        assert_eq!(capacity_for(&cfg, 1024), 512);
-        cfg.max_pending_connections = Some(100);
-        assert_eq!(capacity_for(&cfg, 20_000), 20_000 - 256 - 100);
+        assert_eq!(capacity_for(&cfg, 1024), 768);
         cfg.max_connections = Some(5_000);
         assert_eq!(capacity_for(&cfg, 20_000), 5_000);
+        assert_eq!(connection_budget(&cfg, 20_000), 20_000 - 256);
     }
 
     #[test]

@@ -235,7 +235,7 @@ pub(crate) async fn serve(
         public,
         crate::routes::public(node.clone()),
         accept::Options::public(&node.config),
-        Some(node.metrics.clone()),
+        Some(node.clone()),
         stop.clone(),
     ));
     let admin_srv = tokio::spawn(accept::serve(

@@ -110,6 +110,65 @@ async fn connections_over_the_pending_bound_get_503() {
     }
 }
 
+/// Sessions and pending connections share one descriptor budget, the open-file
+/// limit minus the reserve, and neither is kept back from the other: with room for
+/// four connections in all, four sessions fit; with three sessions open, one idle
+/// connection may be pending and the next is refused with 503; closing a session
+/// makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_pending_connections_share_the_descriptor_budget() {
+    let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap().0;
+    let reserve = (limit - 4).to_string();
+    let s = common::start_with(Db::Sqlite, &["--fd-reserve", &reserve]).await;
+    assert_eq!(s.metric("herald_fd_limit", &[]).await, limit as f64);
+    assert_eq!(
+        s.metric("herald_connection_capacity", &[]).await,
+        4.0,
+        "the pending bound is not kept back from capacity"
+    );
+
+    let mut sessions = Vec::new();
+    for i in 0..3 {
+        sessions.push(s.connect(&format!("u{i}")).await.0);
+    }
+    // The harness's HTTP client may keep an idle connection from start-up: it is
+    // pending too. Fill the budget's last place with one idle connection in all.
+    let already = s.metric("herald_pending_connections", &[]).await as usize;
+    assert!(already <= 1, "{already} pending before the test's own");
+    let _idle: Vec<_> =
+        futures_util::future::join_all((already..1).map(|_| TcpStream::connect(s.public))).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while s.metric("herald_pending_connections", &[]).await != 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle connection is not pending"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut over = TcpStream::connect(s.public).await.unwrap();
+    over.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), over.read_to_string(&mut answer))
+        .await
+        .expect("answered and closed at once")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.contains("too many pending connections"), "{answer}");
+    assert!(s.metric("herald_pending_refused_total", &[]).await >= 1.0);
+
+    drop(sessions.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while healthz(&s).await != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a closed session freed no room"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The header-read timeout is also the keep-alive idle timeout: a connection that
 /// got its answer and sends nothing more is closed after it, not kept for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
