@@ -43,8 +43,9 @@ for s in $SCENARIOS; do
             else
                 bin=$root/target/release/herald-server commit=$after
             fi
-            dir=$out/$s-$side$( ((ROUNDS > 1)) && echo "-$round")
-            echo "== $s, $side ($commit)$( ((ROUNDS > 1)) && echo ", round $round")" | tee -a "$out/summary.txt"
+            dir=$out/$s-$side label="== $s, $side ($commit)"
+            if ((ROUNDS > 1)); then dir+="-$round" label+=", round $round"; fi
+            echo "$label" | tee -a "$out/summary.txt"
             OUT=$dir SKIP_BUILD=1 HERALD_SERVER_BIN=$bin timeout 1200 "$here/$s.sh" 2>&1 |
                 grep -E "^herald-bench merge|best:|FAIL" | tee -a "$out/summary.txt" || {
                 echo "== $s, $side failed: see $dir" | tee -a "$out/summary.txt"
