@@ -33,6 +33,24 @@ async fn healthz(s: &common::TestServer) -> u16 {
         .map_or(0, |r| r.status().as_u16())
 }
 
+/// One more connection sends its request and gets the over-bound answer (503,
+/// `Retry-After: 1`, then closed at once), counted as a refusal.
+async fn assert_refused_as_pending(s: &common::TestServer) {
+    let mut over = TcpStream::connect(s.public).await.unwrap();
+    over.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), over.read_to_string(&mut answer))
+        .await
+        .expect("answered and closed at once")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.to_lowercase().contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains("too many pending connections"), "{answer}");
+    assert!(s.metric("herald_pending_refused_total", &[]).await >= 1.0);
+}
+
 /// 500 connections that send one byte of a request head and then nothing are
 /// closed by the node within 15 s (default header-read timeout, 10 s), while
 /// `/healthz` and WebSocket upgrades keep working.
@@ -87,19 +105,7 @@ async fn connections_over_the_pending_bound_get_503() {
     for _ in 0..5 {
         idle.push(TcpStream::connect(s.public).await.unwrap());
     }
-    let mut over = TcpStream::connect(s.public).await.unwrap();
-    over.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(5), over.read_to_string(&mut answer))
-        .await
-        .expect("answered and closed at once")
-        .unwrap();
-    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
-    assert!(answer.to_lowercase().contains("retry-after: 1"), "{answer}");
-    assert!(answer.contains("too many pending connections"), "{answer}");
-    assert!(s.metric("herald_pending_refused_total", &[]).await >= 1.0);
+    assert_refused_as_pending(&s).await;
     assert_eq!(s.metric("herald_pending_connections", &[]).await, 5.0);
 
     drop(idle);
@@ -145,18 +151,7 @@ async fn sessions_and_pending_connections_share_the_descriptor_budget() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut over = TcpStream::connect(s.public).await.unwrap();
-    over.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(5), over.read_to_string(&mut answer))
-        .await
-        .expect("answered and closed at once")
-        .unwrap();
-    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
-    assert!(answer.contains("too many pending connections"), "{answer}");
-    assert!(s.metric("herald_pending_refused_total", &[]).await >= 1.0);
+    assert_refused_as_pending(&s).await;
 
     drop(sessions.pop());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
