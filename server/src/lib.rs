@@ -53,6 +53,8 @@ pub(crate) mod admin;
 pub(crate) mod api;
 pub(crate) mod auth;
 pub(crate) mod broker;
+pub(crate) mod bucket;
+pub(crate) mod client_writes;
 pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod demo;

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::broker::Broker;
+use crate::client_writes::ClientWrites;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::hub::Hub;
@@ -21,7 +22,6 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::publish::Publisher;
-use crate::session::ClientWrites;
 use crate::store::Store;
 use crate::tasks::Tasks;
 use crate::tuning::{Host, Profile};

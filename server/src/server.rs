@@ -158,7 +158,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
     ));
     tracing::info!(node = %id, store = store.kind(), broker = broker.kind(), capacity, fd_limit, "node ready");
     let client_writes =
-        crate::session::ClientWrites::new(cfg.client_write_rate, store.write_slots());
+        crate::client_writes::ClientWrites::new(cfg.client_write_rate, store.write_slots());
     Ok(Arc::new(Node {
         id,
         auth: Auth::new(&secrets, &cfg),

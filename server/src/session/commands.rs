@@ -6,8 +6,8 @@
 
 use herald_shared::{ClientFrame, ErrorCode, GroupName, ServerFrame};
 
-use super::writes::Refused;
 use crate::auth::Identity;
+use crate::client_writes::Refused;
 use crate::node::Node;
 use crate::registration::Registration;
 use crate::store::StoreError;
@@ -26,7 +26,7 @@ pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerFrame {
 
 /// The answer to a client write that [`ClientWrites`] refused: nothing was written.
 ///
-/// [`ClientWrites`]: super::ClientWrites
+/// [`ClientWrites`]: crate::client_writes::ClientWrites
 fn refused(node: &Node, why: Refused) -> ServerFrame {
     node.metrics.client_writes_refused.inc();
     error(

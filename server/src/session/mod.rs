@@ -13,7 +13,6 @@ pub(crate) mod commands;
 mod handshake;
 mod ratelimit;
 mod transport;
-mod writes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +30,6 @@ use crate::registration::Registration;
 use handshake::Seam;
 use ratelimit::{RateLimiter, Verdict};
 pub use transport::{Broken, Incoming, Outgoing, Transport};
-pub use writes::ClientWrites;
 
 /// Frames taken from the outbox per write batch.
 const BATCH: usize = 64;

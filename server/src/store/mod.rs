@@ -110,7 +110,7 @@ pub trait Store: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 
     /// How many writes the store runs at once: what client writes may take only a
-    /// share of, so the backend API keeps its own ([`crate::session::ClientWrites`]).
+    /// share of, so the backend API keeps its own ([`crate::client_writes::ClientWrites`]).
     fn write_slots(&self) -> usize;
 
     /// A cheap round trip, for readiness.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use herald_shared::UserId;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use super::ratelimit::Bucket;
+use crate::bucket::Bucket;
 use crate::lock::lock;
 
 /// How long a client write waits for one of its store slots before it is refused.
