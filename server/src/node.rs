@@ -5,7 +5,7 @@
 //! (may this node take another connection? is it ready?).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use herald_shared::GroupName;
@@ -48,9 +48,6 @@ pub struct Node {
     pub started: Instant,
     /// Last result of the store health probe; readiness reads it without a query.
     pub store_up: AtomicBool,
-    /// An id the store is known to have issued (a lower bound of its newest): a
-    /// resume point up to it is accepted without asking the store.
-    pub newest_issued: AtomicI64,
     /// Connections per user across the cluster (or this node alone).
     pub presence: Arc<dyn Presence>,
     /// Present exactly when the node is clustered: the one answer to "are we?".

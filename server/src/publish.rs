@@ -10,6 +10,7 @@
 //! steps, so the order holds across the cluster.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use herald_shared::api::{GroupEvent, NewNotification};
 use herald_shared::frames::{encode_event, encode_notification};
@@ -34,6 +35,10 @@ pub struct Publisher {
     metrics: Arc<Metrics>,
     order: Box<[Mutex<()>]>,
     hasher: std::hash::RandomState,
+    /// An id the store is known to have issued (a lower bound of its newest): raised
+    /// by every insert through this node, and by the upgrade's check of a resume
+    /// point, so a client resuming from an id this node stored costs no query.
+    pub newest_issued: AtomicI64,
 }
 
 impl Publisher {
@@ -50,6 +55,7 @@ impl Publisher {
             metrics,
             order: (0..ORDER_STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: std::hash::RandomState::new(),
+            newest_issued: AtomicI64::new(0),
         }
     }
 
@@ -99,6 +105,9 @@ impl Publisher {
             Some(lock) => lock.insert(items).await?,
             None => self.store.insert(items).await?,
         };
+        if let Some(newest) = stored.iter().map(|n| n.id).max() {
+            self.newest_issued.fetch_max(newest, Ordering::Relaxed);
+        }
 
         let frames: Vec<(GroupName, Arc<Delivery>)> = stored
             .iter()

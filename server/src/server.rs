@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -176,7 +176,6 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
         host,
         started: Instant::now(),
         store_up: AtomicBool::new(true),
-        newest_issued: AtomicI64::new(0),
         presence,
         cluster,
         auth_failure_audited_us: AtomicU64::new(0),

@@ -134,12 +134,14 @@ pub(crate) fn identify_client(
 /// Refuses (400) a resume point beyond the newest id the store has issued: such an
 /// `after` would skip every notification up to it, so the client would never get
 /// them. The store's id sequence is shared by every node on it, so an id another
-/// node issued is accepted here too. Only a point above what this node last saw
-/// costs a query; if the store cannot answer, the point is let through (the
-/// opening then fails with 1011, as it would anyway).
+/// node issued is accepted here too. Only a point above what this node has stored
+/// or seen ([`crate::publish::Publisher::newest_issued`]) costs a query; if the
+/// store cannot answer, the point is let through (the opening then fails with 1011,
+/// as it would anyway).
 pub(crate) async fn check_after(node: &Node, after: Option<i64>) -> Result<(), ApiError> {
     let Some(after) = after else { return Ok(()) };
-    if after <= node.newest_issued.load(Ordering::Relaxed) {
+    let known = &node.publisher.newest_issued;
+    if after <= known.load(Ordering::Relaxed) {
         return Ok(());
     }
     let newest = match node.store.newest_issued_id().await {
@@ -149,7 +151,7 @@ pub(crate) async fn check_after(node: &Node, after: Option<i64>) -> Result<(), A
             return Ok(());
         }
     };
-    node.newest_issued.fetch_max(newest, Ordering::Relaxed);
+    known.fetch_max(newest, Ordering::Relaxed);
     if after > newest {
         return Err(ApiError::BadRequest(format!(
             "after ({after}) is beyond the newest notification id ({newest}); resume from an id you received"

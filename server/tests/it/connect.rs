@@ -272,6 +272,16 @@ async fn after_beyond_the_newest_issued_id_is_refused_with_400(db: Db) {
     let other = common::start_on(s.storage.clone(), &[]).await;
     let theirs = other.notify("43", json!(2)).await.id;
     assert!(theirs > mine);
+    // Resuming from an id this node stored costs no query of the store's sequence.
+    let asked = || {
+        s.metric(
+            "herald_store_latency_seconds_count",
+            &[("op", "newest_issued_id")],
+        )
+    };
+    let (mut c, _) = s.connect_with("42", &[], Some(mine)).await;
+    assert!(matches!(c.frame().await, ServerFrame::Missed { .. }));
+    assert_eq!(asked().await, 0.0, "the node stored {mine} itself");
     for ok in [0, mine, theirs] {
         let (mut c, _) = s.connect_with("42", &[], Some(ok)).await;
         assert!(
