@@ -10,7 +10,9 @@
 #      rate the baseline nearly sustains, so Herald's idle time is in its figure);
 #   3. ramp: the highest rate with p99 < 50 ms (from START_*, ×1.5 per 5 s step),
 #      and the server CPU per delivery over the whole ramp (each stack loaded up to
-#      and past its limit): the efficiency figure.
+#      and past its limit): the efficiency figure;
+#   4. single: the same ramp with one notification per POST (from START_SINGLE_*),
+#      the way most backends publish.
 #
 # Both run on PostgreSQL and Redis (Herald as a one-node cluster, so a notification
 # takes the same path through Redis as in the baseline). Writes $OUT/compare.md.
@@ -20,7 +22,8 @@
 #
 # Settings: CONNECTIONS (5000), RATE (200; the baseline's 2 workers saturate near
 # 500/s), DURATION (20), BATCH per publish request (10), START_HERALD (2000),
-# START_BASELINE (20), SOURCES, PORT (18060), ADMIN_PORT (19060), BASELINE_PORT (18160).
+# START_BASELINE (20), START_SINGLE_HERALD (2000), START_SINGLE_BASELINE (20), SOURCES,
+# PORT (18060), ADMIN_PORT (19060), BASELINE_PORT (18160).
 source "$(dirname "$0")/lib.sh"
 
 CONNECTIONS=${CONNECTIONS:-5000}
@@ -29,6 +32,8 @@ DURATION=${DURATION:-20}
 BATCH=${BATCH:-10}
 START_HERALD=${START_HERALD:-2000}
 START_BASELINE=${START_BASELINE:-20}
+START_SINGLE_HERALD=${START_SINGLE_HERALD:-2000}
+START_SINGLE_BASELINE=${START_SINGLE_BASELINE:-20}
 SOURCES=${SOURCES:-127.0.0.2,127.0.0.3}
 PORT=${PORT:-18060}
 ADMIN_PORT=${ADMIN_PORT:-19060}
@@ -38,17 +43,20 @@ scenario_init compare
 build_release
 "$ROOT/bench/baseline/install.sh" >&2
 
-# The three phases against one server; $1 names the reports, the rest are pid args.
+# The four phases against one server; $1 names the reports, then the URL, the
+# ramp's and the single-POST ramp's first rates; the rest are pid args.
 drive() {
-    local name=$1 url=$2 start=$3
-    shift 3
+    local name=$1 url=$2 start=$3 start_single=$4
+    shift 4
     local common=(--node "$url" --jwt-secret "$SECRET" --api-key "$API_KEY"
-        -c "$CONNECTIONS" --source "$SOURCES" --mode notify --batch "$BATCH"
+        -c "$CONNECTIONS" --source "$SOURCES" --mode notify
         --connect-timeout 60 "$@")
-    bench_shards "$name-hold" 1 run "${common[@]}" --rate 0 --hold 10
-    bench_shards "$name-steady" 1 run "${common[@]}" --rate "$RATE" --duration "$DURATION" --hold 3 --settle 10
-    BENCH_TIMEOUT=900 bench_shards "$name-ramp" 1 ramp "${common[@]}" --start-rate "$start" \
+    bench_shards "$name-hold" 1 run "${common[@]}" --batch "$BATCH" --rate 0 --hold 10
+    bench_shards "$name-steady" 1 run "${common[@]}" --batch "$BATCH" --rate "$RATE" --duration "$DURATION" --hold 3 --settle 10
+    BENCH_TIMEOUT=900 bench_shards "$name-ramp" 1 ramp "${common[@]}" --batch "$BATCH" --start-rate "$start" \
         --factor 1.5 --duration 5 --settle 5 --hold 3 --warmup 3
+    BENCH_TIMEOUT=900 bench_shards "$name-single" 1 ramp "${common[@]}" --batch 1 --publish-concurrency 128 \
+        --start-rate "$start_single" --factor 1.5 --duration 5 --settle 5 --hold 3 --warmup 3
 }
 
 # --- Herald: one node, PostgreSQL + Redis.
@@ -56,7 +64,7 @@ use_postgres
 use_redis
 start_node 0 "$PORT" "$ADMIN_PORT"
 wait_ready 0
-drive herald "$(node_urls 0)" "$START_HERALD" --server-pid "${NODE_PID[0]}"
+drive herald "$(node_urls 0)" "$START_HERALD" "$START_SINGLE_HERALD" --server-pid "${NODE_PID[0]}"
 stop_pid "${NODE_PID[0]}"
 NODE_PID=()
 
@@ -78,7 +86,7 @@ done
 [[ -s $OUT/baseline.pids ]] || { log "the baseline did not start in 60 s"; exit 1; }
 pid_args=()
 while read -r p; do pid_args+=(--server-pid "$p"); done <"$OUT/baseline.pids"
-drive baseline "http://127.0.0.1:$BASELINE_PORT" "$START_BASELINE" "${pid_args[@]}"
+drive baseline "http://127.0.0.1:$BASELINE_PORT" "$START_BASELINE" "$START_SINGLE_BASELINE" "${pid_args[@]}"
 stop_pid "$baseline" 30
 
 python3 - "$OUT" "$CONNECTIONS" "$RATE" "$BATCH" <<'PY' | tee "$OUT/compare.md"
@@ -95,8 +103,8 @@ def row(label, h, b, better, fmt="{:.0f}"):
         ratio = f"{r:,.1f}×"
     f = lambda v: "n/a" if v is None else fmt.format(v)
     rows.append(f"| {label} | {f(h)} | {f(b)} | {ratio} |")
-H = {k: load(f"herald-{k}") for k in ("hold", "steady", "ramp")}
-B = {k: load(f"baseline-{k}") for k in ("hold", "steady", "ramp")}
+H = {k: load(f"herald-{k}") for k in ("hold", "steady", "ramp", "single")}
+B = {k: load(f"baseline-{k}") for k in ("hold", "steady", "ramp", "single")}
 kib = lambda r: (r["derived"]["rss_per_connection_bytes"] or 0) / 1024
 row(f"server RSS per idle connection, KiB ({conns} connections)", kib(H["hold"]), kib(B["hold"]), "lower", "{:.1f}")
 row("connect + initial_state, connections/s", H["hold"]["connections"]["rate_per_s"], B["hold"]["connections"]["rate_per_s"], "higher")
@@ -107,6 +115,8 @@ row(f"deliveries per server CPU-second at {rate}/s (idle time included)", dps(H[
 row(f"latency p99 at {rate}/s, ms", H["steady"]["latency_us"]["p99"] / 1000, B["steady"]["latency_us"]["p99"] / 1000, "lower", "{:.1f}")
 best = lambda r: (r.get("ramp") or {}).get("best_rate")
 row(f"targeted deliveries/s with p99 < 50 ms (batches of {batch})", best(H["ramp"]), best(B["ramp"]), "higher")
+row("stored notifications/s with p99 < 50 ms, one per POST", best(H["single"]), best(B["single"]), "higher")
+row("deliveries per server CPU-second, one per POST (the whole ramp)", dps(H["single"]), dps(B["single"]), "higher")
 for name, r in (("Herald", H), ("baseline", B)):
     s = r["steady"]["delivery"]
     rows.append(f"| {name} steady run: delivered/expected, lost, duplicated, errors | "

@@ -39,7 +39,9 @@ pub enum Command {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
-    /// Per-user notifications through `/api/v1/notifications/batch`.
+    /// Per-user notifications: several through `/api/v1/notifications/batch`, or one
+    /// per request through `/api/v1/notifications` (`--batch 1`, the way most
+    /// backends publish).
     Notify,
     /// Events to each user's personal group `user_<id>`: alone through
     /// `/api/v1/groups/<group>/events`, or several through `/api/v1/events/batch`.
@@ -63,9 +65,10 @@ pub struct RunArgs {
     #[arg(long = "standby", value_delimiter = ',')]
     pub standby: Vec<String>,
 
-    /// Where the backend API is called (default: the first node).
-    #[arg(long)]
-    pub api_url: Option<String>,
+    /// Where the backend API is called (default: the first node); with several,
+    /// requests take turns.
+    #[arg(long, value_delimiter = ',')]
+    pub api_url: Vec<String>,
 
     /// Local source addresses to bind client sockets to (round-robin), e.g.
     /// 127.0.0.2,127.0.0.3: each (source, node) pair has ~28k ephemeral ports.
@@ -274,12 +277,17 @@ impl RunArgs {
         self.group.replace("{shard}", &self.shard.index.to_string())
     }
 
-    pub fn api_base(&self) -> String {
-        self.api_url
-            .clone()
-            .unwrap_or_else(|| self.nodes.first().cloned().unwrap_or_default())
-            .trim_end_matches('/')
-            .to_owned()
+    /// The backend API base URLs that publishing requests take turns on.
+    pub fn api_bases(&self) -> Vec<String> {
+        let bases = if self.api_url.is_empty() {
+            self.nodes.iter().take(1).cloned().collect()
+        } else {
+            self.api_url.clone()
+        };
+        bases
+            .iter()
+            .map(|b| b.trim_end_matches('/').to_owned())
+            .collect()
     }
 
     /// Users and connections of this shard.

@@ -39,7 +39,8 @@ pub struct PublishStats {
 /// Publishes for one process; sequence numbers keep counting across phases.
 pub struct Publisher {
     client: reqwest::Client,
-    api: String,
+    /// Backend API base URLs; requests take turns.
+    apis: Vec<String>,
     key: String,
     mode: Mode,
     users: Arc<Vec<User>>,
@@ -54,7 +55,7 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(
-        api: String,
+        apis: Vec<String>,
         key: String,
         mode: Mode,
         users: Arc<Vec<User>>,
@@ -69,7 +70,7 @@ impl Publisher {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("HTTP client"),
-            api,
+            apis,
             key,
             mode,
             users,
@@ -184,6 +185,17 @@ impl Publisher {
         let sent_us = now_us();
         let probe = |seq| serde_json::to_string(&Probe { sent_us, seq }).expect("probe");
         let (path, body) = match self.mode {
+            Mode::Notify if n == 1 => {
+                let user = &self.users[self.target(first)].id;
+                (
+                    "/api/v1/notifications".to_owned(),
+                    format!(
+                        r#"{{"user":{},"message":{}}}"#,
+                        json_str(user),
+                        probe(first)
+                    ),
+                )
+            }
             Mode::Notify => {
                 let items: Vec<String> = (first..first + n)
                     .map(|s| {
@@ -220,8 +232,9 @@ impl Publisher {
                 format!(r#"{{"payload":{}}}"#, probe(first)),
             ),
         };
+        let api = &self.apis[(first % self.apis.len() as u64) as usize];
         self.client
-            .post(format!("{}{}", self.api, path))
+            .post(format!("{api}{path}"))
             .bearer_auth(&self.key)
             .header("content-type", "application/json")
             .body(body)

@@ -340,7 +340,7 @@ async fn listen(args: &RunArgs, s: &Session) -> Phase {
 
 fn publisher(args: &RunArgs, s: &Session) -> Publisher {
     Publisher::new(
-        args.api_base(),
+        args.api_bases(),
         args.api_key.clone(),
         args.mode,
         Arc::new(s.plan.users.clone()),

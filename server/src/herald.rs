@@ -214,7 +214,7 @@ impl Herald {
             user: user_id(user)?,
             message: self.json("message", message)?,
         };
-        let mut stored = self.node.publisher.notify_detached(vec![item]).await?;
+        let mut stored = self.node.publisher.notify_combined(vec![item]).await?;
         stored
             .pop()
             .ok_or_else(|| PublishError::Internal("insert returned no row".into()))
@@ -230,7 +230,7 @@ impl Herald {
         for (i, item) in items.iter().enumerate() {
             self.check_value(&format!("notifications[{i}].message"), &item.message)?;
         }
-        Ok(self.node.publisher.notify_detached(items).await?)
+        Ok(self.node.publisher.notify_combined(items).await?)
     }
 
     /// Sends an ephemeral event to every connection in `group`, on every node; it is

@@ -99,6 +99,9 @@ pub struct Metrics {
     pub delivered: Counter,
     /// Notifications stored and events accepted, by kind.
     pub published: Family<KindLabel, Counter>,
+    /// Publish requests stored together in one transaction ([`crate::publish`]'s
+    /// write combining): how much concurrent publishes share.
+    pub publish_group_requests: Histogram,
     pub slow_consumer_disconnects: Counter,
     /// Frames queued across all connections now.
     pub queue_depth: Gauge,
@@ -155,6 +158,9 @@ impl Metrics {
             delivery_latency: histogram(),
             delivered: Counter::default(),
             published: Family::default(),
+            publish_group_requests: Histogram::new([
+                1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0,
+            ]),
             slow_consumer_disconnects: Counter::default(),
             queue_depth: Gauge::default(),
             queue_capacity: Gauge::default(),
@@ -220,6 +226,11 @@ impl Metrics {
                 "herald_published",
                 "Notifications stored and events accepted, by kind",
                 m.published.clone(),
+            );
+            r.register(
+                "herald_publish_group_requests",
+                "Publish requests stored together in one transaction",
+                m.publish_group_requests.clone(),
             );
             r.register(
                 "herald_slow_consumer_disconnects",

@@ -51,5 +51,5 @@ async fn notify(
     node: &Arc<Node>,
     items: Vec<NewNotification>,
 ) -> Result<Vec<Notification>, ApiError> {
-    Ok(node.publisher.notify_detached(items).await?)
+    Ok(node.publisher.notify_combined(items).await?)
 }

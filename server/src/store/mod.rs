@@ -27,7 +27,7 @@ pub use sqlite::SqliteStore;
 pub use timed::Timed;
 
 /// What went wrong, in the terms callers branch on.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached (refused, timed out, pool exhausted). The API
     /// answers 503; nothing was written.

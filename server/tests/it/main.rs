@@ -10,6 +10,7 @@ mod admin;
 mod api;
 mod bad_input;
 mod cluster;
+mod combine;
 mod commands;
 mod connect;
 mod django;

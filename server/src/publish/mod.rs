@@ -1,5 +1,9 @@
 //! Accepting a publish: store it, then hand one serialised frame to the broker.
 //!
+//! Every publish enters through [`Publisher::notify_combined`], which lets concurrent
+//! publishes share one transaction ([`combine`]); [`Publisher::notify`] stores and
+//! publishes one such group.
+//!
 //! Order matters twice here. The store commits *before* the broker sees the frame, so
 //! a client can never receive a notification that a later read (resume, listing)
 //! would not find. And each user's notifications reach the broker in id order: the
@@ -18,6 +22,10 @@ use herald_shared::{GroupName, Notification, UserId};
 use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 
+mod combine;
+
+use combine::Combiner;
+
 use crate::broker::Broker;
 use crate::metrics::{KindLabel, Metrics, OpLabel};
 use crate::outbox::Delivery;
@@ -35,6 +43,7 @@ pub struct Publisher {
     metrics: Arc<Metrics>,
     order: Box<[Mutex<()>]>,
     hasher: std::hash::RandomState,
+    combiner: Combiner,
     /// An id the store is known to have issued (a lower bound of its newest): raised
     /// by every insert through this node, and by the upgrade's check of a resume
     /// point, so a client resuming from an id this node stored costs no query.
@@ -48,7 +57,11 @@ impl Publisher {
         broker: Arc<dyn Broker>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        // SQLite has one writer: one group at a time. PostgreSQL's pool takes several,
+        // but client writes and reads need connections too.
+        let flushers = (store.write_slots() / 4).clamp(1, 4);
         Self {
+            combiner: Combiner::new(flushers),
             clustered,
             store,
             broker,
@@ -64,25 +77,13 @@ impl Publisher {
         self.hasher.hash_one(user.as_str()) as usize % ORDER_STRIPES
     }
 
-    /// [`Publisher::notify`] on a task of its own: a caller that goes away (a backend
-    /// hanging up, a host dropping the future) must not cancel a publish between its
-    /// commit and its fan-out, nor mid-lock.
-    pub async fn notify_detached(
-        self: &Arc<Self>,
-        items: Vec<NewNotification>,
-    ) -> Result<Vec<Notification>, StoreError> {
-        let this = self.clone();
-        tokio::spawn(async move { this.notify(&items).await })
-            .await
-            .map_err(|e| StoreError::Db(format!("publish task: {e}")))?
-    }
-
-    /// Stores `items` in one transaction and publishes each to its user's group.
+    /// Stores `items` in one transaction and publishes each to its user's group: one
+    /// group of [`Self::notify_combined`], whose task is the only caller.
     ///
     /// Returns once every frame is with the broker. A broker failure after the commit
     /// is logged and counted, not returned: the notification is stored, and clients
     /// get it from the store when they resume.
-    pub async fn notify(&self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {
+    async fn notify(&self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {
         let mut stripes: Vec<usize> = items.iter().map(|i| self.stripe(&i.user)).collect();
         stripes.sort_unstable();
         stripes.dedup();

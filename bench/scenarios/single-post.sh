@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# One notification per POST, the way most backends publish (a comment, a like, an
+# order update, each from its own worker): CONNECTIONS connections (one user each),
+# then
+#
+#   1. steady: RATE single POSTs/s for DURATION s: server CPU per notification
+#      (one delivery each, so "cpu/1000 deliveries" in ms is µs per notification),
+#      latency, delivered vs expected;
+#   2. ramp: single POSTs at a rising rate (×FACTOR per STEP s) until p99
+#      publish-to-receive reaches 50 ms or anything is lost; the best passing rate is
+#      the figure.
+#
+#   bench/scenarios/single-post.sh                        # one node, SQLite (the default)
+#   STORE=postgres bench/scenarios/single-post.sh         # one node, PostgreSQL + Redis
+#   NODES=3 bench/scenarios/single-post.sh                # three nodes, one PostgreSQL + Redis
+#
+# With NODES > 1, connections and POSTs are spread over the nodes, so every POST's
+# notification mostly reaches its user through Redis from another node.
+#
+# Settings: CONNECTIONS (5000), STORE (sqlite|postgres; postgres runs with Redis, as
+# a cluster would), NODES (1; more means postgres), RATE (4000), DURATION (10),
+# START (2000), FACTOR (1.25), MAX (200000), STEP (5), WARMUP (5), SHARDS (2 bench
+# processes, each publishing half the rate to its own users), CONCURRENCY (POSTs in
+# flight per bench process: 128), SOURCES, BASE_PORT (18030), BASE_ADMIN (19030).
+source "$(dirname "$0")/lib.sh"
+
+CONNECTIONS=${CONNECTIONS:-5000}
+STORE=${STORE:-sqlite}
+NODES=${NODES:-1}
+RATE=${RATE:-4000}
+DURATION=${DURATION:-10}
+START=${START:-2000}
+FACTOR=${FACTOR:-1.25}
+MAX=${MAX:-200000}
+STEP=${STEP:-5}
+WARMUP=${WARMUP:-5}
+SHARDS=${SHARDS:-2}
+CONCURRENCY=${CONCURRENCY:-128}
+SOURCES=${SOURCES:-127.0.0.2,127.0.0.3}
+BASE_PORT=${BASE_PORT:-18030}
+BASE_ADMIN=${BASE_ADMIN:-19030}
+
+(( NODES > 1 )) && STORE=postgres
+scenario_init single-post
+build_release
+if [[ $STORE == postgres ]]; then
+    use_postgres
+    use_redis
+fi
+per_node=$(( (CONNECTIONS + NODES - 1) / NODES ))
+pids=()
+for ((n = 0; n < NODES; n++)); do
+    start_node "$n" $((BASE_PORT + n)) $((BASE_ADMIN + n)) HERALD_MAX_CONNECTIONS=$((per_node + 100))
+    pids+=(--server-pid "${NODE_PID[n]}")
+done
+for ((n = 0; n < NODES; n++)); do wait_ready "$n"; done
+urls=$(node_urls $(seq 0 $((NODES - 1))))
+common=(--node "$urls" --api-url "$urls" --jwt-secret "$SECRET" --api-key "$API_KEY"
+    -c "$CONNECTIONS" --source "$SOURCES" --mode notify --batch 1
+    --publish-concurrency "$CONCURRENCY" --connect-timeout 60 "${pids[@]}")
+
+bench_shards steady "$SHARDS" run "${common[@]}" \
+    --rate "$RATE" --duration "$DURATION" --hold 3 --settle 5
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-900} bench_shards ramp "$SHARDS" ramp "${common[@]}" \
+    --start-rate "$START" --factor "$FACTOR" --max-rate "$MAX" --duration "$STEP" --warmup "$WARMUP" \
+    --settle 3 --hold 2
+for ((n = 0; n < NODES; n++)); do
+    # How many POSTs shared a transaction: herald_publish_group_requests.
+    admin "$n" GET /metrics | grep '^herald_publish_group_requests' >"$OUT/groups-$n.txt" || true
+done
+python3 - "$OUT/ramp.json" <<'PY' | tee "$OUT/steps.txt"
+import json, sys
+r = json.load(open(sys.argv[1]))["ramp"]
+for s in r["steps"]:
+    d = s["delivery"]
+    print(f'{s["rate"]:>9.0f}/s achieved {s["achieved_rate"]:>9.0f}/s p50 {s["p50_us"]/1000:7.1f} ms '
+          f'p99 {s["p99_us"]/1000:7.1f} ms delivered {d["delivered"]}/{d["expected"]} '
+          f'{"pass" if s["pass"] else "FAIL: " + (s["reason"] or "")}')
+print("best:", r["best_rate"])
+PY
+log "results in $OUT"
