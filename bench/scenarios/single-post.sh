@@ -13,13 +13,14 @@
 #   bench/scenarios/single-post.sh                        # one node, SQLite (the default)
 #   STORE=postgres bench/scenarios/single-post.sh         # one node, PostgreSQL + Redis
 #   NODES=3 bench/scenarios/single-post.sh                # three nodes, one PostgreSQL + Redis
+#   CONNECTIONS=19000 RATE=5000 RAMP=0 bench/scenarios/single-post.sh   # a full node, steady only
 #
 # With NODES > 1, connections and POSTs are spread over the nodes, so every POST's
 # notification mostly reaches its user through Redis from another node.
 #
 # Settings: CONNECTIONS (5000), STORE (sqlite|postgres; postgres runs with Redis, as
 # a cluster would), NODES (1; more means postgres), RATE (4000), DURATION (10),
-# START (2000), FACTOR (1.25), MAX (200000), STEP (5), WARMUP (5), SHARDS (2 bench
+# RAMP (1; 0 skips the ramp), START (2000), FACTOR (1.25), MAX (200000), STEP (5), WARMUP (5), SHARDS (2 bench
 # processes, each publishing half the rate to its own users), CONCURRENCY (POSTs in
 # flight per bench process: 128), SOURCES, BASE_PORT (18030), BASE_ADMIN (19030).
 source "$(dirname "$0")/lib.sh"
@@ -35,6 +36,7 @@ MAX=${MAX:-200000}
 STEP=${STEP:-5}
 WARMUP=${WARMUP:-5}
 SHARDS=${SHARDS:-2}
+RAMP=${RAMP:-1}
 CONCURRENCY=${CONCURRENCY:-128}
 SOURCES=${SOURCES:-127.0.0.2,127.0.0.3}
 BASE_PORT=${BASE_PORT:-18030}
@@ -61,14 +63,16 @@ common=(--node "$urls" --api-url "$urls" --jwt-secret "$SECRET" --api-key "$API_
 
 bench_shards steady "$SHARDS" run "${common[@]}" \
     --rate "$RATE" --duration "$DURATION" --hold 3 --settle 5
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-900} bench_shards ramp "$SHARDS" ramp "${common[@]}" \
-    --start-rate "$START" --factor "$FACTOR" --max-rate "$MAX" --duration "$STEP" --warmup "$WARMUP" \
-    --settle 3 --hold 2
+if [[ $RAMP == 1 ]]; then
+    BENCH_TIMEOUT=${BENCH_TIMEOUT:-900} bench_shards ramp "$SHARDS" ramp "${common[@]}" \
+        --start-rate "$START" --factor "$FACTOR" --max-rate "$MAX" --duration "$STEP" --warmup "$WARMUP" \
+        --settle 3 --hold 2
+fi
 for ((n = 0; n < NODES; n++)); do
     # How many POSTs shared a transaction: herald_publish_group_requests.
     admin "$n" GET /metrics | grep '^herald_publish_group_requests' >"$OUT/groups-$n.txt" || true
 done
-python3 - "$OUT/ramp.json" <<'PY' | tee "$OUT/steps.txt"
+[[ $RAMP == 1 ]] && python3 - "$OUT/ramp.json" <<'PY' | tee "$OUT/steps.txt"
 import json, sys
 r = json.load(open(sys.argv[1]))["ramp"]
 for s in r["steps"]:

@@ -30,21 +30,24 @@ pub use error::ApiError;
 pub fn routes(node: &Arc<Node>) -> Router<Arc<Node>> {
     // A full batch of maximum-size messages, plus JSON framing per item.
     let body_limit = BATCH_MAX * (node.config.max_message_bytes + 256) + 64 * 1024;
+    // Full paths rather than `nest("/api/v1", ..)`: a nested router rewrites every
+    // request's URI (a parse and an allocation per request) to strip the prefix.
     let api = Router::new()
-        .route("/notifications", post(notifications::create))
-        .route("/notifications/batch", post(notifications::create_batch))
-        .route("/groups/{group}/events", post(groups::publish_event))
-        .route("/events/batch", post(groups::publish_batch))
-        .route("/users/{id}/notifications", get(users::list))
-        .route("/users/{id}/presence", get(users::presence))
+        .route("/api/v1/notifications", post(notifications::create))
+        .route(
+            "/api/v1/notifications/batch",
+            post(notifications::create_batch),
+        )
+        .route("/api/v1/groups/{group}/events", post(groups::publish_event))
+        .route("/api/v1/events/batch", post(groups::publish_batch))
+        .route("/api/v1/users/{id}/notifications", get(users::list))
+        .route("/api/v1/users/{id}/presence", get(users::presence))
         .route_layer(middleware::from_fn_with_state(
             node.clone(),
             require_api_key,
         ))
         .layer(DefaultBodyLimit::max(body_limit));
-    Router::new()
-        .nest("/api/v1", api)
-        .route("/healthz", get(health::healthz))
+    api.route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
 }
 
