@@ -23,4 +23,5 @@ mod redis_cluster;
 mod seam;
 mod sse;
 mod startup;
+mod tls;
 mod tokens;
