@@ -4,8 +4,10 @@
 //!
 //! The difference matters at start-up. A node retries an unreachable Redis or
 //! PostgreSQL until it comes up; a certificate that is not trusted, a client
-//! certificate the service refuses, or a service that does not speak TLS will not
-//! fix itself, so start-up fails at once and says which service, and why.
+//! certificate the service refuses, or a service that answers TLS with something
+//! else will not fix itself, so start-up fails at once and says which service, and
+//! why. (A plain Redis behind `rediss://` says nothing at all: it waits for the end
+//! of a command line, so it can only be retried as silent.)
 
 use std::error::Error;
 use std::io;
