@@ -26,6 +26,9 @@ pub struct Args {
     /// Redis URL of the node registry.
     #[arg(long, env = "REDIS_URL", global = true)]
     pub redis: Option<String>,
+    /// TLS files for a `rediss://` `--redis`, as the nodes take them.
+    #[command(flatten)]
+    pub redis_tls: herald_server::RedisTls,
     /// Registry key prefix (the nodes' HERALD_REDIS_PREFIX).
     #[arg(
         long,
@@ -123,6 +126,7 @@ impl Args {
     pub fn sources(&self) -> Sources {
         Sources {
             redis: self.redis.clone(),
+            redis_tls: self.redis_tls.clone(),
             prefix: self.prefix.clone(),
             nodes: self.nodes.clone(),
         }

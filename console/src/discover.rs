@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use herald_server::{RedisTls, RedisTlsError};
 use herald_shared::admin::NodeInfo;
 use redis::aio::MultiplexedConnection;
 
@@ -45,6 +46,9 @@ impl Target {
 pub enum DiscoverError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// `--redis` and the TLS files cannot make a client.
+    #[error("redis: {0}")]
+    Config(#[from] RedisTlsError),
     #[error("redis: timed out")]
     Timeout,
     #[error("unknown node {0:?} (not in the registry, not a --node)")]
@@ -60,9 +64,10 @@ async fn timed<T>(f: impl Future<Output = redis::RedisResult<T>>) -> Result<T, D
     }
 }
 
-/// A Redis connection for registry reads and INFO.
-pub async fn connect(url: &str) -> Result<MultiplexedConnection, DiscoverError> {
-    let client = redis::Client::open(url)?;
+/// A Redis connection for registry reads and INFO, made as the nodes make theirs
+/// (`rediss://` with the same TLS files).
+pub async fn connect(url: &str, tls: &RedisTls) -> Result<MultiplexedConnection, DiscoverError> {
+    let client = tls.client(url)?;
     timed(client.get_multiplexed_async_connection()).await
 }
 
@@ -136,6 +141,8 @@ pub async fn info(con: &mut MultiplexedConnection) -> Result<RedisInfo, Discover
 #[derive(Debug, Clone)]
 pub struct Sources {
     pub redis: Option<String>,
+    /// TLS files for a `rediss://` registry.
+    pub redis_tls: RedisTls,
     pub prefix: String,
     pub nodes: Vec<String>,
 }
@@ -145,7 +152,7 @@ impl Sources {
     pub async fn targets(&self) -> Result<Vec<Target>, DiscoverError> {
         let mut out = Vec::new();
         if let Some(url) = &self.redis {
-            let mut con = connect(url).await?;
+            let mut con = connect(url, &self.redis_tls).await?;
             out.extend(
                 registry(&mut con, &self.prefix)
                     .await?

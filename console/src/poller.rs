@@ -95,7 +95,7 @@ pub fn spawn(
             let mut redis_ok = true;
             if let Some(url) = &sources.redis {
                 if con.is_none() {
-                    con = discover::connect(url)
+                    con = discover::connect(url, &sources.redis_tls)
                         .await
                         .map_err(|e| redis_err(&tx, e))
                         .ok();

@@ -263,7 +263,9 @@ sh "$d/start.sh"
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        let mut con = discover::connect(REDIS).await.unwrap();
+        let mut con = discover::connect(REDIS, &herald_server::RedisTls::default())
+            .await
+            .unwrap();
         loop {
             let live = discover::registry(&mut con, &self.prefix).await.unwrap();
             if live.len() == self.nodes.len() {

@@ -70,6 +70,10 @@ pub struct Config {
     #[arg(long, env = names::REDIS_URL)]
     pub redis_url: Option<String>,
 
+    /// TLS files for a `rediss://` `REDIS_URL`: CA, client certificate and key.
+    #[command(flatten)]
+    pub redis_tls: crate::redis_client::RedisTls,
+
     /// Key prefix for everything Herald keeps in Redis (channels, registry, presence).
     #[arg(long, env = "HERALD_REDIS_PREFIX", default_value = "herald")]
     pub redis_prefix: String,

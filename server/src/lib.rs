@@ -26,6 +26,8 @@
 //!   signed with them ([`secrets::Secrets::client_token`]).
 //! - [`list_nodes`] (with [`NodeInfo`]): the cluster's node registry, for ops tools.
 //! - [`StoreError`]: why the store refused (inside [`ServerError`]).
+//! - [`RedisTls`] (with [`RedisTlsError`]): the TLS files of a `rediss://` Redis, and
+//!   the one way a Redis client is made from them (the node's, and ops tools').
 //!
 //! Everything else is the node's inside and private to the crate.
 //!
@@ -41,6 +43,8 @@
 //! - `cluster`: cluster mode's Redis state: registry, presence, key names. `presence`: connections per user.
 //! - `hub`: local routing index. `outbox`: per-connection queue and slow-consumer policy.
 //! - `store`: the `Store` trait, SQLite and PostgreSQL.
+//! - `redis_client`: every Redis client, from `REDIS_URL` and the TLS files. `tls`: the
+//!   rustls provider, and a TLS refusal told apart from an unreachable service.
 //! - `lifecycle`: serving/draining/drained and the paced drain. `tasks`: how background tasks start and stop.
 //! - `admin`: metrics, status, drain, tuning, audit. `metrics`: the registry.
 //! - `tuning`: the OS tuning profile against the host. `limits`: fd budget.
@@ -68,6 +72,7 @@ pub(crate) mod node;
 pub(crate) mod outbox;
 pub(crate) mod presence;
 pub(crate) mod publish;
+pub(crate) mod redis_client;
 pub(crate) mod registration;
 pub(crate) mod routes;
 pub mod secrets;
@@ -76,6 +81,7 @@ pub(crate) mod session;
 pub(crate) mod sse;
 pub(crate) mod store;
 pub(crate) mod tasks;
+pub(crate) mod tls;
 pub(crate) mod tuning;
 pub(crate) mod upgrade;
 
@@ -83,5 +89,6 @@ pub use cluster::registry::list as list_nodes;
 pub use config::Config;
 pub use herald::{Herald, PublishError, run};
 pub use herald_shared::admin::NodeInfo;
+pub use redis_client::{RedisTls, RedisTlsError};
 pub use server::{ServerError, check_admin_bind};
 pub use store::StoreError;

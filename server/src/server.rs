@@ -102,6 +102,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
                         let asgi = Some(cfg.channels_prefix.clone()).filter(|p| !p.is_empty());
                         let b = RedisBroker::connect(
                             url,
+                            &cfg.redis_tls,
                             &cfg.redis_prefix,
                             asgi,
                             &id,
@@ -121,6 +122,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
                         }
                         let b = RedisClusterBroker::connect(
                             seeds,
+                            &cfg.redis_tls,
                             &cfg.redis_prefix,
                             &id,
                             hub.clone(),

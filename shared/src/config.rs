@@ -6,6 +6,12 @@ pub const ADMIN_LISTEN: &str = "HERALD_ADMIN_LISTEN";
 pub const NODE_ID: &str = "HERALD_NODE_ID";
 pub const DATABASE_URL: &str = "DATABASE_URL";
 pub const REDIS_URL: &str = "REDIS_URL";
+/// PEM file of the CAs trusted for a `rediss://` `REDIS_URL` (default: the system's).
+pub const REDIS_CA_FILE: &str = "HERALD_REDIS_CA_FILE";
+/// PEM client certificate (chain) for mutual TLS to Redis; with [`REDIS_KEY_FILE`].
+pub const REDIS_CERT_FILE: &str = "HERALD_REDIS_CERT_FILE";
+/// PEM private key of [`REDIS_CERT_FILE`].
+pub const REDIS_KEY_FILE: &str = "HERALD_REDIS_KEY_FILE";
 pub const JWT_SECRET: &str = "HERALD_JWT_SECRET";
 pub const JWT_AUDIENCE: &str = "HERALD_JWT_AUDIENCE";
 pub const JWT_ISSUER: &str = "HERALD_JWT_ISSUER";

@@ -706,14 +706,30 @@ pub async fn connect_within<C, E: Display>(
 
 /// Runs `connect` ([`connect_within`]) until it succeeds, backing off while `what`
 /// is unreachable, with a log line naming `what` and the reason for each failure.
-pub async fn connect_retrying<C, E: Display, F: Future<Output = Result<C, E>>>(
+/// A TLS refusal ([`crate::tls::refusal`]: an untrusted certificate, a refused
+/// client certificate, no TLS on the port) ends it with the reason instead: it
+/// would not go away by waiting.
+pub async fn connect_retrying<C, F: Future<Output = redis::RedisResult<C>>>(
     what: &str,
     mut connect: impl FnMut() -> F,
-) -> C {
+) -> Result<C, String> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        match connect_within(connect()).await {
-            Ok(c) => return c,
+        let mut refused = None;
+        let attempt = connect_within(async {
+            connect()
+                .await
+                .inspect_err(|e| refused = crate::tls::refusal(e))
+        })
+        .await;
+        if let Some(why) = refused {
+            return Err(format!(
+                "TLS with {what} failed: {why} (check the rediss:// host and port, \
+                 HERALD_REDIS_CA_FILE, HERALD_REDIS_CERT_FILE and HERALD_REDIS_KEY_FILE)"
+            ));
+        }
+        match attempt {
+            Ok(c) => return Ok(c),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff.delay(), "{what} unreachable at start-up; retrying");
                 backoff.sleep().await;

@@ -22,6 +22,7 @@ use redis::{AsyncConnectionConfig, Msg};
 use super::BrokerError;
 use super::pubsub::{self, Inbox, Message, PubSubCore, Received, Transport};
 use crate::hub::Hub;
+use crate::redis_client::RedisTls;
 use crate::tasks::Tasks;
 
 pub struct RedisBroker {
@@ -35,13 +36,16 @@ impl RedisBroker {
     /// unsubscriber and probe tasks on `tasks`.
     pub async fn connect(
         url: &str,
+        tls: &RedisTls,
         prefix: &str,
         asgi_prefix: Option<String>,
         node_id: &str,
         hub: Arc<Hub>,
         tasks: Tasks,
     ) -> Result<Arc<Self>, BrokerError> {
-        let client = redis::Client::open(url).map_err(|e| BrokerError::Config(e.to_string()))?;
+        let client = tls
+            .client(url)
+            .map_err(|e| BrokerError::Config(e.to_string()))?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
@@ -56,7 +60,8 @@ impl RedisBroker {
                 .await?;
             ConnectionManager::new_with_config(client.clone(), cfg.clone()).await
         })
-        .await;
+        .await
+        .map_err(BrokerError::Config)?;
         let broker = Arc::new(Self {
             client,
             publisher,

@@ -40,12 +40,13 @@ use async_trait::async_trait;
 use futures_util::{StreamExt, stream};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::{ProtocolVersion, PushInfo, PushKind, Value};
+use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::{Notify, mpsc};
 
 use super::BrokerError;
 use super::pubsub::{self, Inbox, Message, PubSubCore, Received, Transport};
 use crate::hub::Hub;
+use crate::redis_client::RedisTls;
 use crate::tasks::Tasks;
 
 /// Messages received but not yet handed to the hub; beyond this they are dropped
@@ -116,20 +117,26 @@ struct Signals {
 
 pub struct RedisClusterBroker {
     seeds: Vec<String>,
+    /// Each subscriber connection is built anew from the seeds and these (so a
+    /// reconnect reads the certificate files again).
+    tls: RedisTls,
     /// Commands and SPUBLISH (no push sender); registry and presence share it.
     publisher: ClusterConnection,
     /// The subscriber sink is a clone of the subscriber connection.
     core: PubSubCore<ClusterConnection>,
 }
 
-fn builder(seeds: &[String]) -> ClusterClientBuilder {
-    ClusterClientBuilder::new(seeds.to_vec())
+fn builder(seeds: &[String], tls: &RedisTls) -> Result<ClusterClientBuilder, BrokerError> {
+    let builder = tls
+        .cluster_builder(seeds)
+        .map_err(|e| BrokerError::Config(e.to_string()))?;
+    Ok(builder
         .connection_timeout(Duration::from_secs(2))
         .response_timeout(Duration::from_secs(2))
         .overall_response_timeout(Some(Duration::from_secs(5)))
         .retries(3)
         .min_retry_wait(50)
-        .max_retry_wait(500)
+        .max_retry_wait(500))
 }
 
 impl RedisClusterBroker {
@@ -137,18 +144,47 @@ impl RedisClusterBroker {
     /// and starts the subscriber, unsubscriber and probe tasks on `tasks`.
     pub async fn connect(
         seeds: Vec<String>,
+        tls: &RedisTls,
         prefix: &str,
         node_id: &str,
         hub: Arc<Hub>,
         tasks: Tasks,
     ) -> Result<Arc<Self>, BrokerError> {
-        let client: ClusterClient = builder(&seeds)
+        let client: ClusterClient = builder(&seeds, tls)?
             .build()
             .map_err(|e| BrokerError::Config(e.to_string()))?;
-        let publisher =
-            pubsub::connect_retrying("Redis Cluster", || client.get_async_connection()).await;
+        // The cluster client passes on only the text of a failed connection, so a
+        // TLS refusal is told apart on a single connection to the first seed, made
+        // alongside (a cluster node answers those too). It decides nothing else: the
+        // cluster may well be reachable through the other seeds.
+        let probe = match seeds.first() {
+            Some(seed) if seed.starts_with("rediss://") => Some(
+                tls.client(seed)
+                    .map_err(|e| BrokerError::Config(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let publisher = pubsub::connect_retrying("Redis Cluster", || async {
+            let Some(probe) = &probe else {
+                return client.get_async_connection().await;
+            };
+            let single = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(Duration::from_secs(2)));
+            let (cluster, single) = tokio::join!(
+                client.get_async_connection(),
+                probe.get_multiplexed_async_connection_with_config(&single)
+            );
+            match (cluster, single) {
+                (Err(_), Err(e)) if crate::tls::refusal(&e).is_some() => Err(e),
+                (cluster, _) => cluster,
+            }
+        })
+        .await
+        .map_err(BrokerError::Config)?;
         let broker = Arc::new(Self {
             seeds,
+            tls: tls.clone(),
             publisher,
             core: PubSubCore::new(hub, prefix, None, node_id),
         });
@@ -204,7 +240,14 @@ impl Transport for RedisClusterBroker {
                 Err(mpsc::error::TrySendError::Closed(_)) => Err(redis::aio::SendError),
             }
         };
-        let con = builder(&self.seeds)
+        let con = builder(&self.seeds, &self.tls)
+            .map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "Redis Cluster client",
+                    e.to_string(),
+                ))
+            })?
             .use_protocol(ProtocolVersion::RESP3)
             .push_sender(push)
             .build()?

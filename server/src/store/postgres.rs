@@ -14,7 +14,7 @@ use herald_shared::api::NewNotification;
 use herald_shared::frames::RawJson;
 use herald_shared::{Notification, UserId};
 use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, PgSslMode};
 
 use super::{
     ListQuery, NewAudit, OrderGuard, Store, StoreError, UnreadSnapshot, format_time, now_ms,
@@ -41,13 +41,13 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(opts.application_name("herald"))
+            .connect_with(opts.clone().application_name("herald"))
             .await
             .map_err(|e| match e {
                 sqlx::Error::PoolTimedOut => StoreError::Unavailable(format!(
                     "no connection within {ACQUIRE_TIMEOUT:?} (connect and handshake)"
                 )),
-                other => other.into(),
+                other => tls_refusal(&other, &opts).unwrap_or_else(|| other.into()),
             })?;
         MIGRATOR.run(&pool).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(inner) => StoreError::from(inner),
@@ -55,6 +55,34 @@ impl PgStore {
         })?;
         Ok(Self { pool })
     }
+}
+
+/// A TLS failure while connecting, as a configuration error ([`StoreError::Db`], so
+/// start-up fails at once instead of retrying): a server without TLS under
+/// `sslmode=require` or stricter, a certificate that `sslrootcert` (or the system's
+/// CAs) does not vouch for or that names another host under `verify-full`, a client
+/// certificate the server refused.
+/// Later, on a reconnect, the same failure counts as the store being unavailable
+/// (through `From<sqlx::Error>`), like any connection that fails.
+fn tls_refusal(e: &sqlx::Error, opts: &PgConnectOptions) -> Option<StoreError> {
+    let why = match e {
+        sqlx::Error::Tls(why) => why.to_string(),
+        other => crate::tls::refusal(other)?,
+    };
+    let mode = match opts.get_ssl_mode() {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
+    };
+    Some(StoreError::Db(format!(
+        "PostgreSQL TLS (sslmode={mode}) with {}:{} failed: {why}; check sslmode, \
+         sslrootcert, sslcert and sslkey in DATABASE_URL",
+        opts.get_host(),
+        opts.get_port()
+    )))
 }
 
 /// Inserts `items` in one statement (one transaction) on `conn`. Rows are inserted,

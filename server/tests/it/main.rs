@@ -24,4 +24,5 @@ mod redis_cluster;
 mod seam;
 mod sse;
 mod startup;
+mod tls;
 mod tokens;

@@ -4,6 +4,7 @@
 //! shards, the registry and presence through hash-tagged keys.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use herald_shared::ServerFrame;
@@ -14,10 +15,20 @@ use crate::cluster::{Cluster, until_ready};
 use crate::common::{self, API_KEY, TestServer};
 
 /// A 3-master Redis Cluster of the test's own on free ports, killed on drop.
-struct RedisCluster {
-    ports: Vec<u16>,
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
     children: Vec<std::process::Child>,
     _dir: tempfile::TempDir,
+    /// Set when the cluster speaks TLS only (clients, cluster bus): the CA file
+    /// clients trust.
+    ca: Option<PathBuf>,
+}
+
+/// How a test cluster speaks TLS: its servers' flags, `redis-cli`'s, and the CA file.
+struct ClusterTls {
+    server: Vec<String>,
+    cli: Vec<String>,
+    ca: PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -30,25 +41,65 @@ fn free_port() -> u16 {
 
 impl RedisCluster {
     async fn start() -> Self {
-        tokio::task::spawn_blocking(Self::start_blocking)
+        tokio::task::spawn_blocking(|| Self::start_blocking(None))
             .await
             .unwrap()
     }
 
-    fn start_blocking() -> Self {
+    /// A cluster on TLS ports only, its bus over TLS too, with `certs`' server
+    /// certificate and CA (no client certificates required).
+    pub async fn start_tls(certs: &crate::tls::Certs) -> Self {
+        let tls = ClusterTls {
+            server: [
+                crate::tls::tls_server_args(certs, false),
+                ["--tls-cluster", "yes", "--tls-replication", "yes"]
+                    .map(String::from)
+                    .to_vec(),
+            ]
+            .concat(),
+            cli: vec![
+                "--tls".into(),
+                "--cacert".into(),
+                certs.arg("ca.pem"),
+                "--cert".into(),
+                certs.arg("server.pem"),
+                "--key".into(),
+                certs.arg("server.key"),
+            ],
+            ca: certs.path("ca.pem"),
+        };
+        tokio::task::spawn_blocking(|| Self::start_blocking(Some(tls)))
+            .await
+            .unwrap()
+    }
+
+    fn start_blocking(tls: Option<ClusterTls>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Self {
             ports: Vec::new(),
             children: Vec::new(),
             _dir: dir,
+            ca: tls.as_ref().map(|t| t.ca.clone()),
         };
         for _ in 0..3 {
             let (port, bus) = (free_port(), free_port());
             let conf = c._dir.path().join(format!("nodes-{port}.conf"));
+            let listen: Vec<String> = match &tls {
+                None => vec!["--port".into(), port.to_string()],
+                Some(t) => [
+                    vec![
+                        "--port".into(),
+                        "0".into(),
+                        "--tls-port".into(),
+                        port.to_string(),
+                    ],
+                    t.server.clone(),
+                ]
+                .concat(),
+            };
             let child = std::process::Command::new("redis-server")
+                .args(listen)
                 .args([
-                    "--port",
-                    &port.to_string(),
                     "--cluster-port",
                     &bus.to_string(),
                     "--bind",
@@ -81,6 +132,9 @@ impl RedisCluster {
             }
         }
         let mut create = std::process::Command::new("redis-cli");
+        if let Some(t) = &tls {
+            create.args(&t.cli);
+        }
         create.arg("--cluster").arg("create");
         for p in &c.ports {
             create.arg(format!("127.0.0.1:{p}"));
@@ -119,18 +173,24 @@ impl RedisCluster {
     }
 
     /// The `REDIS_URL` the Herald nodes get.
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .ports
             .iter()
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
-        format!("redis+cluster://{}", hosts.join(","))
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}+cluster://{}", hosts.join(","))
     }
 
-    /// A plain connection to one master.
+    /// A connection to one master (over TLS when the cluster speaks it).
     fn master(&self, port: u16) -> redis::Connection {
-        redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        let tls = herald_server::RedisTls {
+            ca_file: self.ca.clone(),
+            ..Default::default()
+        };
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
+        tls.client(&format!("{scheme}://127.0.0.1:{port}"))
             .unwrap()
             .get_connection()
             .unwrap()
