@@ -85,6 +85,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
     ));
     let hub = Arc::new(Hub::new());
     let id = cfg.node_id.clone().unwrap_or_else(default_node_id);
+    metrics.set_info(&id, VERSION);
     let (broker, presence, cluster): (Arc<dyn Broker>, Arc<dyn Presence>, Option<Cluster>) =
         match &cfg.redis_url {
             None => (
