@@ -3,15 +3,19 @@
 //! client, discovery and formatting code with the UI.
 
 use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use herald_shared::admin::{AdminStatus, TuningReport};
+use herald_shared::config as names;
 use serde::Serialize;
 
 use crate::client::AdminClient;
 use crate::discover::{Sources, Target};
+use crate::local;
 use crate::msg::NodeSample;
 use crate::state::NodeState;
 use crate::view::fleet;
@@ -48,6 +52,12 @@ pub struct Args {
         global = true
     )]
     pub token: Option<String>,
+    /// With no --node and no --redis: the admin address of the node on this host.
+    #[arg(long, env = names::ADMIN_LISTEN, default_value = names::DEFAULT_ADMIN_LISTEN, global = true)]
+    pub local: SocketAddr,
+    /// With no --token: the node data dir whose secrets.json holds the admin token.
+    #[arg(long, env = names::DATA_DIR, default_value = names::DEFAULT_DATA_DIR, global = true)]
+    pub data_dir: PathBuf,
     /// Polling interval (`1s`, `500ms`).
     #[arg(long, default_value = "1s", value_parser = parse_duration, global = true)]
     pub interval: Duration,
@@ -56,6 +66,9 @@ pub struct Args {
     pub timeout: Duration,
     #[command(subcommand)]
     pub cmd: Option<Cmd>,
+    /// Set by [`Args::find_local`]: the one node is this host's.
+    #[arg(skip)]
+    pub found_local: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,7 +142,27 @@ impl Args {
             redis_tls: self.redis_tls.clone(),
             prefix: self.prefix.clone(),
             nodes: self.nodes.clone(),
+            local: self.found_local,
         }
+    }
+
+    /// With neither `--node` nor a registry, the node on this host ([`local`]): it
+    /// becomes the one `--node`, with the token it accepted. Anything given wins, and
+    /// then nothing is looked for (`Ok(None)`).
+    pub async fn find_local(&mut self) -> Result<Option<local::Found>, local::NotFound> {
+        if self.redis.is_some() || !self.nodes.is_empty() {
+            return Ok(None);
+        }
+        let search = local::Search {
+            admin: self.local,
+            data_dir: self.data_dir.clone(),
+            token: self.token.clone(),
+        };
+        let found = local::find(&search, self.timeout).await?;
+        self.nodes.push(found.admin.clone());
+        self.token.clone_from(&found.token);
+        self.found_local = true;
+        Ok(Some(found))
     }
 }
 
@@ -189,7 +222,7 @@ pub async fn run(args: &Args, cmd: &Cmd, out: &mut (dyn Write + Send)) -> anyhow
         Cmd::Status { json } => {
             let targets = sources.targets().await.context("finding nodes")?;
             if targets.is_empty() {
-                bail!("no nodes: give --redis or --node");
+                bail!("no nodes: give --redis or --node (or run where a node is, see --local)");
             }
             let nodes =
                 futures_util::future::join_all(targets.into_iter().map(|t| sample(&client, t)))

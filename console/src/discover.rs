@@ -145,6 +145,8 @@ pub struct Sources {
     pub redis_tls: RedisTls,
     pub prefix: String,
     pub nodes: Vec<String>,
+    /// The one node is the one found on this host (`crate::local`), not a `--node`.
+    pub local: bool,
 }
 
 impl Sources {

@@ -11,6 +11,7 @@
 //! - [`cli`]: flags and subcommands (clap); what `main` dispatches to.
 //! - [`client`]: the admin API over HTTP, each call with a short timeout.
 //! - [`discover`]: the Redis registry, node resolution (`id` or admin URL), Redis INFO.
+//! - [`local`]: with no flags, the node on this host and its data dir's admin token.
 //! - [`scrape`]: Prometheus text → [`scrape::Metrics`].
 //! - [`poller`]: one task per node polling `/metrics` and `/admin/status`.
 //! - [`msg`], [`app`]: the Elm-style model: `App::update(Msg) -> Vec<Effect>`, no I/O.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod client;
 pub mod discover;
 pub mod input;
+pub mod local;
 pub mod msg;
 pub mod poller;
 pub mod rollout;

@@ -6,19 +6,18 @@ use herald_console::cli::{self, Args};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // Neither --node nor a registry: the node on this host, or what was tried (a
+    // plain message, not an error with a backtrace: nothing went wrong in here).
+    if let Err(not_found) = args.find_local().await {
+        eprintln!("{not_found}");
+        std::process::exit(1);
+    }
     match &args.cmd {
         Some(cmd) => {
             let mut out = std::io::stdout();
             cli::run(&args, cmd, &mut out).await
         }
-        None => {
-            if args.redis.is_none() && args.nodes.is_empty() {
-                anyhow::bail!(
-                    "no nodes to watch: give --redis URL (or REDIS_URL) or --node ADMIN_URL"
-                );
-            }
-            herald_console::ui::run(args.client(), args.sources(), args.interval).await
-        }
+        None => herald_console::ui::run(args.client(), args.sources(), args.interval).await,
     }
 }

@@ -23,6 +23,7 @@ pub async fn run(client: AdminClient, sources: Sources, interval: Duration) -> a
     let source = match (&sources.redis, sources.nodes.len()) {
         (Some(_), 0) => format!("registry {}:nodes", sources.prefix),
         (Some(_), n) => format!("registry + {n} --node"),
+        (None, _) if sources.local => "this host's node".to_owned(),
         (None, n) => format!("{n} --node"),
     };
     let mut app = App::new(interval, source);

@@ -112,7 +112,7 @@ pub struct Config {
     pub admin_token: Option<String>,
 
     /// Where the embedded SQLite file and generated secrets live.
-    #[arg(long, env = "HERALD_DATA_DIR", default_value = names::DEFAULT_DATA_DIR)]
+    #[arg(long, env = names::DATA_DIR, default_value = names::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
 
     /// Allowed `Origin`s for upgrades, comma separated; empty allows any origin.
@@ -209,6 +209,50 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_PENDING_CONNECTIONS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_pending_connections: Option<u64>,
+
+    /// How the `herald-server` binary writes its logs to stderr: `text` (coloured
+    /// only on a terminal) or `json` (one object per line, for log shippers).
+    #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text",
+          value_parser = LogFormat::parse)]
+    pub log_format: LogFormat,
+}
+
+/// The format of the binary's log lines (`HERALD_LOG_FORMAT`). An embedding host
+/// keeps its own logging: this only tells `herald-server` which subscriber to install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Lines for people: time, level, target, message and fields. Coloured only
+    /// when stderr is a terminal and `NO_COLOR` is unset, so files and journald
+    /// get no escape codes.
+    Text,
+    /// One JSON object per line, for log shippers: `node`, `timestamp`, `level`,
+    /// `target`, `message` and the event's fields, at the top level.
+    Json,
+}
+
+impl LogFormat {
+    /// Every format, as written in `HERALD_LOG_FORMAT`.
+    pub const ALL: [(&'static str, LogFormat); 2] = [("text", Self::Text), ("json", Self::Json)];
+
+    /// Parses `text` or `json`; anything else names the setting and its values.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|(_, f)| *f)
+            .ok_or_else(|| format!("HERALD_LOG_FORMAT must be `text` or `json` (got {s:?})"))
+    }
+}
+
+/// Default node id: host name plus a short random suffix, so two processes on one
+/// host (a restart overlapping its predecessor) are told apart.
+pub fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "herald".to_owned());
+    format!("{host}-{:04x}", rand::random::<u16>())
 }
 
 /// The longest heartbeat: `Instant + Duration` panics on overflow, and no client
@@ -289,6 +333,12 @@ impl Config {
         self.demo.unwrap_or(!self.cluster_mode())
     }
 
+    /// The node id: the configured one, or (chosen once, and kept in the config so
+    /// the logs and the node agree) [`default_node_id`].
+    pub fn resolve_node_id(&mut self) -> &str {
+        self.node_id.get_or_insert_with(default_node_id)
+    }
+
     /// Cluster mode: Redis between nodes, secrets must be given, not generated.
     pub fn cluster_mode(&self) -> bool {
         self.redis_url.is_some()
@@ -307,6 +357,28 @@ mod tests {
         let cluster = ["--redis-url", "redis://127.0.0.1:6379"];
         assert!(!cfg(&cluster).demo_enabled());
         assert!(cfg(&[&cluster[..], &["--demo", "true"]].concat()).demo_enabled());
+    }
+
+    #[test]
+    fn log_format_is_text_or_json_and_names_itself_when_wrong() {
+        use super::LogFormat;
+        let cfg = |args: &[&str]| Config::from_args(args.iter().copied());
+        assert_eq!(cfg(&[]).unwrap().log_format, LogFormat::Text);
+        let json = cfg(&["--log-format", "json"]).unwrap();
+        assert_eq!(json.log_format, LogFormat::Json);
+        let err = cfg(&["--log-format", "xml"]).unwrap_err().to_string();
+        assert!(
+            err.contains("HERALD_LOG_FORMAT must be `text` or `json` (got \"xml\")"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_resolved_node_id_is_kept() {
+        let mut cfg = Config::from_args(std::iter::empty::<&str>()).unwrap();
+        let id = cfg.resolve_node_id().to_owned();
+        assert_eq!(cfg.resolve_node_id(), id);
+        assert_eq!(cfg.node_id.as_deref(), Some(id.as_str()));
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //!   `herald-server` binary runs.
 //! - [`Config`] and the [`config`] module's [`Cli`](config::Cli) and
 //!   [`Command`](config::Command): every setting, as flags and environment variables.
+//! - [`logging`]: the `herald-server` binary's subscriber (`HERALD_LOG_FORMAT`).
 //! - [`secrets`]: the node's three secrets, given or generated, and client tokens
 //!   signed with them ([`secrets::Secrets::client_token`]).
 //! - [`list_nodes`] (with [`NodeInfo`]): the cluster's node registry, for ops tools.
@@ -34,6 +35,7 @@
 //! # Layout
 //! - `server`: builds a node, serves both listeners, stops it in order (under `Herald` and [`run`]).
 //! - [`config`]: flags and environment (clap). [`secrets`]: generated or given secrets.
+//!   [`logging`]: the binary's log lines (text or JSON).
 //! - `auth`: client JWTs, API key, admin token.
 //! - `api`: backend routes, health, errors. `upgrade`: the WebSocket handshake and connect seam.
 //! - `session`: one task per connection: opening frames, client commands, deliveries.
@@ -67,6 +69,7 @@ pub(crate) mod hub;
 pub(crate) mod lifecycle;
 pub(crate) mod limits;
 pub(crate) mod lock;
+pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod node;
 pub(crate) mod outbox;

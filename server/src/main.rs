@@ -4,20 +4,16 @@
 use anyhow::Context;
 use clap::Parser;
 use herald_server::config::{Cli, Command, Config};
-use herald_server::secrets;
+use herald_server::{logging, secrets};
 use herald_shared::{GroupName, UserId};
 use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // Chosen here, not by the node, so the first log line already carries it.
+    let node = cli.config.resolve_node_id().to_owned();
+    logging::init(cli.config.log_format, &node);
     match cli.command {
         Some(Command::Token { user, groups, ttl }) => print_token(&cli.config, &user, &groups, ttl),
         Some(Command::Serve) | None => serve(cli.config).await,

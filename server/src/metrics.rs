@@ -4,11 +4,14 @@
 //! one histogram per observation; no metric is ever looked up by name per message.
 //! Counters are registered without `_total`: prometheus-client appends it.
 
+use std::hash::Hash;
+use std::marker::PhantomData;
 use std::sync::Mutex;
 
+use herald_shared::health::{BrokerHealth, Readiness, StoreHealth};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -29,47 +32,248 @@ fn histogram() -> Histogram {
     Histogram::new(latency_buckets())
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CodeLabel {
-    pub code: u16,
+/// A label whose values are known in advance. Its family gets a series, at zero, for
+/// each value when it is registered, so every documented series is in the first
+/// scrape (rates, dashboards and `absent()` alerts work before the first event), and
+/// an update indexes a child resolved at start-up instead of looking up a label set.
+pub trait KnownValues: Copy + 'static {
+    /// Every value, in the order of [`KnownValues::index`].
+    const ALL: &'static [Self];
+    /// The label value as exported.
+    fn label(self) -> &'static str;
+    /// The value's position in [`KnownValues::ALL`].
+    fn index(self) -> usize;
 }
 
-/// A close code as a label: see [`close_code_label`].
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CloseLabel {
-    pub code: &'static str,
+/// The children of one labelled family, one per known value of its label.
+pub struct ByLabel<K, M> {
+    children: Box<[M]>,
+    _values: PhantomData<K>,
 }
 
-/// The `code` label of a close. The codes RFC 6455 defines (1000 to 1015) are
-/// themselves; the codes a client may choose itself (3000 to 4999) are counted by
-/// range, `3xxx` and `4xxx`, and anything else is `other`: a label per code a client
-/// sent would let clients make thousands of series.
-pub fn close_code_label(code: u16) -> &'static str {
-    const DEFINED: [&str; 16] = [
-        "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010",
-        "1011", "1012", "1013", "1014", "1015",
-    ];
-    match code {
-        1000..=1015 => DEFINED[usize::from(code - 1000)],
-        3000..=3999 => "3xxx",
-        4000..=4999 => "4xxx",
-        _ => "other",
+impl<K: KnownValues, M: Clone> ByLabel<K, M> {
+    /// Creates (at zero) and keeps the series of every known value in `family`;
+    /// `label` makes the family's label set from a value.
+    fn resolve<L, C>(family: &Family<L, M, C>, label: impl Fn(K) -> L) -> Self
+    where
+        L: Clone + Hash + Eq,
+        C: MetricConstructor<M>,
+    {
+        let children = K::ALL
+            .iter()
+            .map(|k| family.get_or_create_owned(&label(*k)))
+            .collect();
+        Self {
+            children,
+            _values: PhantomData,
+        }
+    }
+
+    /// The series of `value`.
+    pub fn get(&self, value: K) -> &M {
+        &self.children[value.index()]
     }
 }
 
+/// Implements [`KnownValues`] for a fieldless enum, with each variant's label.
+macro_rules! known_values {
+    ($ty:ident { $($variant:ident => $label:literal),+ $(,)? }) => {
+        impl KnownValues for $ty {
+            const ALL: &'static [Self] = &[$($ty::$variant),+];
+            fn label(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $label),+
+                }
+            }
+            fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+/// What `herald_published_total{kind}` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// A notification stored.
+    Notification,
+    /// An event accepted.
+    Event,
+}
+known_values!(Published { Notification => "notification", Event => "event" });
+
+/// A store operation: the `op` of `herald_store_latency_seconds` and
+/// `herald_store_errors_total`. One variant per method of the `Store` trait that
+/// touches the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    Ping,
+    NewestIssuedId,
+    Insert,
+    Unread,
+    After,
+    List,
+    MarkRead,
+    MarkAllRead,
+    OrderLock,
+    Audit,
+    AuditLog,
+}
+known_values!(StoreOp {
+    Ping => "ping",
+    NewestIssuedId => "newest_issued_id",
+    Insert => "insert",
+    Unread => "unread",
+    After => "after",
+    List => "list",
+    MarkRead => "mark_read",
+    MarkAllRead => "mark_all_read",
+    OrderLock => "order_lock",
+    Audit => "audit",
+    AuditLog => "audit_log",
+});
+
+/// A broker operation that can fail: the `op` of `herald_broker_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerOp {
+    /// Notification and event publishes the broker refused.
+    Publish,
+}
+known_values!(BrokerOp { Publish => "publish" });
+
+/// The state of an open connection: `herald_connections_by_state{state}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// Upgraded; the opening frames are not sent yet.
+    Opening,
+    /// Opening frames sent.
+    Open,
+}
+known_values!(ConnState { Opening => "opening", Open => "open" });
+
+/// `herald_redis_health{state}`: 1 for the broker's health now, 0 for the others.
+impl KnownValues for BrokerHealth {
+    const ALL: &'static [Self] = BrokerHealth::ALL;
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The HTTP status of a refused upgrade or SSE stream:
+/// `herald_upgrades_refused_total{code}`. These are the statuses the checks before
+/// an upgrade answer with (PROTOCOL.md 3.1); another status (a malformed upgrade
+/// that the WebSocket layer itself refuses) is still counted, from its first time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    TooMany,
+    Unavailable,
+}
+known_values!(Refusal {
+    BadRequest => "400",
+    Unauthorized => "401",
+    Forbidden => "403",
+    TooMany => "429",
+    Unavailable => "503",
+});
+
+impl Refusal {
+    /// The known refusal of `status`, if it is one.
+    pub fn of(status: u16) -> Option<Self> {
+        Self::ALL.iter().copied().find(|r| r.status() == status)
+    }
+
+    /// The HTTP status.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::BadRequest => 400,
+            Self::Unauthorized => 401,
+            Self::Forbidden => 403,
+            Self::TooMany => 429,
+            Self::Unavailable => 503,
+        }
+    }
+}
+
+/// The labels of the close codes RFC 6455 defines, then the client ranges and the rest.
+const CLOSE_LABELS: [&str; 19] = [
+    "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010", "1011",
+    "1012", "1013", "1014", "1015", "3xxx", "4xxx", "other",
+];
+
+/// The `code` label of a close (`herald_disconnects_total{code}`). The codes RFC 6455
+/// defines (1000 to 1015) are themselves; the codes a client may choose itself (3000
+/// to 4999) are counted by range, `3xxx` and `4xxx`, and anything else is `other`: a
+/// label per code a client sent would let clients make thousands of series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseBucket(u8);
+
+impl CloseBucket {
+    /// The bucket of close code `code`.
+    pub fn of(code: u16) -> Self {
+        Self(match code {
+            1000..=1015 => (code - 1000) as u8,
+            3000..=3999 => 16,
+            4000..=4999 => 17,
+            _ => 18,
+        })
+    }
+}
+
+impl KnownValues for CloseBucket {
+    const ALL: &'static [Self] = &{
+        let mut all = [CloseBucket(0); CLOSE_LABELS.len()];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = CloseBucket(i as u8);
+            i += 1;
+        }
+        all
+    };
+    fn label(self) -> &'static str {
+        CLOSE_LABELS[usize::from(self.0)]
+    }
+    fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// An HTTP status as a label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    pub kind: &'static str,
+struct StatusLabel {
+    code: u16,
+}
+
+/// A close code's bucket as a label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabel {
+    code: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabel {
-    pub state: &'static str,
+struct KindLabel {
+    kind: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OpLabel {
-    pub op: &'static str,
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabel {
+    node: String,
+    version: String,
 }
 
 /// Every metric of a node.
@@ -81,16 +285,15 @@ pub struct Metrics {
     /// Open connections now (`herald_connections`).
     pub connections: Gauge,
     /// Connections by state: `opening` (upgraded, opening frames not yet sent) and
-    /// `open`.
-    /// (Both are children of `connections_by_state`, resolved once: updating them is
-    /// a plain atomic operation, no label lookup per connection.)
+    /// `open`, the children of `herald_connections_by_state`.
     pub connections_opening: Gauge,
     pub connections_open: Gauge,
-    /// Upgrades and SSE streams refused, by HTTP status (400, 401, 403, 429, 503).
-    pub upgrades_refused: Family<CodeLabel, Counter>,
+    /// Upgrades and SSE streams refused, by HTTP status: see [`Metrics::refused`].
+    upgrades_refused: Family<StatusLabel, Counter>,
+    upgrades_refused_known: ByLabel<Refusal, Counter>,
     /// Closes by WebSocket close code, client-chosen codes bucketed
-    /// ([`close_code_label`]).
-    pub disconnects: Family<CloseLabel, Counter>,
+    /// ([`CloseBucket`]): see [`Metrics::closed`].
+    disconnects: ByLabel<CloseBucket, Counter>,
     /// Client frame handling time (`websocket_message_duration_seconds`).
     pub message_duration: Histogram,
     /// Publish accepted to frame written (`herald_delivery_latency_seconds`).
@@ -98,7 +301,7 @@ pub struct Metrics {
     /// Frames written to sockets that carried a notification or event.
     pub delivered: Counter,
     /// Notifications stored and events accepted, by kind.
-    pub published: Family<KindLabel, Counter>,
+    pub published: ByLabel<Published, Counter>,
     /// Publish requests stored together in one transaction ([`crate::publish`]'s
     /// write combining): how much concurrent publishes share.
     pub publish_group_requests: Histogram,
@@ -121,10 +324,10 @@ pub struct Metrics {
     pub pending_connections: Gauge,
     pub pending_refused: Counter,
     /// Store operations that failed, and store latency, by operation.
-    pub store_errors: Family<OpLabel, Counter>,
-    pub store_latency: Family<OpLabel, Histogram>,
+    pub store_errors: ByLabel<StoreOp, Counter>,
+    pub store_latency: ByLabel<StoreOp, Histogram>,
     /// Broker operations that failed, by operation.
-    pub broker_errors: Family<OpLabel, Counter>,
+    pub broker_errors: ByLabel<BrokerOp, Counter>,
     /// Client frames refused by the rate limiter.
     pub rate_limited: Counter,
     /// Client writes refused to keep the store's capacity for the backend API.
@@ -134,30 +337,46 @@ pub struct Metrics {
     /// Times the broker resubscribed after losing its subscriptions (sessions then
     /// catch up from the store).
     pub broker_resyncs: Counter,
+    /// Readiness and its parts, as `/readyz` and the status object say them, set
+    /// at each scrape ([`Metrics::sample_health`]): a scraper sees what a load
+    /// balancer sees, and an alert can say which part failed.
+    ready: Gauge,
+    store_up: Gauge,
+    redis_health: ByLabel<BrokerHealth, Gauge>,
+    /// Connections the running drain has not yet told to close (`drain_remaining`).
+    pub drain_remaining: Gauge,
+    /// `herald_build_info{node, version} 1`, set once the node has its id.
+    info: Family<InfoLabel, Gauge>,
 }
 
 impl Metrics {
     pub fn new() -> Self {
         let by_state = Family::<StateLabel, Gauge>::default();
-        // One statement each: the family's guard must be gone before the next call.
-        let opening = by_state
-            .get_or_create(&StateLabel { state: "opening" })
-            .clone();
-        let open = by_state
-            .get_or_create(&StateLabel { state: "open" })
-            .clone();
+        let upgrades_refused = Family::<StatusLabel, Counter>::default();
+        let disconnects = Family::<CloseLabel, Counter>::default();
+        let published = Family::<KindLabel, Counter>::default();
+        let store_errors = Family::<OpLabel, Counter>::default();
+        let store_latency = Family::<OpLabel, Histogram>::new_with_constructor(histogram);
+        let broker_errors = Family::<OpLabel, Counter>::default();
+        let redis_health = Family::<StateLabel, Gauge>::default();
+        let states = ByLabel::resolve(&by_state, |s: ConnState| StateLabel { state: s.label() });
         let m = Self {
             registry: Mutex::new(Registry::default()),
             connections_accepted: Counter::default(),
             connections: Gauge::default(),
-            connections_opening: opening,
-            connections_open: open,
-            upgrades_refused: Family::default(),
-            disconnects: Family::default(),
+            connections_opening: states.get(ConnState::Opening).clone(),
+            connections_open: states.get(ConnState::Open).clone(),
+            upgrades_refused_known: ByLabel::resolve(&upgrades_refused, |r: Refusal| StatusLabel {
+                code: r.status(),
+            }),
+            upgrades_refused: upgrades_refused.clone(),
+            disconnects: ByLabel::resolve(&disconnects, |c: CloseBucket| CloseLabel {
+                code: c.label(),
+            }),
             message_duration: histogram(),
             delivery_latency: histogram(),
             delivered: Counter::default(),
-            published: Family::default(),
+            published: ByLabel::resolve(&published, |k: Published| KindLabel { kind: k.label() }),
             publish_group_requests: Histogram::new([
                 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0,
             ]),
@@ -172,13 +391,22 @@ impl Metrics {
             capacity: Gauge::default(),
             pending_connections: Gauge::default(),
             pending_refused: Counter::default(),
-            store_errors: Family::default(),
-            store_latency: Family::new_with_constructor(histogram),
-            broker_errors: Family::default(),
+            store_errors: ByLabel::resolve(&store_errors, |o: StoreOp| OpLabel { op: o.label() }),
+            store_latency: ByLabel::resolve(&store_latency, |o: StoreOp| OpLabel { op: o.label() }),
+            broker_errors: ByLabel::resolve(&broker_errors, |o: BrokerOp| OpLabel {
+                op: o.label(),
+            }),
             rate_limited: Counter::default(),
             client_writes_refused: Counter::default(),
             sse_streams: Counter::default(),
             broker_resyncs: Counter::default(),
+            ready: Gauge::default(),
+            store_up: Gauge::default(),
+            redis_health: ByLabel::resolve(&redis_health, |h: BrokerHealth| StateLabel {
+                state: h.label(),
+            }),
+            drain_remaining: Gauge::default(),
+            info: Family::default(),
         };
         {
             let mut r = m.registry.lock().expect("fresh lock");
@@ -200,12 +428,12 @@ impl Metrics {
             r.register(
                 "herald_upgrades_refused",
                 "Upgrades refused, by HTTP status",
-                m.upgrades_refused.clone(),
+                upgrades_refused,
             );
             r.register(
                 "herald_disconnects",
                 "Connections closed, by close code",
-                m.disconnects.clone(),
+                disconnects,
             );
             r.register(
                 "websocket_message_duration_seconds",
@@ -225,7 +453,7 @@ impl Metrics {
             r.register(
                 "herald_published",
                 "Notifications stored and events accepted, by kind",
-                m.published.clone(),
+                published,
             );
             r.register(
                 "herald_publish_group_requests",
@@ -290,17 +518,17 @@ impl Metrics {
             r.register(
                 "herald_store_errors",
                 "Store operations that failed",
-                m.store_errors.clone(),
+                store_errors,
             );
             r.register(
                 "herald_store_latency_seconds",
                 "Store operation latency",
-                m.store_latency.clone(),
+                store_latency,
             );
             r.register(
                 "herald_broker_errors",
                 "Broker operations that failed",
-                m.broker_errors.clone(),
+                broker_errors,
             );
             r.register(
                 "herald_rate_limited",
@@ -322,8 +550,52 @@ impl Metrics {
                 "Broker resubscriptions after a lost connection (sessions resync from the store)",
                 m.broker_resyncs.clone(),
             );
+            r.register(
+                "herald_ready",
+                "1 while /readyz answers 200: serving, store up, Redis not down",
+                m.ready.clone(),
+            );
+            r.register(
+                "herald_store_up",
+                "1 while the store's last probe succeeded",
+                m.store_up.clone(),
+            );
+            r.register(
+                "herald_redis_health",
+                "1 for the broker's health now (off on a single node, up, down)",
+                redis_health,
+            );
+            r.register(
+                "herald_drain_remaining",
+                "Connections the running drain has not yet told to close",
+                m.drain_remaining.clone(),
+            );
+            r.register(
+                "herald_build_info",
+                "1, labelled with the node id and the version",
+                m.info.clone(),
+            );
         }
         m
+    }
+
+    /// Labels `herald_build_info` with the node's id and version.
+    pub fn set_info(&self, node: &str, version: &str) {
+        self.info
+            .get_or_create(&InfoLabel {
+                node: node.to_owned(),
+                version: version.to_owned(),
+            })
+            .set(1);
+    }
+
+    /// Sets the readiness gauges from `r`.
+    pub fn sample_health(&self, r: &Readiness) {
+        self.ready.set(i64::from(r.is_ready()));
+        self.store_up.set(i64::from(r.store == StoreHealth::Up));
+        for &h in BrokerHealth::ALL {
+            self.redis_health.get(h).set(i64::from(h == r.redis));
+        }
     }
 
     /// The registry in Prometheus text format (typed so prometheus-parse reads it).
@@ -337,14 +609,21 @@ impl Metrics {
 
     /// Records a closed connection with its close code.
     pub fn closed(&self, code: u16) {
-        self.disconnects
-            .get_or_create(&CloseLabel {
-                code: close_code_label(code),
-            })
-            .inc();
+        self.disconnects.get(CloseBucket::of(code)).inc();
         if code == herald_shared::close::TRY_AGAIN_LATER {
             self.slow_consumer_disconnects.inc();
         }
+    }
+
+    /// Records an upgrade or SSE stream refused with HTTP `status`.
+    pub fn refused(&self, status: u16) {
+        match Refusal::of(status) {
+            Some(r) => self.upgrades_refused_known.get(r).inc(),
+            None => self
+                .upgrades_refused
+                .get_or_create(&StatusLabel { code: status })
+                .inc(),
+        };
     }
 }
 impl Default for Metrics {
@@ -369,15 +648,74 @@ mod tests {
 
     #[test]
     fn close_codes_are_bucketed() {
-        assert_eq!(close_code_label(1000), "1000");
-        assert_eq!(close_code_label(1013), "1013");
-        assert_eq!(close_code_label(1015), "1015");
-        assert_eq!(close_code_label(1016), "other");
-        assert_eq!(close_code_label(2999), "other");
-        assert_eq!(close_code_label(3000), "3xxx");
-        assert_eq!(close_code_label(4999), "4xxx");
-        assert_eq!(close_code_label(5000), "other");
-        assert_eq!(close_code_label(999), "other");
+        let label = |code| CloseBucket::of(code).label();
+        assert_eq!(label(1000), "1000");
+        assert_eq!(label(1013), "1013");
+        assert_eq!(label(1015), "1015");
+        assert_eq!(label(1016), "other");
+        assert_eq!(label(2999), "other");
+        assert_eq!(label(3000), "3xxx");
+        assert_eq!(label(4999), "4xxx");
+        assert_eq!(label(5000), "other");
+        assert_eq!(label(999), "other");
+    }
+
+    /// Each value's index is its place in `ALL`, so `ByLabel::get` finds its series.
+    fn indexes_match<K: KnownValues + PartialEq + std::fmt::Debug>() {
+        for (i, k) in K::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i, "{k:?}");
+        }
+    }
+
+    #[test]
+    fn known_values_index_their_place() {
+        indexes_match::<Published>();
+        indexes_match::<StoreOp>();
+        indexes_match::<BrokerOp>();
+        indexes_match::<ConnState>();
+        indexes_match::<Refusal>();
+        indexes_match::<CloseBucket>();
+        assert_eq!(CloseBucket::ALL.len(), 19);
+        assert_eq!(Refusal::of(429), Some(Refusal::TooMany));
+        assert_eq!(Refusal::of(426), None);
+    }
+
+    /// A fresh registry has every labelled series at zero, and updates land on the
+    /// series of their own label.
+    #[test]
+    fn labelled_series_start_at_zero() {
+        let m = Metrics::new();
+        let text = m.encode();
+        for line in [
+            "herald_published_total{kind=\"notification\"} 0",
+            "herald_published_total{kind=\"event\"} 0",
+            "herald_disconnects_total{code=\"1000\"} 0",
+            "herald_disconnects_total{code=\"4xxx\"} 0",
+            "herald_disconnects_total{code=\"other\"} 0",
+            "herald_upgrades_refused_total{code=\"503\"} 0",
+            "herald_store_errors_total{op=\"insert\"} 0",
+            "herald_store_errors_total{op=\"newest_issued_id\"} 0",
+            "herald_store_latency_seconds_count{op=\"audit_log\"} 0",
+            "herald_broker_errors_total{op=\"publish\"} 0",
+            "herald_connections_by_state{state=\"opening\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        m.closed(4321);
+        m.closed(1013);
+        m.refused(426);
+        m.published.get(Published::Event).inc_by(3);
+        let text = m.encode();
+        for line in [
+            "herald_disconnects_total{code=\"4xxx\"} 1",
+            "herald_disconnects_total{code=\"1013\"} 1",
+            "herald_slow_consumer_disconnects_total 1",
+            "herald_upgrades_refused_total{code=\"426\"} 1",
+            "herald_published_total{kind=\"event\"} 3",
+            "herald_published_total{kind=\"notification\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 
     #[test]

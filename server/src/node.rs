@@ -134,13 +134,3 @@ impl Node {
         });
     }
 }
-
-/// Default node id: host name plus a short random suffix.
-pub fn default_node_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "herald".to_owned());
-    format!("{host}-{:04x}", rand::random::<u16>())
-}

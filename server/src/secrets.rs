@@ -114,7 +114,7 @@ fn resolve_any(cfg: &Config) -> Result<Resolved, SecretsError> {
         };
         return Err(SecretsError::MissingInCluster(missing));
     }
-    let path = cfg.data_dir.join("secrets.json");
+    let path = cfg.data_dir.join(herald_shared::config::SECRETS_FILE);
     let stored = load_or_create(&path)?;
     Ok(Resolved {
         secrets: Secrets {

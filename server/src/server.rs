@@ -21,11 +21,11 @@ use crate::auth::Auth;
 use crate::broker::{self, Broker, MemoryBroker, RedisBroker, RedisClusterBroker};
 use crate::cluster::presence::RedisPresence;
 use crate::cluster::{Cluster, RedisConnection};
-use crate::config::Config;
+use crate::config::{Config, default_node_id};
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
-use crate::node::{Node, VERSION, default_node_id};
+use crate::node::{Node, VERSION};
 use crate::outbox::CloseReason;
 use crate::presence::{LocalPresence, Presence};
 use crate::publish::Publisher;
@@ -85,6 +85,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
     ));
     let hub = Arc::new(Hub::new());
     let id = cfg.node_id.clone().unwrap_or_else(default_node_id);
+    metrics.set_info(&id, VERSION);
     let (broker, presence, cluster): (Arc<dyn Broker>, Arc<dyn Presence>, Option<Cluster>) =
         match &cfg.redis_url {
             None => (

@@ -23,7 +23,6 @@ use serde::Deserialize;
 use crate::api::ApiError;
 use crate::auth::{AuthError, Identity};
 use crate::hub::Full;
-use crate::metrics::CodeLabel;
 use crate::node::Node;
 use crate::registration::Registration;
 use crate::session::Session;
@@ -68,12 +67,7 @@ pub(crate) fn counted_refusal(node: &Node, result: Result<Response, ApiError>) -
         Ok(resp) => resp,
         Err(e) => {
             let resp = e.into_response();
-            node.metrics
-                .upgrades_refused
-                .get_or_create(&CodeLabel {
-                    code: resp.status().as_u16(),
-                })
-                .inc();
+            node.metrics.refused(resp.status().as_u16());
             resp
         }
     }

@@ -17,11 +17,15 @@ pub const JWT_AUDIENCE: &str = "HERALD_JWT_AUDIENCE";
 pub const JWT_ISSUER: &str = "HERALD_JWT_ISSUER";
 pub const API_KEY: &str = "HERALD_API_KEY";
 pub const ADMIN_TOKEN: &str = "HERALD_ADMIN_TOKEN";
+pub const DATA_DIR: &str = "HERALD_DATA_DIR";
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9091";
 /// Where a single node keeps its SQLite file and generated secrets.
 pub const DEFAULT_DATA_DIR: &str = "./herald-data";
+/// The file in the data dir where a single node keeps the secrets it generated
+/// (read by the console to find the admin token on the node's host).
+pub const SECRETS_FILE: &str = "secrets.json";
 
 /// The WebSocket endpoint.
 pub const WS_PATH: &str = "/ws/notifications/";

@@ -73,6 +73,33 @@ pub async fn start_node(id: &str, somaxconn: u32, lenient: bool, extra: &[&str])
         args.push(profile.display().to_string());
     }
     args.extend(extra.iter().map(|s| s.to_string()));
+    serve_node(id, dir, args).await
+}
+
+/// Starts node `id` as a single node does with no secrets configured: it generates
+/// them into `<cwd>/herald-data/secrets.json`, where the console looks when it is
+/// started in `cwd` with no flags.
+pub async fn start_local_node(id: &str, cwd: &std::path::Path) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let data = cwd.join("herald-data");
+    let args = [
+        "--data-dir",
+        &data.display().to_string(),
+        "--node-id",
+        id,
+        "--shutdown-drain-s",
+        "1",
+        "--db-pool",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    serve_node(id, dir, args).await
+}
+
+/// Starts a node with `args` (and loopback listeners on free ports).
+async fn serve_node(id: &str, dir: tempfile::TempDir, args: Vec<String>) -> TestNode {
     let mut cfg = Config::from_args(args).expect("test config parses");
     let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();

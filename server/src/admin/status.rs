@@ -15,6 +15,10 @@ use crate::node::{Node, VERSION};
 pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     // Sampled at scrape time: cheap, and always current.
     node.metrics.fd_open.set(limits::fd_open() as i64);
+    node.metrics.sample_health(&node.readiness());
+    node.metrics
+        .drain_remaining
+        .set(node.lifecycle.drain_remaining() as i64);
     (
         [(
             header::CONTENT_TYPE,

@@ -27,7 +27,7 @@ mod combine;
 use combine::Combiner;
 
 use crate::broker::Broker;
-use crate::metrics::{KindLabel, Metrics, OpLabel};
+use crate::metrics::{BrokerOp, Metrics, Published};
 use crate::outbox::Delivery;
 use crate::store::{Store, StoreError};
 
@@ -124,9 +124,7 @@ impl Publisher {
         }
         self.metrics
             .published
-            .get_or_create(&KindLabel {
-                kind: "notification",
-            })
+            .get(Published::Notification)
             .inc_by(stored.len() as u64);
         if let Some(lock) = cluster_lock {
             lock.release().await;
@@ -170,16 +168,13 @@ impl Publisher {
             .inspect_err(|_| self.count_publish_error())?;
         self.metrics
             .published
-            .get_or_create(&KindLabel { kind: "event" })
+            .get(Published::Event)
             .inc_by(frames.len() as u64);
         Ok(())
     }
 
     fn count_publish_error(&self) {
-        self.metrics
-            .broker_errors
-            .get_or_create(&OpLabel { op: "publish" })
-            .inc();
+        self.metrics.broker_errors.get(BrokerOp::Publish).inc();
     }
 }
 

@@ -10,7 +10,7 @@ use herald_shared::api::NewNotification;
 use herald_shared::{Notification, UserId};
 
 use super::{ListQuery, NewAudit, OrderGuard, Store, StoreError, UnreadSnapshot};
-use crate::metrics::{Metrics, OpLabel};
+use crate::metrics::{Metrics, StoreOp};
 
 pub struct Timed {
     inner: Arc<dyn Store>,
@@ -24,7 +24,7 @@ impl Timed {
 
     async fn time<T>(
         &self,
-        op: &'static str,
+        op: StoreOp,
         f: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         timed(&self.metrics, op, f).await
@@ -34,18 +34,17 @@ impl Timed {
 /// Runs one store operation, recording its latency and, if it fails, its error.
 async fn timed<T>(
     metrics: &Metrics,
-    op: &'static str,
+    op: StoreOp,
     f: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     let started = Instant::now();
     let out = f.await;
-    let label = OpLabel { op };
     metrics
         .store_latency
-        .get_or_create(&label)
+        .get(op)
         .observe(started.elapsed().as_secs_f64());
     if out.is_err() {
-        metrics.store_errors.get_or_create(&label).inc();
+        metrics.store_errors.get(op).inc();
     }
     out
 }
@@ -61,20 +60,21 @@ impl Store for Timed {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.time("ping", self.inner.ping()).await
+        self.time(StoreOp::Ping, self.inner.ping()).await
     }
 
     async fn newest_issued_id(&self) -> Result<i64, StoreError> {
-        self.time("newest_issued_id", self.inner.newest_issued_id())
+        self.time(StoreOp::NewestIssuedId, self.inner.newest_issued_id())
             .await
     }
 
     async fn insert(&self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {
-        self.time("insert", self.inner.insert(items)).await
+        self.time(StoreOp::Insert, self.inner.insert(items)).await
     }
 
     async fn unread(&self, user: &UserId, limit: i64) -> Result<UnreadSnapshot, StoreError> {
-        self.time("unread", self.inner.unread(user, limit)).await
+        self.time(StoreOp::Unread, self.inner.unread(user, limit))
+            .await
     }
 
     async fn after(
@@ -83,21 +83,21 @@ impl Store for Timed {
         after: i64,
         limit: i64,
     ) -> Result<Vec<Notification>, StoreError> {
-        self.time("after", self.inner.after(user, after, limit))
+        self.time(StoreOp::After, self.inner.after(user, after, limit))
             .await
     }
 
     async fn list(&self, user: &UserId, q: ListQuery) -> Result<Vec<Notification>, StoreError> {
-        self.time("list", self.inner.list(user, q)).await
+        self.time(StoreOp::List, self.inner.list(user, q)).await
     }
 
     async fn mark_read(&self, user: &UserId, ids: &[i64]) -> Result<(Vec<i64>, i64), StoreError> {
-        self.time("mark_read", self.inner.mark_read(user, ids))
+        self.time(StoreOp::MarkRead, self.inner.mark_read(user, ids))
             .await
     }
 
     async fn mark_all_read(&self, user: &UserId) -> Result<i64, StoreError> {
-        self.time("mark_all_read", self.inner.mark_all_read(user))
+        self.time(StoreOp::MarkAllRead, self.inner.mark_all_read(user))
             .await
     }
 
@@ -106,7 +106,7 @@ impl Store for Timed {
         users: &[&UserId],
     ) -> Result<Option<Box<dyn OrderGuard>>, StoreError> {
         let guard = self
-            .time("order_lock", self.inner.order_lock(users))
+            .time(StoreOp::OrderLock, self.inner.order_lock(users))
             .await?;
         Ok(guard.map(|inner| {
             Box::new(TimedGuard {
@@ -117,11 +117,12 @@ impl Store for Timed {
     }
 
     async fn audit(&self, entry: &NewAudit) -> Result<(), StoreError> {
-        self.time("audit", self.inner.audit(entry)).await
+        self.time(StoreOp::Audit, self.inner.audit(entry)).await
     }
 
     async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
-        self.time("audit_log", self.inner.audit_log(limit)).await
+        self.time(StoreOp::AuditLog, self.inner.audit_log(limit))
+            .await
     }
 }
 
@@ -134,7 +135,7 @@ struct TimedGuard {
 #[async_trait]
 impl OrderGuard for TimedGuard {
     async fn insert(&mut self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {
-        timed(&self.metrics, "insert", self.inner.insert(items)).await
+        timed(&self.metrics, StoreOp::Insert, self.inner.insert(items)).await
     }
 
     async fn release(self: Box<Self>) {

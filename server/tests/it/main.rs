@@ -19,6 +19,7 @@ mod failover;
 mod lifecycle;
 mod listener;
 mod nginx;
+mod ops;
 mod order;
 mod redis_cluster;
 mod seam;
