@@ -6,6 +6,7 @@
 
 use std::sync::Mutex;
 
+use herald_shared::dropped::DropReason;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -65,6 +66,12 @@ pub struct KindLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: &'static str,
+}
+
+/// Why a message read from Redis was dropped: a [`DropReason`]'s name.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -131,6 +138,8 @@ pub struct Metrics {
     /// Times the broker resubscribed after losing its subscriptions (sessions then
     /// catch up from the store).
     pub broker_resyncs: Counter,
+    /// Messages read from Redis and dropped, by [`DropReason`].
+    pub broker_dropped: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -173,6 +182,7 @@ impl Metrics {
             client_writes_refused: Counter::default(),
             sse_streams: Counter::default(),
             broker_resyncs: Counter::default(),
+            broker_dropped: Family::default(),
         };
         {
             let mut r = m.registry.lock().expect("fresh lock");
@@ -311,6 +321,11 @@ impl Metrics {
                 "Broker resubscriptions after a lost connection (sessions resync from the store)",
                 m.broker_resyncs.clone(),
             );
+            r.register(
+                "herald_broker_dropped",
+                "Messages read from Redis and dropped, by reason",
+                m.broker_dropped.clone(),
+            );
         }
         m
     }
@@ -322,6 +337,17 @@ impl Metrics {
         prometheus_client::encoding::prometheus_text::encode(&mut out, &r)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// Counts `n` messages read from Redis and dropped for `reason`.
+    pub fn broker_dropped(&self, reason: DropReason, n: u64) {
+        if n > 0 {
+            self.broker_dropped
+                .get_or_create(&ReasonLabel {
+                    reason: reason.as_str(),
+                })
+                .inc_by(n);
+        }
     }
 
     /// Records a closed connection with its close code.

@@ -13,6 +13,8 @@
 //! a message costs a catch-up from the store, never the notification.
 
 pub mod channels;
+mod signing;
+mod trust;
 mod memory;
 mod pubsub;
 mod redis;
@@ -27,6 +29,8 @@ use herald_shared::GroupName;
 pub use memory::MemoryBroker;
 pub use redis::RedisBroker;
 pub use redis_cluster::{RedisClusterBroker, cluster_seeds};
+pub use signing::BrokerKey;
+pub use trust::Trust;
 
 use crate::outbox::Delivery;
 

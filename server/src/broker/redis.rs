@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{AsyncConnectionConfig, Msg};
 
-use super::BrokerError;
+use super::{BrokerError, Trust};
 use super::pubsub::{self, Inbox, Message, PubSubCore, Received, Transport};
 use crate::hub::Hub;
 use crate::tasks::Tasks;
@@ -39,6 +39,7 @@ impl RedisBroker {
         asgi_prefix: Option<String>,
         node_id: &str,
         hub: Arc<Hub>,
+        trust: Trust,
         tasks: Tasks,
     ) -> Result<Arc<Self>, BrokerError> {
         let client = redis::Client::open(url).map_err(|e| BrokerError::Config(e.to_string()))?;
@@ -60,7 +61,7 @@ impl RedisBroker {
         let broker = Arc::new(Self {
             client,
             publisher,
-            core: PubSubCore::new(hub, prefix, asgi_prefix, node_id),
+            core: PubSubCore::new(hub, prefix, asgi_prefix, node_id, trust),
         });
         pubsub::start(&broker, &tasks, node_id);
         Ok(broker)

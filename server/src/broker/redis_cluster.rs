@@ -43,7 +43,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::{Notify, mpsc};
 
-use super::BrokerError;
+use super::{BrokerError, Trust};
 use super::pubsub::{self, Inbox, Message, PubSubCore, Received, Transport};
 use crate::hub::Hub;
 use crate::tasks::Tasks;
@@ -140,6 +140,7 @@ impl RedisClusterBroker {
         prefix: &str,
         node_id: &str,
         hub: Arc<Hub>,
+        trust: Trust,
         tasks: Tasks,
     ) -> Result<Arc<Self>, BrokerError> {
         let client: ClusterClient = builder(&seeds)
@@ -150,7 +151,7 @@ impl RedisClusterBroker {
         let broker = Arc::new(Self {
             seeds,
             publisher,
-            core: PubSubCore::new(hub, prefix, None, node_id),
+            core: PubSubCore::new(hub, prefix, None, node_id, trust),
         });
         pubsub::start(&broker, &tasks, node_id);
         Ok(broker)
