@@ -101,7 +101,12 @@ impl IssuedIds {
         if id <= 0 {
             return Plausible::No;
         }
-        if id <= self.known.load(Ordering::Relaxed).saturating_add(ISSUE_SLACK) {
+        if id
+            <= self
+                .known
+                .load(Ordering::Relaxed)
+                .saturating_add(ISSUE_SLACK)
+        {
             return Plausible::Yes;
         }
         let now = unix_micros();
@@ -168,7 +173,11 @@ mod tests {
         for _ in 0..1000 {
             assert_eq!(issued.plausible(i64::MAX).await, Plausible::No);
         }
-        assert_eq!(queries.load(Ordering::Relaxed), 1, "within REFRESH_EVERY of the last");
+        assert_eq!(
+            queries.load(Ordering::Relaxed),
+            1,
+            "within REFRESH_EVERY of the last"
+        );
         tokio::time::sleep(REFRESH_EVERY).await;
         assert_eq!(issued.plausible(i64::MAX).await, Plausible::No);
         assert_eq!(queries.load(Ordering::Relaxed), 2);

@@ -156,10 +156,11 @@ fn load_or_create(path: &Path) -> Result<(Secrets, bool), SecretsError> {
     match std::fs::read(path) {
         Ok(bytes) => {
             check_private(path)?;
-            let secrets = serde_json::from_slice(&bytes).map_err(|source| SecretsError::Corrupt {
-                path: path.to_owned(),
-                source,
-            })?;
+            let secrets =
+                serde_json::from_slice(&bytes).map_err(|source| SecretsError::Corrupt {
+                    path: path.to_owned(),
+                    source,
+                })?;
             Ok((secrets, false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -195,7 +195,11 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
 
 /// The checks on what the node reads from Redis, with the cluster's key
 /// (`HERALD_BROKER_KEY`) if it has one; a key too short to be safe stops start-up.
-fn trust(cfg: &Config, issued: Arc<IssuedIds>, metrics: Arc<Metrics>) -> Result<Trust, ServerError> {
+fn trust(
+    cfg: &Config,
+    issued: Arc<IssuedIds>,
+    metrics: Arc<Metrics>,
+) -> Result<Trust, ServerError> {
     let key = match cfg.broker_key.as_deref().filter(|k| !k.is_empty()) {
         Some(k) => Some(BrokerKey::new(k).map_err(ServerError::Config)?),
         None => {

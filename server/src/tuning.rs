@@ -118,7 +118,8 @@ pub fn check_key(key: &str) -> Result<(), String> {
     let segment_ok = |s: &str| {
         !s.is_empty()
             && !s.starts_with('-')
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
     };
     if key.len() > 128 || !key.split('.').all(segment_ok) {
         return Err(format!(
@@ -169,9 +170,10 @@ impl Host {
         check_key(key)?;
         let mut path = self.sysctl_root.clone();
         path.extend(key.split('.'));
-        let inside = path
-            .strip_prefix(&self.sysctl_root)
-            .is_ok_and(|rest| rest.components().all(|c| matches!(c, std::path::Component::Normal(_))));
+        let inside = path.strip_prefix(&self.sysctl_root).is_ok_and(|rest| {
+            rest.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+        });
         if !inside {
             return Err(format!("key {key:?} leaves the sysctl root"));
         }
@@ -336,7 +338,16 @@ mod tests {
         assert!(Profile::parse("profile = x\na.b >= lots").is_err());
         assert!(Profile::parse("profile = x\na.b >= 1 2").is_err());
         assert!(Profile::parse("profile = x\n../etc/passwd = 1").is_err());
-        for key in [".etc.shadow", "etc.shadow.", "a..b", "a/b", "A.b", "a.-b", "a b.c", "net.core.*"] {
+        for key in [
+            ".etc.shadow",
+            "etc.shadow.",
+            "a..b",
+            "a/b",
+            "A.b",
+            "a.-b",
+            "a b.c",
+            "net.core.*",
+        ] {
             let err = Profile::parse(&format!("profile = x\n{key} = 1")).unwrap_err();
             assert!(err.contains("is not a sysctl name"), "{key}: {err}");
         }
@@ -405,13 +416,28 @@ mod tests {
 
     #[test]
     fn keys_are_sysctl_names_and_stay_under_the_root() {
-        for ok in ["net.core.somaxconn", "fs.file-max", "fs.nr_open", "net.ipv4.conf.eth0.rp_filter", NOFILE] {
+        for ok in [
+            "net.core.somaxconn",
+            "fs.file-max",
+            "fs.nr_open",
+            "net.ipv4.conf.eth0.rp_filter",
+            NOFILE,
+        ] {
             assert_eq!(check_key(ok), Ok(()), "{ok}");
         }
-        let host = Host { sysctl_root: PathBuf::from("/tmp/sysctl-root") };
-        assert_eq!(host.path("fs.file-max").unwrap(), PathBuf::from("/tmp/sysctl-root/fs/file-max"));
+        let host = Host {
+            sysctl_root: PathBuf::from("/tmp/sysctl-root"),
+        };
+        assert_eq!(
+            host.path("fs.file-max").unwrap(),
+            PathBuf::from("/tmp/sysctl-root/fs/file-max")
+        );
         // The key that motivated the rule: with the old `join`, an absolute path.
-        assert!(PathBuf::from("/proc/sys").join(".etc.shadow".replace('.', "/")).starts_with("/etc"));
+        assert!(
+            PathBuf::from("/proc/sys")
+                .join(".etc.shadow".replace('.', "/"))
+                .starts_with("/etc")
+        );
         let err = host.read(".etc.shadow").unwrap_err();
         assert!(err.contains("is not a sysctl name"), "{err}");
         assert!(host.write("..", "1").is_err());

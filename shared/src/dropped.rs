@@ -42,10 +42,14 @@ mod tests {
 
     #[test]
     fn reasons_are_snake_case_and_distinct() {
-        let names: std::collections::HashSet<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        let names: std::collections::HashSet<_> =
+            DropReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(names.len(), DropReason::ALL.len());
         for n in names {
-            assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{n}");
+            assert!(
+                n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{n}"
+            );
         }
     }
 }

@@ -123,13 +123,19 @@ mod tests {
         };
         assert!(decode("asgi", "asgi__group__g", &nest(MAX_DEPTH - 1), MAX).is_ok());
         let too_deep = Err(DropReason::TooDeep);
-        assert_eq!(decode("asgi", "asgi__group__g", &nest(MAX_DEPTH), MAX).map(|_| ()), too_deep);
+        assert_eq!(
+            decode("asgi", "asgi__group__g", &nest(MAX_DEPTH), MAX).map(|_| ()),
+            too_deep
+        );
         // Far deeper (written by hand: a Value that deep overflows the test's stack):
         // the decoder itself stops, long before its default of 1024.
         let mut deep = b"\x82\xa4type\xa1x\xa1v".to_vec();
         deep.extend(std::iter::repeat_n(0x91, 5000));
         deep.push(0x01);
-        assert_eq!(decode("asgi", "asgi__group__g", &deep, MAX).map(|_| ()), too_deep);
+        assert_eq!(
+            decode("asgi", "asgi__group__g", &deep, MAX).map(|_| ()),
+            too_deep
+        );
     }
 
     /// A message over `HERALD_MAX_MESSAGE_BYTES` of JSON is dropped, as the API
@@ -138,12 +144,19 @@ mod tests {
     fn large_messages_are_dropped() {
         let of_len = |n: usize| {
             // {"type":"x","v":"…"} is 19 bytes of JSON around the string.
-            rmp_serde::to_vec_named(&serde_json::json!({ "type": "x", "v": "a".repeat(n - 19) })).unwrap()
+            rmp_serde::to_vec_named(&serde_json::json!({ "type": "x", "v": "a".repeat(n - 19) }))
+                .unwrap()
         };
         assert!(decode("asgi", "asgi__group__g", &of_len(MAX), MAX).is_ok());
         let oversized = Err(DropReason::Oversized);
-        assert_eq!(decode("asgi", "asgi__group__g", &of_len(MAX + 1), MAX).map(|_| ()), oversized);
-        assert_eq!(decode("asgi", "asgi__group__g", &vec![0u8; 4 * MAX + 1], MAX).map(|_| ()), oversized);
+        assert_eq!(
+            decode("asgi", "asgi__group__g", &of_len(MAX + 1), MAX).map(|_| ()),
+            oversized
+        );
+        assert_eq!(
+            decode("asgi", "asgi__group__g", &vec![0u8; 4 * MAX + 1], MAX).map(|_| ()),
+            oversized
+        );
     }
 
     proptest::proptest! {

@@ -13,12 +13,12 @@
 //! a message costs a catch-up from the store, never the notification.
 
 pub mod channels;
-mod signing;
-mod trust;
 mod memory;
 mod pubsub;
 mod redis;
 mod redis_cluster;
+mod signing;
+mod trust;
 pub mod wire;
 
 use std::sync::Arc;

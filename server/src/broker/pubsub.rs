@@ -753,9 +753,13 @@ impl<T: Transport> Broker for T {
         let core = self.core();
         fail_fast::<T>(core)?;
         let channel = core.channel(group);
-        send(self, &channel, &wire::encode(&delivery, &channel, core.trust.key()))
-            .await
-            .map_err(|e| publish_failed(core, e))
+        send(
+            self,
+            &channel,
+            &wire::encode(&delivery, &channel, core.trust.key()),
+        )
+        .await
+        .map_err(|e| publish_failed(core, e))
     }
 
     async fn publish_all(

@@ -19,8 +19,8 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{AsyncConnectionConfig, Msg};
 
-use super::{BrokerError, Trust};
 use super::pubsub::{self, Inbox, Message, PubSubCore, Received, Transport};
+use super::{BrokerError, Trust};
 use crate::hub::Hub;
 use crate::tasks::Tasks;
 

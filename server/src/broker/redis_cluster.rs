@@ -43,8 +43,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::{Notify, mpsc};
 
-use super::{BrokerError, Trust};
 use super::pubsub::{self, Inbox, Message, PubSubCore, Received, Transport};
+use super::{BrokerError, Trust};
 use crate::hub::Hub;
 use crate::tasks::Tasks;
 

@@ -93,11 +93,23 @@ mod tests {
         let tag = k.sign("h:g:user_42", &[b"{\"t\":1}", b"{}"]);
         assert_eq!(tag.len(), TAG_HEX);
         assert!(k.verify("h:g:user_42", &[b"{\"t\":1}", b"{}"], &tag));
-        assert!(!k.verify("h:g:user_43", &[b"{\"t\":1}", b"{}"], &tag), "another channel");
-        assert!(!k.verify("h:g:user_42", &[b"{\"t\":2}", b"{}"], &tag), "another header");
-        assert!(!k.verify("h:g:user_42", &[b"{\"t\":1}", b"{ }"], &tag), "another frame");
+        assert!(
+            !k.verify("h:g:user_43", &[b"{\"t\":1}", b"{}"], &tag),
+            "another channel"
+        );
+        assert!(
+            !k.verify("h:g:user_42", &[b"{\"t\":2}", b"{}"], &tag),
+            "another header"
+        );
+        assert!(
+            !k.verify("h:g:user_42", &[b"{\"t\":1}", b"{ }"], &tag),
+            "another frame"
+        );
         let other = BrokerKey::new(&K.replace('0', "x")).unwrap();
-        assert!(!other.verify("h:g:user_42", &[b"{\"t\":1}", b"{}"], &tag), "another key");
+        assert!(
+            !other.verify("h:g:user_42", &[b"{\"t\":1}", b"{}"], &tag),
+            "another key"
+        );
         assert!(!k.verify("h:g:user_42", &[b"{\"t\":1}", b"{}"], &tag[1..]));
         assert!(!k.verify("h:g:user_42", &[b"{\"t\":1}", b"{}"], &"zz".repeat(32)));
     }
@@ -105,6 +117,9 @@ mod tests {
     #[test]
     fn a_short_key_is_refused() {
         let err = BrokerKey::new(&K[1..]).unwrap_err();
-        assert!(err.contains("HERALD_BROKER_KEY is 31 bytes; it must be at least 32"), "{err}");
+        assert!(
+            err.contains("HERALD_BROKER_KEY is 31 bytes; it must be at least 32"),
+            "{err}"
+        );
     }
 }

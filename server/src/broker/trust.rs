@@ -18,9 +18,9 @@ use std::time::Duration;
 use herald_shared::GroupName;
 use herald_shared::dropped::DropReason;
 
+use super::channels;
 use super::signing::BrokerKey;
 use super::wire::{self, Signature};
-use super::channels;
 use crate::issued::{IssuedIds, Plausible};
 use crate::metrics::Metrics;
 use crate::outbox::{Delivery, unix_micros};
@@ -72,9 +72,19 @@ impl Trust {
     /// A message on a group channel of Herald's, checked ([`wire::decode`]) and its
     /// notification id checked against the store's ([`IssuedIds::plausible`]); a
     /// verified signature vouches for the id, which then raises the cache instead.
-    pub async fn group_message(&self, channel: &str, payload: &[u8]) -> Result<Arc<Delivery>, DropReason> {
+    pub async fn group_message(
+        &self,
+        channel: &str,
+        payload: &[u8],
+    ) -> Result<Arc<Delivery>, DropReason> {
         let max_frame = self.max_message + wire::FRAME_ENVELOPE;
-        let decoded = wire::decode(payload, channel, max_frame, self.key.as_ref(), unix_micros())?;
+        let decoded = wire::decode(
+            payload,
+            channel,
+            max_frame,
+            self.key.as_ref(),
+            unix_micros(),
+        )?;
         let id = decoded.delivery.notification.as_ref().map(|n| n.id);
         match (decoded.signed, id) {
             (_, None) => {}
@@ -112,7 +122,10 @@ impl Trust {
     /// reason.
     pub fn dropped(&self, reason: DropReason, channel: &str) {
         self.metrics.broker_dropped(reason, 1);
-        let slot = DropReason::ALL.iter().position(|r| *r == reason).expect("listed");
+        let slot = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("listed");
         self.log(slot, || {
             let hint = match reason {
                 DropReason::Unsigned => "every node of the cluster needs the same HERALD_BROKER_KEY: a node without it, or a publisher that is not a Herald node, sent this",
@@ -131,14 +144,19 @@ impl Trust {
         let now = unix_micros();
         let then = last.load(Ordering::Relaxed);
         if now.saturating_sub(then) < LOG_EVERY.as_micros() as u64
-            || last.compare_exchange(then, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+            || last
+                .compare_exchange(then, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
         {
             quiet.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let skipped = quiet.swap(0, Ordering::Relaxed);
         if skipped > 0 {
-            tracing::warn!(skipped, "(and {skipped} more like the next line since it was last logged)");
+            tracing::warn!(
+                skipped,
+                "(and {skipped} more like the next line since it was last logged)"
+            );
         }
         log();
     }
@@ -154,11 +172,19 @@ mod tests {
         let queries = Arc::new(AtomicU64::new(0));
         let issued = Arc::new(IssuedIds::fixed(100, queries.clone()));
         let key = key.map(|k| BrokerKey::new(k).unwrap());
-        (Trust::new(key, 1024, issued, metrics.clone()), metrics, queries)
+        (
+            Trust::new(key, 1024, issued, metrics.clone()),
+            metrics,
+            queries,
+        )
     }
 
     fn note(id: i64) -> Arc<Delivery> {
-        Delivery::notification(r#"{"type":"notification"}"#.into(), id, &UserId::parse("42").unwrap())
+        Delivery::notification(
+            r#"{"type":"notification"}"#.into(),
+            id,
+            &UserId::parse("42").unwrap(),
+        )
     }
 
     const CH: &str = "h:g:user_42";
@@ -166,12 +192,22 @@ mod tests {
     #[tokio::test]
     async fn forged_ids_are_dropped_and_real_ones_pass() {
         let (t, _, queries) = trust(None);
-        assert!(t.group_message(CH, &wire::encode(&note(100), CH, None)).await.is_ok());
+        assert!(
+            t.group_message(CH, &wire::encode(&note(100), CH, None))
+                .await
+                .is_ok()
+        );
         let forged = wire::encode(&note(i64::MAX), CH, None);
         for _ in 0..100 {
-            assert_eq!(t.group_message(CH, &forged).await.unwrap_err(), DropReason::ImplausibleId);
+            assert_eq!(
+                t.group_message(CH, &forged).await.unwrap_err(),
+                DropReason::ImplausibleId
+            );
         }
-        assert!(queries.load(Ordering::Relaxed) <= 1, "a query per forged id");
+        assert!(
+            queries.load(Ordering::Relaxed) <= 1,
+            "a query per forged id"
+        );
     }
 
     #[tokio::test]
@@ -180,10 +216,17 @@ mod tests {
         let (t, _, queries) = trust(Some(K));
         let key = BrokerKey::new(K).unwrap();
         let far = 1_000_000_000;
-        assert!(t.group_message(CH, &wire::encode(&note(far), CH, Some(&key))).await.is_ok());
+        assert!(
+            t.group_message(CH, &wire::encode(&note(far), CH, Some(&key)))
+                .await
+                .is_ok()
+        );
         assert_eq!(queries.load(Ordering::Relaxed), 0);
         let unsigned = wire::encode(&note(5), CH, None);
-        assert_eq!(t.group_message(CH, &unsigned).await.unwrap_err(), DropReason::Unsigned);
+        assert_eq!(
+            t.group_message(CH, &unsigned).await.unwrap_err(),
+            DropReason::Unsigned
+        );
     }
 
     #[test]
@@ -194,9 +237,19 @@ mod tests {
         }
         t.dropped(DropReason::TooDeep, CH);
         let text = metrics.encode();
-        assert!(text.contains(r#"herald_broker_dropped_total{reason="malformed"} 3"#), "{text}");
-        assert!(text.contains(r#"herald_broker_dropped_total{reason="too_deep"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"herald_broker_dropped_total{reason="malformed"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"herald_broker_dropped_total{reason="too_deep"} 1"#),
+            "{text}"
+        );
         let (_, quiet) = &t.logged[0];
-        assert_eq!(quiet.load(Ordering::Relaxed), 2, "logged once, two held back");
+        assert_eq!(
+            quiet.load(Ordering::Relaxed),
+            2,
+            "logged once, two held back"
+        );
     }
 }

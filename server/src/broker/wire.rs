@@ -243,16 +243,28 @@ mod tests {
         assert_eq!(dec(&signed).unwrap().signed, Signature::Unchecked);
         // Unsigned, on another channel, tampered, another key, replayed late.
         let unsigned = encode(&d, CH, None);
-        assert_eq!(decode(&unsigned, CH, MAX, Some(&key()), now).unwrap_err(), DropReason::Unsigned);
+        assert_eq!(
+            decode(&unsigned, CH, MAX, Some(&key()), now).unwrap_err(),
+            DropReason::Unsigned
+        );
         let moved = decode(&signed, "h:g:user_43", MAX, Some(&key()), now).unwrap_err();
         assert_eq!(moved, DropReason::BadSignature);
         let text = String::from_utf8(signed.clone()).unwrap();
         let forged = text.replacen("\"id\":7", "\"id\":8", 1);
-        assert_eq!(decode(forged.as_bytes(), CH, MAX, Some(&key()), now).unwrap_err(), DropReason::BadSignature);
+        assert_eq!(
+            decode(forged.as_bytes(), CH, MAX, Some(&key()), now).unwrap_err(),
+            DropReason::BadSignature
+        );
         let other = BrokerKey::new("another key of at least thirty-two bytes").unwrap();
-        assert_eq!(decode(&signed, CH, MAX, Some(&other), now).unwrap_err(), DropReason::BadSignature);
+        assert_eq!(
+            decode(&signed, CH, MAX, Some(&other), now).unwrap_err(),
+            DropReason::BadSignature
+        );
         let later = now + REPLAY_WINDOW_US + 1_000_000;
-        assert_eq!(decode(&signed, CH, MAX, Some(&key()), later).unwrap_err(), DropReason::Stale);
+        assert_eq!(
+            decode(&signed, CH, MAX, Some(&key()), later).unwrap_err(),
+            DropReason::Stale
+        );
     }
 
     #[test]
@@ -261,33 +273,85 @@ mod tests {
         let cases: Vec<(Vec<u8>, DropReason)> = vec![
             (b"no header".to_vec(), Malformed),
             (b"{\"t\":1}\n\xff".to_vec(), Malformed),
-            (b"{\"t\":1,\"id\":3,\"u\":\"bad user\"}\n{}".to_vec(), Malformed),
+            (
+                b"{\"t\":1,\"id\":3,\"u\":\"bad user\"}\n{}".to_vec(),
+                Malformed,
+            ),
             (b"{\"t\":1,\"id\":3}\n{}".to_vec(), Malformed),
             (b"{\"t\":1}\nnot json".to_vec(), Malformed),
             (b"[1]\n{}".to_vec(), Malformed),
-            (format!("{{\"t\":1,\"x\":\"{}\"}}\n{{}}", "a".repeat(MAX_HEADER)).into_bytes(), Malformed),
-            (format!("{{\"t\":1}}\n{{\"a\":\"{}\"}}", "a".repeat(MAX)).into_bytes(), Oversized),
-            (format!("{{\"t\":1}}\n{{\"a\":{}1{}}}", "[".repeat(FRAME_DEPTH), "]".repeat(FRAME_DEPTH)).into_bytes(), TooDeep),
+            (
+                format!("{{\"t\":1,\"x\":\"{}\"}}\n{{}}", "a".repeat(MAX_HEADER)).into_bytes(),
+                Malformed,
+            ),
+            (
+                format!("{{\"t\":1}}\n{{\"a\":\"{}\"}}", "a".repeat(MAX)).into_bytes(),
+                Oversized,
+            ),
+            (
+                format!(
+                    "{{\"t\":1}}\n{{\"a\":{}1{}}}",
+                    "[".repeat(FRAME_DEPTH),
+                    "]".repeat(FRAME_DEPTH)
+                )
+                .into_bytes(),
+                TooDeep,
+            ),
         ];
         for (bytes, reason) in cases {
-            assert_eq!(dec(&bytes).unwrap_err(), reason, "{}", String::from_utf8_lossy(&bytes));
+            assert_eq!(
+                dec(&bytes).unwrap_err(),
+                reason,
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
         }
-        let at_limit = format!("{{\"a\":{}1{}}}", "[".repeat(FRAME_DEPTH - 1), "]".repeat(FRAME_DEPTH - 1));
+        let at_limit = format!(
+            "{{\"a\":{}1{}}}",
+            "[".repeat(FRAME_DEPTH - 1),
+            "]".repeat(FRAME_DEPTH - 1)
+        );
         assert!(dec(format!("{{\"t\":1}}\n{at_limit}").as_bytes()).is_ok());
     }
 
     #[test]
     fn control_messages_are_checked_and_signed() {
         let k = key();
-        assert_eq!(decode_control(&encode_control("node-1", "h:resync", None), "h:resync", 128, None), Ok("node-1"));
+        assert_eq!(
+            decode_control(
+                &encode_control("node-1", "h:resync", None),
+                "h:resync",
+                128,
+                None
+            ),
+            Ok("node-1")
+        );
         let signed = encode_control("node-1", "h:resync", Some(&k));
-        assert_eq!(decode_control(&signed, "h:resync", 128, Some(&k)), Ok("node-1"));
+        assert_eq!(
+            decode_control(&signed, "h:resync", 128, Some(&k)),
+            Ok("node-1")
+        );
         assert_eq!(decode_control(&signed, "h:resync", 128, None), Ok("node-1"));
-        assert_eq!(decode_control(b"node-1", "h:resync", 128, Some(&k)), Err(DropReason::Unsigned));
-        assert_eq!(decode_control(&signed, "h:probe:n", 128, Some(&k)), Err(DropReason::BadSignature));
-        assert_eq!(decode_control(b"", "h:resync", 128, None), Err(DropReason::Malformed));
-        assert_eq!(decode_control(b"a\x07b", "h:resync", 128, None), Err(DropReason::Malformed));
-        assert_eq!(decode_control(&[b'a'; 300], "h:resync", 128, None), Err(DropReason::Oversized));
+        assert_eq!(
+            decode_control(b"node-1", "h:resync", 128, Some(&k)),
+            Err(DropReason::Unsigned)
+        );
+        assert_eq!(
+            decode_control(&signed, "h:probe:n", 128, Some(&k)),
+            Err(DropReason::BadSignature)
+        );
+        assert_eq!(
+            decode_control(b"", "h:resync", 128, None),
+            Err(DropReason::Malformed)
+        );
+        assert_eq!(
+            decode_control(b"a\x07b", "h:resync", 128, None),
+            Err(DropReason::Malformed)
+        );
+        assert_eq!(
+            decode_control(&[b'a'; 300], "h:resync", 128, None),
+            Err(DropReason::Oversized)
+        );
     }
 
     proptest::proptest! {

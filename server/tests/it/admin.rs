@@ -163,7 +163,13 @@ async fn tuning_keys_must_be_sysctl_names() {
     let items = one["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{one}");
     assert_eq!(items[0]["key"], "fs.file-max");
-    for bad in [".etc.shadow", "..%2Fetc%2Fshadow", "net..core", "net.core.", "NET.core"] {
+    for bad in [
+        ".etc.shadow",
+        "..%2Fetc%2Fshadow",
+        "net..core",
+        "net.core.",
+        "NET.core",
+    ] {
         let r = common::api()
             .get(s.admin_url(&format!("/admin/tuning?key={bad}")))
             .bearer_auth(ADMIN_TOKEN)

@@ -404,7 +404,10 @@ impl DjangoAclUser {
     }
 
     fn url(&self) -> String {
-        REDIS.replace("redis://", &format!("redis://{}:{}@", self.name, self.password))
+        REDIS.replace(
+            "redis://",
+            &format!("redis://{}:{}@", self.name, self.password),
+        )
     }
 }
 
@@ -413,7 +416,8 @@ impl Drop for DjangoAclUser {
         let name = self.name.clone();
         let _ = std::thread::spawn(move || {
             if let Ok(mut con) = redis::Client::open(REDIS).and_then(|c| c.get_connection()) {
-                let _: redis::RedisResult<()> = redis::cmd("ACL").arg("DELUSER").arg(name).query(&mut con);
+                let _: redis::RedisResult<()> =
+                    redis::cmd("ACL").arg("DELUSER").arg(name).query(&mut con);
             }
         })
         .join();
@@ -452,7 +456,10 @@ async fn a_django_acl_user_publishes_to_groups_only() {
             .query_async::<i64>(&mut con)
             .await
             .expect_err("the ACL user published on Herald's channel");
-        assert!(refused.to_string().to_lowercase().contains("noperm"), "{channel}: {refused}");
+        assert!(
+            refused.to_string().to_lowercase().contains("noperm"),
+            "{channel}: {refused}"
+        );
     }
     cl.silent_for(Duration::from_millis(300)).await;
 }

@@ -23,7 +23,11 @@ async fn redis() -> redis::aio::MultiplexedConnection {
         .expect("Redis must be running on 127.0.0.1:6379 (see .ci/run)")
 }
 
-async fn publish(con: &mut redis::aio::MultiplexedConnection, channel: &str, payload: impl AsRef<[u8]>) {
+async fn publish(
+    con: &mut redis::aio::MultiplexedConnection,
+    channel: &str,
+    payload: impl AsRef<[u8]>,
+) {
     let _: i64 = redis::cmd("PUBLISH")
         .arg(channel)
         .arg(payload.as_ref())
@@ -43,7 +47,12 @@ fn forged_notification(id: i64, user: &str) -> String {
 /// Stores a notification for `user` behind the broker's back (as if its publish
 /// had been lost), returning its id.
 async fn store_unpublished(c: &Cluster, user: &str) -> i64 {
-    let url = &c.storage.pg.as_ref().expect("a cluster runs on PostgreSQL").url;
+    let url = &c
+        .storage
+        .pg
+        .as_ref()
+        .expect("a cluster runs on PostgreSQL")
+        .url;
     let pool = sqlx::PgPool::connect(url).await.unwrap();
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO notifications (user_id, message) VALUES ($1, '{\"lost\":true}') RETURNING id",
@@ -99,8 +108,11 @@ async fn a_forged_id_does_not_blind_the_catch_up() {
 }
 
 async fn dropped(s: &TestServer, reason: DropReason) -> f64 {
-    s.metric("herald_broker_dropped_total", &[("reason", reason.as_str())])
-        .await
+    s.metric(
+        "herald_broker_dropped_total",
+        &[("reason", reason.as_str())],
+    )
+    .await
 }
 
 async fn store_ops(s: &TestServer, op: &str) -> f64 {
@@ -132,7 +144,11 @@ async fn a_hostile_publisher_is_dropped_while_the_node_keeps_serving() {
     let django = format!("{}__group__user_42", c.asgi);
     let probe = format!("{}:probe:node0", c.prefix);
     let header = json!({"t": 1}).to_string();
-    let deep = format!("{header}\n{{\"a\":{}1{}}}", "[".repeat(100), "]".repeat(100));
+    let deep = format!(
+        "{header}\n{{\"a\":{}1{}}}",
+        "[".repeat(100),
+        "]".repeat(100)
+    );
     let big = format!("{header}\n{{\"a\":\"{}\"}}", "x".repeat(100_000));
     let mut big_django = vec![0xdb];
     big_django.extend_from_slice(&20_000u32.to_be_bytes());
@@ -141,22 +157,57 @@ async fn a_hostile_publisher_is_dropped_while_the_node_keeps_serving() {
     deep_django.push(1);
     let hostile: Vec<(&str, Vec<u8>, DropReason)> = vec![
         (&group, b"plain text".to_vec(), Malformed),
-        (&group, format!("{header}\nnot json").into_bytes(), Malformed),
-        (&group, format!("{header}\n").into_bytes().into_iter().chain(*b"\xff\xfe").collect(), Malformed),
+        (
+            &group,
+            format!("{header}\nnot json").into_bytes(),
+            Malformed,
+        ),
+        (
+            &group,
+            format!("{header}\n")
+                .into_bytes()
+                .into_iter()
+                .chain(*b"\xff\xfe")
+                .collect(),
+            Malformed,
+        ),
         (&group, b"[1]\n{}".to_vec(), Malformed),
         (&group, big.into_bytes(), Oversized),
         (&group, deep.into_bytes(), TooDeep),
-        (&group, forged_notification(i64::MAX, "42").into_bytes(), ImplausibleId),
-        (&group, forged_notification(1_000_000_000_000, "42").into_bytes(), ImplausibleId),
-        (&group, forged_notification(0, "42").into_bytes(), ImplausibleId),
-        (&group, forged_notification(-7, "42").into_bytes(), ImplausibleId),
+        (
+            &group,
+            forged_notification(i64::MAX, "42").into_bytes(),
+            ImplausibleId,
+        ),
+        (
+            &group,
+            forged_notification(1_000_000_000_000, "42").into_bytes(),
+            ImplausibleId,
+        ),
+        (
+            &group,
+            forged_notification(0, "42").into_bytes(),
+            ImplausibleId,
+        ),
+        (
+            &group,
+            forged_notification(-7, "42").into_bytes(),
+            ImplausibleId,
+        ),
         (&django, b"\xc1".to_vec(), Malformed),
-        (&django, br#"{"type":"json, not msgpack"}"#.to_vec(), Malformed),
+        (
+            &django,
+            br#"{"type":"json, not msgpack"}"#.to_vec(),
+            Malformed,
+        ),
         (&django, msgpack_with(&big_django), Oversized),
         (&django, msgpack_with(&deep_django), TooDeep),
         (&probe, b"\x07not a time".to_vec(), Malformed),
     ];
-    let (after_before, newest_before) = (store_ops(node, "after").await, store_ops(node, "newest_issued_id").await);
+    let (after_before, newest_before) = (
+        store_ops(node, "after").await,
+        store_ops(node, "newest_issued_id").await,
+    );
     let resyncs_before = node.metric("herald_broker_resyncs_total", &[]).await;
     let mut sent = Vec::new();
     for (channel, payload, _) in &hostile {
@@ -166,7 +217,10 @@ async fn a_hostile_publisher_is_dropped_while_the_node_keeps_serving() {
     // A resync flood: a thousand announcements in one pipeline.
     let mut pipe = redis::pipe();
     for i in 0..1000 {
-        pipe.cmd("PUBLISH").arg(format!("{}:resync", c.prefix)).arg(format!("node-{i}")).ignore();
+        pipe.cmd("PUBLISH")
+            .arg(format!("{}:resync", c.prefix))
+            .arg(format!("node-{i}"))
+            .ignore();
     }
     let _: () = pipe.query_async(&mut con).await.unwrap();
     for _ in 0..3 {
@@ -187,11 +241,20 @@ async fn a_hostile_publisher_is_dropped_while_the_node_keeps_serving() {
         }
     }
     let resyncs = node.metric("herald_broker_resyncs_total", &[]).await - resyncs_before;
-    assert!((1.0..=4.0).contains(&resyncs), "{resyncs} resyncs for a flood of 1000");
+    assert!(
+        (1.0..=4.0).contains(&resyncs),
+        "{resyncs} resyncs for a flood of 1000"
+    );
     let catch_ups = store_ops(node, "after").await - after_before;
-    assert!(catch_ups <= 2.0 * resyncs, "{catch_ups} store reads for {resyncs} resyncs");
+    assert!(
+        catch_ups <= 2.0 * resyncs,
+        "{catch_ups} store reads for {resyncs} resyncs"
+    );
     let checks = store_ops(node, "newest_issued_id").await - newest_before;
-    assert!(checks <= 2.0, "{checks} queries of the store's newest id for 4 forged ids");
+    assert!(
+        checks <= 2.0,
+        "{checks} queries of the store's newest id for 4 forged ids"
+    );
     // Still serving, and healthy.
     assert_eq!(node.admin_get("/admin/status").await["redis"], "up");
 }
@@ -215,7 +278,11 @@ async fn with_a_key_only_signed_messages_are_delivered() {
 
     let signed = c.nodes[0].notify("42", json!({"signed": true})).await.id;
     assert_eq!(a.notifications(1).await[0].id, signed);
-    assert_eq!(b.notifications(1).await[0].id, signed, "an unkeyed node delivers signed messages");
+    assert_eq!(
+        b.notifications(1).await[0].id,
+        signed,
+        "an unkeyed node delivers signed messages"
+    );
     drop(b);
 
     let resyncs_before = keyed.metric("herald_broker_resyncs_total", &[]).await;
@@ -223,7 +290,11 @@ async fn with_a_key_only_signed_messages_are_delivered() {
     unkeyed.notify("42", json!({"unsigned": true})).await;
     let group = format!("{}:g:user_42", c.prefix);
     publish(&mut con, &group, forged_notification(signed, "42")).await;
-    let bad = forged_notification(signed, "42").replacen("\"u\":\"42\"", &format!("\"u\":\"42\",\"s\":\"{}\"", "0".repeat(64)), 1);
+    let bad = forged_notification(signed, "42").replacen(
+        "\"u\":\"42\"",
+        &format!("\"u\":\"42\",\"s\":\"{}\"", "0".repeat(64)),
+        1,
+    );
     publish(&mut con, &group, bad).await;
     publish(&mut con, &format!("{}:resync", c.prefix), "node-x").await;
     let last = c.nodes[0].notify("42", json!({"signed": 2})).await.id;

@@ -638,17 +638,30 @@ async fn the_access_log_records_no_token() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let log = loop {
         let log = ng.read("access.log");
-        let ws_lines = log.lines().filter(|l| l.contains("/ws/notifications/")).count();
+        let ws_lines = log
+            .lines()
+            .filter(|l| l.contains("/ws/notifications/"))
+            .count();
         if ws_lines >= 2 && log.contains("/sse/notifications/") {
             break log;
         }
-        assert!(Instant::now() < deadline, "requests not logged yet:\n{log}\n{}", ng.logs());
+        assert!(
+            Instant::now() < deadline,
+            "requests not logged yet:\n{log}\n{}",
+            ng.logs()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     for secret in [token.as_str(), "token=", "refused-token-value", "after=0"] {
-        assert!(!log.contains(secret), "{secret:?} in the access log:\n{log}");
+        assert!(
+            !log.contains(secret),
+            "{secret:?} in the access log:\n{log}"
+        );
     }
-    assert!(log.contains("\"GET /ws/notifications/ HTTP/1.1\" 101"), "{log}");
+    assert!(
+        log.contains("\"GET /ws/notifications/ HTTP/1.1\" 101"),
+        "{log}"
+    );
 }
 
 #[test]
