@@ -85,16 +85,16 @@ impl Trust {
             self.key.as_ref(),
             unix_micros(),
         )?;
+        if decoded.signed == Signature::Unchecked {
+            self.log(SIGNED_WITHOUT_KEY, || {
+                tracing::warn!(channel, "messages signed with HERALD_BROKER_KEY arrive, but this node has no key: give every node the same HERALD_BROKER_KEY, or it cannot tell a forgery")
+            });
+        }
         let id = decoded.delivery.notification.as_ref().map(|n| n.id);
         match (decoded.signed, id) {
             (_, None) => {}
             (Signature::Verified, Some(id)) => self.issued.raise(id),
-            (signed, Some(id)) => {
-                if signed == Signature::Unchecked {
-                    self.log(SIGNED_WITHOUT_KEY, || {
-                        tracing::warn!(channel, "messages signed with HERALD_BROKER_KEY arrive, but this node has no key: give every node the same HERALD_BROKER_KEY, or it cannot tell a forgery")
-                    });
-                }
+            (_, Some(id)) => {
                 if self.issued.plausible(id).await == Plausible::No {
                     return Err(DropReason::ImplausibleId);
                 }
