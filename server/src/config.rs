@@ -83,6 +83,12 @@ pub struct Config {
     #[arg(long, env = "HERALD_CHANNELS_PREFIX", default_value = "asgi")]
     pub channels_prefix: String,
 
+    /// Key that signs (HMAC-SHA256) every message this node publishes on Redis, and
+    /// without whose signature it drops what it reads there; the same on every
+    /// node, at least 32 bytes. Unset: messages go unsigned (PROTOCOL.md 7.3).
+    #[arg(long, env = "HERALD_BROKER_KEY", hide_env_values = true)]
+    pub broker_key: Option<String>,
+
     /// Public address announced in the registry (default: the bound listener).
     #[arg(long, env = "HERALD_ADVERTISE_PUBLIC")]
     pub advertise_public: Option<String>,

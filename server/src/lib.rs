@@ -66,6 +66,7 @@ pub mod config;
 pub(crate) mod demo;
 pub(crate) mod herald;
 pub(crate) mod hub;
+pub(crate) mod issued;
 pub(crate) mod lifecycle;
 pub(crate) mod limits;
 pub(crate) mod lock;

@@ -8,6 +8,7 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::Mutex;
 
+use herald_shared::dropped::DropReason;
 use herald_shared::health::{BrokerHealth, Readiness, StoreHealth};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -90,6 +91,20 @@ macro_rules! known_values {
             }
         }
     };
+}
+
+/// The reasons of `herald_broker_dropped_total`, defined in `shared`.
+impl KnownValues for DropReason {
+    const ALL: &'static [Self] = DropReason::ALL;
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+    fn index(self) -> usize {
+        Self::ALL
+            .iter()
+            .position(|r| *r == self)
+            .expect("every reason is in ALL")
+    }
 }
 
 /// What `herald_published_total{kind}` counts.
@@ -260,6 +275,12 @@ struct KindLabel {
     kind: &'static str,
 }
 
+/// Why a message read from Redis was dropped: a [`DropReason`]'s name.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
@@ -347,6 +368,8 @@ pub struct Metrics {
     pub drain_remaining: Gauge,
     /// `herald_build_info{node, version} 1`, set once the node has its id.
     info: Family<InfoLabel, Gauge>,
+    /// Messages read from Redis and dropped, by [`DropReason`].
+    broker_dropped: ByLabel<DropReason, Counter>,
 }
 
 impl Metrics {
@@ -359,6 +382,7 @@ impl Metrics {
         let store_latency = Family::<OpLabel, Histogram>::new_with_constructor(histogram);
         let broker_errors = Family::<OpLabel, Counter>::default();
         let redis_health = Family::<StateLabel, Gauge>::default();
+        let broker_dropped = Family::<ReasonLabel, Counter>::default();
         let states = ByLabel::resolve(&by_state, |s: ConnState| StateLabel { state: s.label() });
         let m = Self {
             registry: Mutex::new(Registry::default()),
@@ -407,6 +431,9 @@ impl Metrics {
             }),
             drain_remaining: Gauge::default(),
             info: Family::default(),
+            broker_dropped: ByLabel::resolve(&broker_dropped, |r: DropReason| ReasonLabel {
+                reason: r.as_str(),
+            }),
         };
         {
             let mut r = m.registry.lock().expect("fresh lock");
@@ -547,7 +574,7 @@ impl Metrics {
             );
             r.register(
                 "herald_broker_resyncs",
-                "Broker resubscriptions after a lost connection (sessions resync from the store)",
+                "Times every session was told to catch up from the store (at most once a second)",
                 m.broker_resyncs.clone(),
             );
             r.register(
@@ -574,6 +601,11 @@ impl Metrics {
                 "herald_build_info",
                 "1, labelled with the node id and the version",
                 m.info.clone(),
+            );
+            r.register(
+                "herald_broker_dropped",
+                "Messages read from Redis and dropped, by reason",
+                broker_dropped,
             );
         }
         m
@@ -605,6 +637,13 @@ impl Metrics {
         prometheus_client::encoding::prometheus_text::encode(&mut out, &r)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// Counts `n` messages read from Redis and dropped for `reason`.
+    pub fn broker_dropped(&self, reason: DropReason, n: u64) {
+        if n > 0 {
+            self.broker_dropped.get(reason).inc_by(n);
+        }
     }
 
     /// Records a closed connection with its close code.

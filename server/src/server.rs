@@ -18,11 +18,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
-use crate::broker::{self, Broker, MemoryBroker, RedisBroker, RedisClusterBroker};
+use crate::broker::{
+    self, Broker, BrokerKey, MemoryBroker, RedisBroker, RedisClusterBroker, Trust,
+};
 use crate::cluster::presence::RedisPresence;
 use crate::cluster::{Cluster, RedisConnection};
 use crate::config::{Config, default_node_id};
 use crate::hub::Hub;
+use crate::issued::IssuedIds;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::node::{Node, VERSION};
@@ -33,6 +36,7 @@ use crate::tasks::Tasks;
 use crate::tuning::{Host, Profile};
 use crate::{accept, admin, cluster, limits, secrets, store};
 use herald_shared::admin::NodeInfo;
+use herald_shared::dropped::DropReason;
 
 /// Why a node could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +88,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
         metrics.clone(),
     ));
     let hub = Arc::new(Hub::new());
+    let issued = Arc::new(IssuedIds::new(store.clone()));
     let id = cfg.node_id.clone().unwrap_or_else(default_node_id);
     metrics.set_info(&id, VERSION);
     let (broker, presence, cluster): (Arc<dyn Broker>, Arc<dyn Presence>, Option<Cluster>) =
@@ -94,6 +99,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
                 None,
             ),
             Some(url) => {
+                let trust = trust(&cfg, issued.clone(), metrics.clone())?;
                 let seeds =
                     broker::cluster_seeds(url).map_err(|e| ServerError::Config(e.to_string()))?;
                 // The broker's publishing connection (already connected, reconnects
@@ -108,6 +114,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
                             asgi,
                             &id,
                             hub.clone(),
+                            trust,
                             tasks.clone(),
                         )
                         .await
@@ -127,6 +134,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
                             &cfg.redis_prefix,
                             &id,
                             hub.clone(),
+                            trust,
                             tasks.clone(),
                         )
                         .await
@@ -158,6 +166,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
         store.clone(),
         broker.clone(),
         metrics.clone(),
+        issued,
     ));
     tracing::info!(node = %id, store = store.kind(), broker = broker.kind(), capacity, fd_limit, "node ready");
     let client_writes =
@@ -185,6 +194,25 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
         sessions: TaskTracker::new(),
         tasks,
     }))
+}
+
+/// The checks on what the node reads from Redis, with the cluster's key
+/// (`HERALD_BROKER_KEY`) if it has one; a key too short to be safe stops start-up.
+fn trust(
+    cfg: &Config,
+    issued: Arc<IssuedIds>,
+    metrics: Arc<Metrics>,
+) -> Result<Trust, ServerError> {
+    let key = match cfg.broker_key.as_deref().filter(|k| !k.is_empty()) {
+        Some(k) => Some(BrokerKey::new(k).map_err(ServerError::Config)?),
+        None => {
+            tracing::warn!(
+                "HERALD_BROKER_KEY is not set: messages on Redis are not signed, so anything that can publish on Herald's channels can forge them (PROTOCOL.md 7.3; README: Redis ACLs)"
+            );
+            None
+        }
+    };
+    Ok(Trust::new(key, cfg.max_message_bytes, issued, metrics))
 }
 
 /// Says at start-up what falls short of the tuning profile, and what that leaves.
@@ -298,22 +326,41 @@ pub(crate) fn start_background(node: &Arc<Node>, first: Advertised) -> watch::Se
             })
         });
     }
-    if let Some(mut rx) = node.broker.resyncs() {
-        let hub = node.hub.clone();
-        let metrics = node.metrics.clone();
-        node.tasks.spawn("resync fan-out", async move {
-            while rx.changed().await.is_ok() {
-                tracing::info!(
-                    "broker resubscribed after a loss: sessions catch up from the store"
-                );
-                metrics.broker_resyncs.inc();
-                for outbox in hub.all() {
-                    outbox.resync();
-                }
-            }
-        });
+    if let Some(rx) = node.broker.resyncs() {
+        node.tasks.spawn(
+            "resync fan-out",
+            resync_fan_out(rx, node.hub.clone(), node.metrics.clone()),
+        );
     }
     advertised
+}
+
+/// The least time between two resyncs of a node's sessions: each costs every
+/// session a store read, and the requests can come from anything that publishes on
+/// `<prefix>:resync`.
+pub(crate) const RESYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Sets the resync flag on every outbox when the broker asks, at most once per
+/// [`RESYNC_EVERY`]: requests that arrive meanwhile are folded into one resync at
+/// the end of the interval (so none is lost: the sessions catch up after the last
+/// request), and counted as `resync_coalesced` drops.
+async fn resync_fan_out(mut rx: watch::Receiver<u64>, hub: Arc<Hub>, metrics: Arc<Metrics>) {
+    let mut seen = *rx.borrow_and_update();
+    while rx.changed().await.is_ok() {
+        let now = *rx.borrow_and_update();
+        let folded = now.wrapping_sub(seen).saturating_sub(1);
+        seen = now;
+        metrics.broker_dropped(DropReason::ResyncCoalesced, folded);
+        tracing::info!(
+            folded,
+            "broker resync (reconnected, dropped messages, or a node could not publish): sessions catch up from the store"
+        );
+        metrics.broker_resyncs.inc();
+        for outbox in hub.all() {
+            outbox.resync();
+        }
+        tokio::time::sleep(RESYNC_EVERY).await;
+    }
 }
 
 /// Stops a node in order: drain over the shutdown window (readiness 503, paced 1012

@@ -67,9 +67,7 @@ impl Profile {
             if key.is_empty() || value.is_empty() {
                 return Err(bad("empty key or value"));
             }
-            if key.contains('/') || key.contains("..") {
-                return Err(bad("a key is dotted, like net.core.somaxconn"));
-            }
+            check_key(key).map_err(|why| bad(&why))?;
             let numbers: Result<Vec<u64>, _> = value.split(' ').map(str::parse::<u64>).collect();
             if numbers.is_err() {
                 return Err(bad("values are whole numbers"));
@@ -111,6 +109,26 @@ impl Profile {
     }
 }
 
+/// Refuses a key that is not a sysctl name (or [`NOFILE`]): dot-separated segments
+/// of `a-z`, `0-9`, `_` and `-` (as in `fs.file-max`), none empty and none starting
+/// with `-`. A key becomes a path under the sysctl root, and `Path::join` of an
+/// absolute path replaces the root: `.etc.shadow` would be `/etc/shadow`. So no
+/// leading or trailing dot, no `..`, no `/`, nothing else.
+pub fn check_key(key: &str) -> Result<(), String> {
+    let segment_ok = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with('-')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    };
+    if key.len() > 128 || !key.split('.').all(segment_ok) {
+        return Err(format!(
+            "key {key:?} is not a sysctl name: dot-separated segments of a-z, 0-9, _ and - (like net.core.somaxconn), none empty, no leading dot"
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `have` satisfies `op want`.
 fn satisfied(op: TuningOp, want: &str, have: &str) -> bool {
     let have = normalise(have);
@@ -144,8 +162,22 @@ impl Default for Host {
 }
 
 impl Host {
-    fn path(&self, key: &str) -> PathBuf {
-        self.sysctl_root.join(key.replace('.', "/"))
+    /// The file of sysctl `key`: its segments as directories under the root. A key
+    /// that is not a sysctl name ([`check_key`]), or a path that would leave the
+    /// root, is refused, whatever made the key (a profile is checked when parsed;
+    /// this holds for every caller).
+    fn path(&self, key: &str) -> Result<PathBuf, String> {
+        check_key(key)?;
+        let mut path = self.sysctl_root.clone();
+        path.extend(key.split('.'));
+        let inside = path.strip_prefix(&self.sysctl_root).is_ok_and(|rest| {
+            rest.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+        });
+        if !inside {
+            return Err(format!("key {key:?} leaves the sysctl root"));
+        }
+        Ok(path)
     }
 
     /// The current value of `key` (a sysctl, or `nofile`).
@@ -155,13 +187,13 @@ impl Host {
                 rlimit::getrlimit(rlimit::Resource::NOFILE).map_err(|e| e.to_string())?;
             return Ok(soft.to_string());
         }
-        std::fs::read_to_string(self.path(key))
+        std::fs::read_to_string(self.path(key)?)
             .map(|v| normalise(&v))
             .map_err(|e| describe(&e))
     }
 
     fn write(&self, key: &str, value: &str) -> Result<(), String> {
-        std::fs::write(self.path(key), format!("{value}\n")).map_err(|e| describe(&e))
+        std::fs::write(self.path(key)?, format!("{value}\n")).map_err(|e| describe(&e))
     }
 }
 
@@ -306,6 +338,19 @@ mod tests {
         assert!(Profile::parse("profile = x\na.b >= lots").is_err());
         assert!(Profile::parse("profile = x\na.b >= 1 2").is_err());
         assert!(Profile::parse("profile = x\n../etc/passwd = 1").is_err());
+        for key in [
+            ".etc.shadow",
+            "etc.shadow.",
+            "a..b",
+            "a/b",
+            "A.b",
+            "a.-b",
+            "a b.c",
+            "net.core.*",
+        ] {
+            let err = Profile::parse(&format!("profile = x\n{key} = 1")).unwrap_err();
+            assert!(err.contains("is not a sysctl name"), "{key}: {err}");
+        }
         assert!(Profile::parse("profile = x\na.b").is_err());
         assert!(
             Profile::parse("profile = x\nnofile <= 10").is_err(),
@@ -366,6 +411,56 @@ mod tests {
             let got: Vec<_> = p.items.iter().map(|i| (i.key.clone(), i.op, i.want.clone())).collect();
             let want: Vec<_> = items.iter().map(|(k, op, n)| (k.clone(), ops[*op], n.to_string())).collect();
             proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn keys_are_sysctl_names_and_stay_under_the_root() {
+        for ok in [
+            "net.core.somaxconn",
+            "fs.file-max",
+            "fs.nr_open",
+            "net.ipv4.conf.eth0.rp_filter",
+            NOFILE,
+        ] {
+            assert_eq!(check_key(ok), Ok(()), "{ok}");
+        }
+        let host = Host {
+            sysctl_root: PathBuf::from("/tmp/sysctl-root"),
+        };
+        assert_eq!(
+            host.path("fs.file-max").unwrap(),
+            PathBuf::from("/tmp/sysctl-root/fs/file-max")
+        );
+        // The key that motivated the rule: with the old `join`, an absolute path.
+        assert!(
+            PathBuf::from("/proc/sys")
+                .join(".etc.shadow".replace('.', "/"))
+                .starts_with("/etc")
+        );
+        let err = host.read(".etc.shadow").unwrap_err();
+        assert!(err.contains("is not a sysctl name"), "{err}");
+        assert!(host.write("..", "1").is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any key: refused, or a path strictly under the root with one directory
+        /// per segment; never a panic.
+        #[test]
+        fn any_key_is_refused_or_stays_under_the_root(key in "[a-z0-9_./ A-Z-]{0,12}|(\\.|\\.\\.|/)?[a-z]{1,3}(\\.{1,2}[a-z-]{0,3}){0,3}") {
+            let host = Host { sysctl_root: PathBuf::from("/proc/sys") };
+            match host.path(&key) {
+                Ok(p) => {
+                    proptest::prop_assert!(check_key(&key).is_ok());
+                    let rest = p.strip_prefix("/proc/sys").unwrap();
+                    proptest::prop_assert_eq!(rest.components().count(), key.split('.').count());
+                    proptest::prop_assert!(rest.components().all(|c| matches!(c, std::path::Component::Normal(_))));
+                    proptest::prop_assert!(!key.starts_with('.') && !key.contains("..") && !key.contains('/'));
+                }
+                Err(e) => proptest::prop_assert!(e.contains("is not a sysctl name"), "{}", e),
+            }
         }
     }
 

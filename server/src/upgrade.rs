@@ -10,7 +10,6 @@
 //! [`admit`]) and holds the same [`Registration`].
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -129,23 +128,18 @@ pub(crate) fn identify_client(
 /// `after` would skip every notification up to it, so the client would never get
 /// them. The store's id sequence is shared by every node on it, so an id another
 /// node issued is accepted here too. Only a point above what this node has stored
-/// or seen ([`crate::publish::Publisher::newest_issued`]) costs a query; if the
+/// or seen ([`crate::issued::IssuedIds`]) costs a query; if the
 /// store cannot answer, the point is let through (the opening then fails with 1011,
 /// as it would anyway).
 pub(crate) async fn check_after(node: &Node, after: Option<i64>) -> Result<(), ApiError> {
     let Some(after) = after else { return Ok(()) };
-    let known = &node.publisher.newest_issued;
-    if after <= known.load(Ordering::Relaxed) {
-        return Ok(());
-    }
-    let newest = match node.store.newest_issued_id().await {
+    let newest = match node.publisher.issued.newest_at_least(after).await {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(error = %e, "could not check after against the store");
             return Ok(());
         }
     };
-    known.fetch_max(newest, Ordering::Relaxed);
     if after > newest {
         return Err(ApiError::BadRequest(format!(
             "after ({after}) is beyond the newest notification id ({newest}); resume from an id you received"

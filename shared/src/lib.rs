@@ -14,6 +14,7 @@
 //! - [`object`]: bodies and frames are JSON objects, never positional arrays.
 //! - [`seconds`]: durations as JSON numbers of seconds.
 //! - [`depth`]: how deeply a message or payload may nest.
+//! - [`dropped`]: why a node dropped a message it read from Redis (a metric label).
 //! - [`close`]: WebSocket close codes the node uses (§3).
 //! - [`config`]: environment variable names and defaults (§8).
 
@@ -24,6 +25,7 @@ pub mod api;
 pub mod close;
 pub mod config;
 pub mod depth;
+pub mod dropped;
 pub mod frames;
 pub mod health;
 pub mod ids;

@@ -532,12 +532,13 @@ export function nginxBinary() {
   throw new Error('nginx not found on PATH or at /usr/sbin/nginx: apt-get install -y nginx-light');
 }
 
-/** The template with its upstream block and listen line replaced. */
-export function renderNginxTemplate(template, upstreams, listen) {
+/** The template with its upstream block, listen line and access log path replaced. */
+export function renderNginxTemplate(template, upstreams, listen, accessLog) {
   const out = [];
   let inBlock = false;
   let seenBlock = false;
   let seenListen = false;
+  let seenLog = false;
   let params = null;
   for (const line of template.split('\n')) {
     const trimmed = line.trimStart();
@@ -556,6 +557,14 @@ export function renderNginxTemplate(template, upstreams, listen) {
         const sp = rest.indexOf(' ');
         params = sp < 0 ? '' : ` ${rest.slice(sp + 1)}`;
       }
+    } else if (line.includes('# HERALD_ACCESS_LOG')) {
+      // The path only: the format (no query strings, so no tokens) is the file's own.
+      const format = trimmed.startsWith('access_log ') ? trimmed.split(/\s+/)[2] : undefined;
+      if (!format || seenLog) {
+        throw new Error(`${NGINX_TEMPLATE}: # HERALD_ACCESS_LOG must mark exactly one access_log <path> <format>; line: ${line}`);
+      }
+      seenLog = true;
+      out.push(`    access_log ${accessLog} ${format}  # HERALD_ACCESS_LOG`);
     } else if (line.includes('# HERALD_LISTEN')) {
       if (!trimmed.startsWith('listen ') || seenListen) {
         throw new Error(`${NGINX_TEMPLATE}: # HERALD_LISTEN must mark exactly one listen line: ${line}`);
@@ -568,6 +577,7 @@ export function renderNginxTemplate(template, upstreams, listen) {
   }
   if (!seenBlock || inBlock) throw new Error(`${NGINX_TEMPLATE}: no BEGIN/END HERALD_UPSTREAMS block`);
   if (!seenListen) throw new Error(`${NGINX_TEMPLATE}: no # HERALD_LISTEN line`);
+  if (!seenLog) throw new Error(`${NGINX_TEMPLATE}: no # HERALD_ACCESS_LOG line`);
   return out.join('\n') + '\n';
 }
 
@@ -582,6 +592,7 @@ export class Nginx {
       fs.readFileSync(template, 'utf8'),
       nodes.map((n) => `127.0.0.1:${n.port}`),
       `127.0.0.1:${ng.port}`,
+      path.join(ng.dir, 'access.log'),
     );
     fs.writeFileSync(path.join(d, 'herald.conf'), rendered);
     const main =
@@ -590,8 +601,6 @@ export class Nginx {
       `error_log ${d}/error.log info;\n` +
       `events { worker_connections 1024; }\n` +
       `http {\n` +
-      `    log_format herald '$request_method $uri $status upstream=[$upstream_addr] upstream_status=[$upstream_status]';\n` +
-      `    access_log ${d}/access.log herald;\n` +
       `    client_body_temp_path ${d}/client_body;\n` +
       `    proxy_temp_path ${d}/proxy;\n` +
       `    fastcgi_temp_path ${d}/fastcgi;\n` +

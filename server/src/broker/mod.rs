@@ -17,6 +17,8 @@ mod memory;
 mod pubsub;
 mod redis;
 mod redis_cluster;
+mod signing;
+mod trust;
 pub mod wire;
 
 use std::sync::Arc;
@@ -27,6 +29,8 @@ use herald_shared::GroupName;
 pub use memory::MemoryBroker;
 pub use redis::RedisBroker;
 pub use redis_cluster::{RedisClusterBroker, cluster_seeds};
+pub use signing::BrokerKey;
+pub use trust::Trust;
 
 use crate::outbox::Delivery;
 

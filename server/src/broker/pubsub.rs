@@ -47,7 +47,9 @@ use redis::aio::ConnectionLike;
 use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerError, BrokerHealth, channels, wire};
+use herald_shared::dropped::DropReason;
+
+use super::{Broker, BrokerError, BrokerHealth, Trust, channels, wire};
 use crate::hub::Hub;
 use crate::outbox::{Delivery, unix_micros};
 use crate::tasks::Tasks;
@@ -207,10 +209,18 @@ pub struct PubSubCore<S> {
     resync_channel: String,
     /// A publish failed: publishes fail fast until the prober gets through again.
     publish_failed: AtomicBool,
+    /// The key that signs this node's messages, and the checks on what it reads.
+    trust: Trust,
 }
 
 impl<S: Send + 'static> PubSubCore<S> {
-    pub fn new(hub: Arc<Hub>, prefix: &str, asgi_prefix: Option<String>, node_id: &str) -> Self {
+    pub fn new(
+        hub: Arc<Hub>,
+        prefix: &str,
+        asgi_prefix: Option<String>,
+        node_id: &str,
+        trust: Trust,
+    ) -> Self {
         Self {
             hub,
             prefix: prefix.to_owned(),
@@ -230,6 +240,7 @@ impl<S: Send + 'static> PubSubCore<S> {
             resyncs: watch::Sender::new(0),
             resync_channel: format!("{prefix}:resync"),
             publish_failed: AtomicBool::new(false),
+            trust,
         }
     }
 
@@ -283,30 +294,42 @@ impl<S: Send + 'static> PubSubCore<S> {
     }
 
     /// Routes one message from the subscriber: the probe, a resync announcement, or
-    /// a group's frame for the hub.
-    fn dispatch(&self, channel: &str, payload: &[u8]) {
+    /// a group's frame for the hub; each checked first ([`Trust`]), and dropped
+    /// (counted, logged at a bounded rate) if it fails. A resync announcement only
+    /// ticks the resync signal: the fan-out resyncs at most about once a second,
+    /// however many arrive.
+    async fn dispatch(&self, channel: &str, payload: &[u8]) {
+        let trust = &self.trust;
         if channel == self.probe_channel {
-            self.probe_seen.store(unix_micros(), Ordering::Relaxed);
+            match trust.control(channel, payload) {
+                Ok(_) => self.probe_seen.store(unix_micros(), Ordering::Relaxed),
+                Err(reason) => trust.dropped(reason, channel),
+            }
             return;
         }
         if channel == self.resync_channel {
-            tracing::info!(from = %String::from_utf8_lossy(payload), "a node could not publish for a while: catching up");
-            self.resync();
+            match trust.control(channel, payload) {
+                Ok(from) => {
+                    tracing::debug!(from, "a node could not publish for a while: catching up");
+                    self.resync();
+                }
+                Err(reason) => trust.dropped(reason, channel),
+            }
             return;
         }
         let decoded = match (self.own_group(channel), &self.asgi_prefix) {
-            (Some(g), _) => GroupName::parse(g).ok().zip(wire::decode(payload)),
-            (None, Some(asgi)) => channels::decode(asgi, channel, payload),
-            (None, None) => None,
+            (Some(g), _) => match GroupName::parse(g) {
+                Ok(g) => trust.group_message(channel, payload).await.map(|d| (g, d)),
+                Err(_) => Err(DropReason::Malformed),
+            },
+            (None, Some(asgi)) => trust.django_message(asgi, channel, payload),
+            (None, None) => Err(DropReason::Malformed),
         };
         match decoded {
-            Some((g, d)) => {
+            Ok((g, d)) => {
                 self.hub.deliver(&g, &d);
             }
-            None => tracing::warn!(
-                channel,
-                "undecodable message on a subscribed channel; dropped"
-            ),
+            Err(reason) => trust.dropped(reason, channel),
         }
     }
 
@@ -551,7 +574,7 @@ async fn read<T: Transport>(
         let b = broker.upgrade()?;
         let core = b.core();
         match received {
-            Received::Message(m) => core.dispatch(m.channel(), m.payload()),
+            Received::Message(m) => core.dispatch(m.channel(), m.payload()).await,
             Received::Dropped => {
                 tracing::warn!("subscriber dropped messages; sessions catch up");
                 core.resync();
@@ -636,14 +659,12 @@ async fn prober<T: Transport>(broker: Weak<T>, node_id: String) {
     loop {
         let Some(b) = broker.upgrade() else { return };
         let core = b.core();
-        let probe = send(
-            &*b,
-            &core.probe_channel,
-            unix_micros().to_string().as_bytes(),
-        )
-        .await;
+        let key = core.trust.key();
+        let probe = wire::encode_control(&unix_micros().to_string(), &core.probe_channel, key);
+        let probe = send(&*b, &core.probe_channel, &probe).await;
         if probe.is_ok() && core.publish_failed.load(Ordering::Relaxed) {
-            let announced = send(&*b, &core.resync_channel, node_id.as_bytes()).await;
+            let announcement = wire::encode_control(&node_id, &core.resync_channel, key);
+            let announced = send(&*b, &core.resync_channel, &announcement).await;
             if announced.is_ok() {
                 core.publish_failed.store(false, Ordering::Relaxed);
                 tracing::info!("{} reachable again: asked every node to catch up", T::NAME);
@@ -747,9 +768,14 @@ impl<T: Transport> Broker for T {
     async fn publish(&self, group: &GroupName, delivery: Arc<Delivery>) -> Result<(), BrokerError> {
         let core = self.core();
         fail_fast::<T>(core)?;
-        send(self, &core.channel(group), &wire::encode(&delivery))
-            .await
-            .map_err(|e| publish_failed(core, e))
+        let channel = core.channel(group);
+        send(
+            self,
+            &channel,
+            &wire::encode(&delivery, &channel, core.trust.key()),
+        )
+        .await
+        .map_err(|e| publish_failed(core, e))
     }
 
     async fn publish_all(
@@ -763,10 +789,9 @@ impl<T: Transport> Broker for T {
         fail_fast::<T>(core).map_err(|e| (0, e))?;
         let mut pipe = redis::pipe();
         for (group, delivery) in items {
-            pipe.cmd(T::PUBLISH)
-                .arg(core.channel(group))
-                .arg(wire::encode(delivery))
-                .ignore();
+            let channel = core.channel(group);
+            let payload = wire::encode(delivery, &channel, core.trust.key());
+            pipe.cmd(T::PUBLISH).arg(channel).arg(payload).ignore();
         }
         let mut con = self.publisher().clone();
         pipe.query_async::<()>(&mut con)
@@ -928,9 +953,15 @@ mod tests {
         }
     }
 
+    fn test_trust() -> Trust {
+        let issued = crate::issued::IssuedIds::fixed(0, Arc::new(AtomicU64::new(0)));
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        Trust::new(None, 16 * 1024, Arc::new(issued), metrics)
+    }
+
     fn fake() -> Arc<Fake> {
         Arc::new(Fake {
-            core: PubSubCore::new(Arc::new(Hub::new()), "h", None, "n1"),
+            core: PubSubCore::new(Arc::new(Hub::new()), "h", None, "n1", test_trust()),
             publisher: NoRedis,
             gate: Semaphore::new(1),
             ungate: Semaphore::new(Semaphore::MAX_PERMITS),

@@ -19,8 +19,8 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{AsyncConnectionConfig, Msg};
 
-use super::BrokerError;
 use super::pubsub::{self, Inbox, Message, PubSubCore, Received, Transport};
+use super::{BrokerError, Trust};
 use crate::hub::Hub;
 use crate::redis_client::RedisTls;
 use crate::tasks::Tasks;
@@ -41,6 +41,7 @@ impl RedisBroker {
         asgi_prefix: Option<String>,
         node_id: &str,
         hub: Arc<Hub>,
+        trust: Trust,
         tasks: Tasks,
     ) -> Result<Arc<Self>, BrokerError> {
         let client = tls
@@ -65,7 +66,7 @@ impl RedisBroker {
         let broker = Arc::new(Self {
             client,
             publisher,
-            core: PubSubCore::new(hub, prefix, asgi_prefix, node_id),
+            core: PubSubCore::new(hub, prefix, asgi_prefix, node_id, trust),
         });
         pubsub::start(&broker, &tasks, node_id);
         Ok(broker)

@@ -43,8 +43,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::{Notify, mpsc};
 
-use super::BrokerError;
 use super::pubsub::{self, Inbox, Message, PubSubCore, Received, Transport};
+use super::{BrokerError, Trust};
 use crate::hub::Hub;
 use crate::redis_client::RedisTls;
 use crate::tasks::Tasks;
@@ -148,6 +148,7 @@ impl RedisClusterBroker {
         prefix: &str,
         node_id: &str,
         hub: Arc<Hub>,
+        trust: Trust,
         tasks: Tasks,
     ) -> Result<Arc<Self>, BrokerError> {
         let client: ClusterClient = builder(&seeds, tls)?
@@ -186,7 +187,7 @@ impl RedisClusterBroker {
             seeds,
             tls: tls.clone(),
             publisher,
-            core: PubSubCore::new(hub, prefix, None, node_id),
+            core: PubSubCore::new(hub, prefix, None, node_id, trust),
         });
         pubsub::start(&broker, &tasks, node_id);
         Ok(broker)

@@ -14,7 +14,6 @@
 //! steps, so the order holds across the cluster.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use herald_shared::api::{GroupEvent, NewNotification};
 use herald_shared::frames::{encode_event, encode_notification};
@@ -27,6 +26,7 @@ mod combine;
 use combine::Combiner;
 
 use crate::broker::Broker;
+use crate::issued::IssuedIds;
 use crate::metrics::{BrokerOp, Metrics, Published};
 use crate::outbox::Delivery;
 use crate::store::{Store, StoreError};
@@ -44,10 +44,10 @@ pub struct Publisher {
     order: Box<[Mutex<()>]>,
     hasher: std::hash::RandomState,
     combiner: Combiner,
-    /// An id the store is known to have issued (a lower bound of its newest): raised
-    /// by every insert through this node, and by the upgrade's check of a resume
-    /// point, so a client resuming from an id this node stored costs no query.
-    pub newest_issued: AtomicI64,
+    /// The newest id the store is known to have issued: raised by every insert
+    /// through this node, so a client resuming from an id this node stored, or a
+    /// notification of this node's coming back from Redis, costs no query.
+    pub issued: Arc<IssuedIds>,
 }
 
 impl Publisher {
@@ -56,6 +56,7 @@ impl Publisher {
         store: Arc<dyn Store>,
         broker: Arc<dyn Broker>,
         metrics: Arc<Metrics>,
+        issued: Arc<IssuedIds>,
     ) -> Self {
         // SQLite has one writer: one group at a time. PostgreSQL's pool takes several,
         // but client writes and reads need connections too.
@@ -68,7 +69,7 @@ impl Publisher {
             metrics,
             order: (0..ORDER_STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: std::hash::RandomState::new(),
-            newest_issued: AtomicI64::new(0),
+            issued,
         }
     }
 
@@ -107,7 +108,7 @@ impl Publisher {
             None => self.store.insert(items).await?,
         };
         if let Some(newest) = stored.iter().map(|n| n.id).max() {
-            self.newest_issued.fetch_max(newest, Ordering::Relaxed);
+            self.issued.raise(newest);
         }
 
         let frames: Vec<(GroupName, Arc<Delivery>)> = stored

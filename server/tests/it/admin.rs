@@ -153,6 +153,43 @@ fn soft_nofile() -> u64 {
     rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap().0
 }
 
+/// `GET /admin/tuning?key=` reports one item; a key that is not a sysctl name
+/// (`.etc.shadow` would be `/etc/shadow` under `Path::join`) is 400 with the reason,
+/// a sysctl the profile does not hold 404.
+#[tokio::test]
+async fn tuning_keys_must_be_sysctl_names() {
+    let s = start(Db::Sqlite).await;
+    let one = s.admin_get("/admin/tuning?key=fs.file-max").await;
+    let items = one["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{one}");
+    assert_eq!(items[0]["key"], "fs.file-max");
+    for bad in [
+        ".etc.shadow",
+        "..%2Fetc%2Fshadow",
+        "net..core",
+        "net.core.",
+        "NET.core",
+    ] {
+        let r = common::api()
+            .get(s.admin_url(&format!("/admin/tuning?key={bad}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        let why = body["error"].as_str().unwrap();
+        assert!(why.contains("is not a sysctl name"), "{bad}: {why}");
+    }
+    let r = common::api()
+        .get(s.admin_url("/admin/tuning?key=kernel.hostname"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
 /// The shipped profile is compared with this host's real /proc/sys and this
 /// process's open-file limit.
 #[tokio::test]

@@ -45,8 +45,13 @@ impl Cluster {
 
     /// Starts one more node.
     pub async fn add(&mut self) -> &TestServer {
+        self.add_with(&[]).await
+    }
+
+    /// Starts one more node with `extra` flags.
+    pub async fn add_with(&mut self, extra: &[&str]) -> &TestServer {
         let id = format!("node{}", self.nodes.len());
-        let args = [
+        let mut args = vec![
             "--redis-url",
             &self.redis_url,
             "--redis-prefix",
@@ -56,6 +61,7 @@ impl Cluster {
             "--node-id",
             &id,
         ];
+        args.extend_from_slice(extra);
         let s = start_on(self.storage.clone(), &args).await;
         self.nodes.push(s);
         self.nodes.last().unwrap()

@@ -200,6 +200,11 @@ impl Drop for FileLock {
 /// Runs the Django script: `group_send` each `(group, message)` in order through a
 /// `RedisPubSubChannelLayer` with `prefix`; asserts it exits 0.
 async fn django_group_send(prefix: &str, sends: &[(&str, Value)]) {
+    django_group_send_via(REDIS, prefix, sends).await
+}
+
+/// [`django_group_send`] through the Redis at `url` (with its credentials).
+async fn django_group_send_via(url: &str, prefix: &str, sends: &[(&str, Value)]) {
     let python = python().await;
     let sends: Vec<Value> = sends.iter().map(|(g, m)| json!([g, m])).collect();
     let out = tokio::time::timeout(
@@ -209,7 +214,7 @@ async fn django_group_send(prefix: &str, sends: &[(&str, Value)]) {
             .arg(DJANGO_SEND)
             .arg(prefix)
             .arg(Value::from(sends).to_string())
-            .arg(REDIS)
+            .arg(url)
             .env_remove("DJANGO_SETTINGS_MODULE")
             .env_remove("PYTHONPATH")
             .stdin(std::process::Stdio::null())
@@ -363,5 +368,98 @@ async fn group_send_deeper_than_64_levels_is_dropped() {
         wire_frame(&mut cl).await,
         json!({"type": "event", "group": "user_42", "payload": ok})
     );
+    cl.silent_for(Duration::from_millis(300)).await;
+}
+
+/// A Redis ACL user that may publish only on `<asgi>__group__*` (README, "A shared
+/// Redis"), created for one test and deleted when dropped.
+struct DjangoAclUser {
+    name: String,
+    password: String,
+}
+
+impl DjangoAclUser {
+    async fn create(asgi: &str) -> Self {
+        let tag = crate::common::rand_u64();
+        let user = Self {
+            name: format!("herald_test_django_{tag:016x}"),
+            password: format!("pw{tag:016x}"),
+        };
+        // The README's rule, with the test's channels prefix.
+        let rule = format!(
+            "ACL SETUSER {} on >{} resetchannels &{asgi}__group__* -@all +publish +ping",
+            user.name, user.password
+        );
+        let mut con = redis::Client::open(REDIS)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: () = redis::cmd("ACL")
+            .arg(rule.split(' ').skip(1).collect::<Vec<_>>())
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        user
+    }
+
+    fn url(&self) -> String {
+        REDIS.replace(
+            "redis://",
+            &format!("redis://{}:{}@", self.name, self.password),
+        )
+    }
+}
+
+impl Drop for DjangoAclUser {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut con) = redis::Client::open(REDIS).and_then(|c| c.get_connection()) {
+                let _: redis::RedisResult<()> =
+                    redis::cmd("ACL").arg("DELUSER").arg(name).query(&mut con);
+            }
+        })
+        .join();
+    }
+}
+
+/// README, "A shared Redis": a Django client limited by an ACL to the
+/// `<asgi>__group__*` channels reaches Herald's clients with `group_send`, and
+/// Redis refuses it every one of Herald's own channels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_django_acl_user_publishes_to_groups_only() {
+    python().await;
+    let c = Cluster::start(1).await;
+    until_ready(&c.nodes).await;
+    let user = DjangoAclUser::create(&c.asgi).await;
+    let (mut cl, _) = c.nodes[0].connect("42").await;
+    let message = json!({"type": "notify", "via": "acl user"});
+    django_group_send_via(&user.url(), &c.asgi, &[("user_42", message.clone())]).await;
+    assert_eq!(
+        wire_frame(&mut cl).await,
+        json!({"type": "event", "group": "user_42", "payload": message})
+    );
+    let mut con = redis::Client::open(user.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for channel in [
+        format!("{}:g:user_42", c.prefix),
+        format!("{}:resync", c.prefix),
+        format!("{}:probe:node0", c.prefix),
+    ] {
+        let refused = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg("{\"t\":1}\n{}")
+            .query_async::<i64>(&mut con)
+            .await
+            .expect_err("the ACL user published on Herald's channel");
+        assert!(
+            refused.to_string().to_lowercase().contains("noperm"),
+            "{channel}: {refused}"
+        );
+    }
     cl.silent_for(Duration::from_millis(300)).await;
 }

@@ -16,6 +16,7 @@ mod connect;
 mod django;
 mod embedded;
 mod failover;
+mod hostile_broker;
 mod lifecycle;
 mod listener;
 mod nginx;

@@ -43,9 +43,15 @@ fn nginx_binary() -> PathBuf {
 }
 
 /// `ops/nginx/herald.conf` with its upstreams and listen address replaced.
-fn render_template(template: &str, upstreams: &[SocketAddr], listen: SocketAddr) -> String {
+fn render_template(
+    template: &str,
+    upstreams: &[SocketAddr],
+    listen: SocketAddr,
+    access_log: &Path,
+) -> String {
     let mut out = Vec::new();
     let (mut in_block, mut seen_block, mut seen_listen) = (false, false, false);
+    let mut seen_log = false;
     let mut params: Option<String> = None;
     for line in template.lines() {
         let trimmed = line.trim_start();
@@ -75,6 +81,20 @@ fn render_template(template: &str, upstreams: &[SocketAddr], listen: SocketAddr)
                     format!(" {p}")
                 });
             }
+        } else if line.contains("# HERALD_ACCESS_LOG") {
+            // The path only: the format is the file's own, as in production.
+            let format = trimmed
+                .strip_prefix("access_log ")
+                .and_then(|r| r.split_whitespace().nth(1))
+                .filter(|_| !seen_log)
+                .unwrap_or_else(|| {
+                    panic!("{TEMPLATE}: `# HERALD_ACCESS_LOG` must mark exactly one `access_log <path> <format>;` line: {line}")
+                });
+            seen_log = true;
+            out.push(format!(
+                "    access_log {} {format}  # HERALD_ACCESS_LOG",
+                access_log.display()
+            ));
         } else if line.contains("# HERALD_LISTEN") {
             assert!(
                 trimmed.starts_with("listen ") && !seen_listen,
@@ -91,6 +111,7 @@ fn render_template(template: &str, upstreams: &[SocketAddr], listen: SocketAddr)
         "{TEMPLATE}: no BEGIN/END HERALD_UPSTREAMS block"
     );
     assert!(seen_listen, "{TEMPLATE}: no `# HERALD_LISTEN` line");
+    assert!(seen_log, "{TEMPLATE}: no `# HERALD_ACCESS_LOG` line");
     out.join("\n") + "\n"
 }
 
@@ -120,7 +141,7 @@ impl Nginx {
         let d = dir.path().display();
         std::fs::write(
             dir.path().join("herald.conf"),
-            render_template(&template, &upstreams, addr),
+            render_template(&template, &upstreams, addr, &dir.path().join("access.log")),
         )
         .unwrap();
         let main = format!(
@@ -129,8 +150,6 @@ impl Nginx {
              error_log {d}/error.log info;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n\
-             \x20   log_format herald '$request_method $uri $status upstream=[$upstream_addr] upstream_status=[$upstream_status]';\n\
-             \x20   access_log {d}/access.log herald;\n\
              \x20   client_body_temp_path {d}/client_body;\n\
              \x20   proxy_temp_path {d}/proxy;\n\
              \x20   fastcgi_temp_path {d}/fastcgi;\n\
@@ -595,16 +614,67 @@ async fn drain_behind_nginx_moves_clients_and_loses_nothing() {
     }
 }
 
+/// The access log that real nginx writes with `ops/nginx/herald.conf` holds no
+/// client token: not for a WebSocket, an SSE stream, or a refused upgrade, whose
+/// tokens all ride in the query string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_records_no_token() {
+    let c = Cluster::start(1).await;
+    until_ready(&c.nodes).await;
+    let ng = Nginx::start(&c.nodes).await;
+    let token = c.nodes[0].token("logged", &[], 3600);
+    let (ws, _, _) = connect(&ng, &token, None).await;
+    drop(ws);
+    let sse = common::api()
+        .get(ng.http(&format!("/sse/notifications/?token={token}&after=0")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    drop(sse);
+    let (code, _, _) = common::refused(&ng.ws_url("?token=refused-token-value"), &[]).await;
+    assert_eq!(code, 401);
+    // A request is logged when it ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = ng.read("access.log");
+        let ws_lines = log
+            .lines()
+            .filter(|l| l.contains("/ws/notifications/"))
+            .count();
+        if ws_lines >= 2 && log.contains("/sse/notifications/") {
+            break log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "requests not logged yet:\n{log}\n{}",
+            ng.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for secret in [token.as_str(), "token=", "refused-token-value", "after=0"] {
+        assert!(
+            !log.contains(secret),
+            "{secret:?} in the access log:\n{log}"
+        );
+    }
+    assert!(
+        log.contains("\"GET /ws/notifications/ HTTP/1.1\" 101"),
+        "{log}"
+    );
+}
+
 #[test]
 fn template_renders_every_node_with_its_parameters() {
     let template = std::fs::read_to_string(TEMPLATE).unwrap();
     let a: SocketAddr = "127.0.0.1:4001".parse().unwrap();
     let b: SocketAddr = "127.0.0.1:4002".parse().unwrap();
     let l: SocketAddr = "127.0.0.1:4999".parse().unwrap();
-    let out = render_template(&template, &[a, b], l);
+    let out = render_template(&template, &[a, b], l, Path::new("/tmp/x/access.log"));
     assert!(out.contains("    server 127.0.0.1:4001 max_fails=3 fail_timeout=10s;\n"));
     assert!(out.contains("    server 127.0.0.1:4002 max_fails=3 fail_timeout=10s;\n"));
     assert!(!out.contains("10.0.0.1"));
     assert!(out.contains("listen 127.0.0.1:4999;"));
     assert!(!out.contains("listen 80;"));
+    assert!(out.contains("access_log /tmp/x/access.log herald_public;"));
 }
