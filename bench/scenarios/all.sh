@@ -30,6 +30,9 @@ run() {
 run idle-hold
 run fanout-ramp
 run fanout-ramp:event MODE=event START=30000 FACTOR=1.08
+run single-post
+run single-post:postgres STORE=postgres
+run single-post:three-nodes NODES=3
 run broadcast
 run broadcast:two-nodes NODES=2 CONNECTIONS=20000
 run reconnect-storm

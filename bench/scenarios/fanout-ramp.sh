@@ -7,6 +7,7 @@
 #   bench/scenarios/fanout-ramp.sh                     # one node, SQLite (the default)
 #   STORE=postgres bench/scenarios/fanout-ramp.sh      # one node, PostgreSQL
 #   MODE=event START=30000 FACTOR=1.08 bench/scenarios/fanout-ramp.sh   # user events (not stored)
+#   MODE=event BATCH=1 CONCURRENCY=128 START=2000 bench/scenarios/fanout-ramp.sh   # one event per POST
 #
 # Near the limit, take small steps: a jump of ×1.25 from a passing rate can fail a
 # rate that a gradual ramp passes (38,147 → 47,684/s failed at p99 105 ms, while
@@ -15,7 +16,8 @@
 # Settings: CONNECTIONS (10000), MODE (notify), STORE (sqlite|postgres), START
 # msgs/s (5000), FACTOR (1.25), MAX rate (400000), STEP s (5), WARMUP s at START before
 # the first step, not counted (5: a fresh database's files grow), BATCH (100), SHARDS (2,
-# each publishing half the rate to its own users), SOURCES, PORT (18020), ADMIN_PORT (19020).
+# each publishing half the rate to its own users), CONCURRENCY (publish requests in flight
+# per bench process: 16), SOURCES, PORT (18020), ADMIN_PORT (19020).
 source "$(dirname "$0")/lib.sh"
 
 CONNECTIONS=${CONNECTIONS:-10000}
@@ -28,6 +30,7 @@ STEP=${STEP:-5}
 WARMUP=${WARMUP:-5}
 BATCH=${BATCH:-100}
 SHARDS=${SHARDS:-2}
+CONCURRENCY=${CONCURRENCY:-16}
 SOURCES=${SOURCES:-127.0.0.2,127.0.0.3}
 PORT=${PORT:-18020}
 ADMIN_PORT=${ADMIN_PORT:-19020}
@@ -42,7 +45,7 @@ BENCH_TIMEOUT=${BENCH_TIMEOUT:-900} bench_shards ramp "$SHARDS" ramp \
     --node "$(node_urls 0)" --jwt-secret "$SECRET" --api-key "$API_KEY" \
     -c "$CONNECTIONS" --source "$SOURCES" --mode "$MODE" --batch "$BATCH" \
     --start-rate "$START" --factor "$FACTOR" --max-rate "$MAX" --duration "$STEP" --warmup "$WARMUP" \
-    --settle 3 --hold 2 --publish-concurrency 16 --server-pid "${NODE_PID[0]}"
+    --settle 3 --hold 2 --publish-concurrency "$CONCURRENCY" --server-pid "${NODE_PID[0]}"
 python3 - "$OUT/ramp.json" <<'PY' | tee "$OUT/steps.txt"
 import json, sys
 r = json.load(open(sys.argv[1]))["ramp"]

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::broker::{
-    self, Broker, BrokerKey, MemoryBroker, RedisBroker, RedisClusterBroker, Trust,
+    self, Broker, BrokerKey, MemoryBroker, NodeSide, RedisBroker, RedisClusterBroker, Trust,
 };
 use crate::cluster::presence::RedisPresence;
 use crate::cluster::{Cluster, RedisConnection};
@@ -100,6 +100,12 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
             ),
             Some(url) => {
                 let trust = trust(&cfg, issued.clone(), metrics.clone())?;
+                let node_side = || NodeSide {
+                    hub: hub.clone(),
+                    prefix: cfg.redis_prefix.clone(),
+                    node_id: id.clone(),
+                    trust,
+                };
                 let seeds =
                     broker::cluster_seeds(url).map_err(|e| ServerError::Config(e.to_string()))?;
                 // The broker's publishing connection (already connected, reconnects
@@ -110,11 +116,8 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
                         let b = RedisBroker::connect(
                             url,
                             &cfg.redis_tls,
-                            &cfg.redis_prefix,
+                            node_side(),
                             asgi,
-                            &id,
-                            hub.clone(),
-                            trust,
                             tasks.clone(),
                         )
                         .await
@@ -131,10 +134,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
                         let b = RedisClusterBroker::connect(
                             seeds,
                             &cfg.redis_tls,
-                            &cfg.redis_prefix,
-                            &id,
-                            hub.clone(),
-                            trust,
+                            node_side(),
                             tasks.clone(),
                         )
                         .await

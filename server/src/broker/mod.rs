@@ -15,6 +15,7 @@
 pub mod channels;
 mod memory;
 mod pubsub;
+pub use pubsub::NodeSide;
 mod redis;
 mod redis_cluster;
 mod signing;

@@ -213,17 +213,27 @@ pub struct PubSubCore<S> {
     trust: Trust,
 }
 
+/// The node a Redis broker serves, the same on both transports: whom it delivers to,
+/// its channels' prefix, its id (for its probe) and what it trusts.
+pub struct NodeSide {
+    pub hub: Arc<Hub>,
+    pub prefix: String,
+    pub node_id: String,
+    pub trust: Trust,
+}
+
 impl<S: Send + 'static> PubSubCore<S> {
-    pub fn new(
-        hub: Arc<Hub>,
-        prefix: &str,
-        asgi_prefix: Option<String>,
-        node_id: &str,
-        trust: Trust,
-    ) -> Self {
+    /// `asgi_prefix`: the channels_redis prefix whose group channels a single Redis
+    /// also listens on (Django interop).
+    pub fn new(node: NodeSide, asgi_prefix: Option<String>) -> Self {
+        let NodeSide {
+            hub,
+            prefix,
+            node_id,
+            trust,
+        } = node;
         Self {
             hub,
-            prefix: prefix.to_owned(),
             asgi_prefix,
             sub: Mutex::new(Subscriber {
                 sink: None,
@@ -241,6 +251,7 @@ impl<S: Send + 'static> PubSubCore<S> {
             resync_channel: format!("{prefix}:resync"),
             publish_failed: AtomicBool::new(false),
             trust,
+            prefix,
         }
     }
 
@@ -961,7 +972,15 @@ mod tests {
 
     fn fake() -> Arc<Fake> {
         Arc::new(Fake {
-            core: PubSubCore::new(Arc::new(Hub::new()), "h", None, "n1", test_trust()),
+            core: PubSubCore::new(
+                NodeSide {
+                    hub: Arc::new(Hub::new()),
+                    prefix: "h".into(),
+                    node_id: "n1".into(),
+                    trust: test_trust(),
+                },
+                None,
+            ),
             publisher: NoRedis,
             gate: Semaphore::new(1),
             ungate: Semaphore::new(Semaphore::MAX_PERMITS),

@@ -19,9 +19,8 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{AsyncConnectionConfig, Msg};
 
-use super::pubsub::{self, Inbox, Message, PubSubCore, Received, Transport};
-use super::{BrokerError, Trust};
-use crate::hub::Hub;
+use super::BrokerError;
+use super::pubsub::{self, Inbox, Message, NodeSide, PubSubCore, Received, Transport};
 use crate::redis_client::RedisTls;
 use crate::tasks::Tasks;
 
@@ -37,11 +36,8 @@ impl RedisBroker {
     pub async fn connect(
         url: &str,
         tls: &RedisTls,
-        prefix: &str,
+        node: NodeSide,
         asgi_prefix: Option<String>,
-        node_id: &str,
-        hub: Arc<Hub>,
-        trust: Trust,
         tasks: Tasks,
     ) -> Result<Arc<Self>, BrokerError> {
         let client = tls
@@ -63,12 +59,13 @@ impl RedisBroker {
         })
         .await
         .map_err(BrokerError::Config)?;
+        let node_id = node.node_id.clone();
         let broker = Arc::new(Self {
             client,
             publisher,
-            core: PubSubCore::new(hub, prefix, asgi_prefix, node_id, trust),
+            core: PubSubCore::new(node, asgi_prefix),
         });
-        pubsub::start(&broker, &tasks, node_id);
+        pubsub::start(&broker, &tasks, &node_id);
         Ok(broker)
     }
 

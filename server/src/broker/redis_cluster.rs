@@ -43,9 +43,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::{Notify, mpsc};
 
-use super::pubsub::{self, Inbox, Message, PubSubCore, Received, Transport};
-use super::{BrokerError, Trust};
-use crate::hub::Hub;
+use super::BrokerError;
+use super::pubsub::{self, Inbox, Message, NodeSide, PubSubCore, Received, Transport};
 use crate::redis_client::RedisTls;
 use crate::tasks::Tasks;
 
@@ -145,10 +144,7 @@ impl RedisClusterBroker {
     pub async fn connect(
         seeds: Vec<String>,
         tls: &RedisTls,
-        prefix: &str,
-        node_id: &str,
-        hub: Arc<Hub>,
-        trust: Trust,
+        node: NodeSide,
         tasks: Tasks,
     ) -> Result<Arc<Self>, BrokerError> {
         let client: ClusterClient = builder(&seeds, tls)?
@@ -183,13 +179,14 @@ impl RedisClusterBroker {
         })
         .await
         .map_err(BrokerError::Config)?;
+        let node_id = node.node_id.clone();
         let broker = Arc::new(Self {
             seeds,
             tls: tls.clone(),
             publisher,
-            core: PubSubCore::new(hub, prefix, None, node_id, trust),
+            core: PubSubCore::new(node, None),
         });
-        pubsub::start(&broker, &tasks, node_id);
+        pubsub::start(&broker, &tasks, &node_id);
         Ok(broker)
     }
 
