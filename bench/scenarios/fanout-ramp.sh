@@ -46,14 +46,5 @@ BENCH_TIMEOUT=${BENCH_TIMEOUT:-900} bench_shards ramp "$SHARDS" ramp \
     -c "$CONNECTIONS" --source "$SOURCES" --mode "$MODE" --batch "$BATCH" \
     --start-rate "$START" --factor "$FACTOR" --max-rate "$MAX" --duration "$STEP" --warmup "$WARMUP" \
     --settle 3 --hold 2 --publish-concurrency "$CONCURRENCY" --server-pid "${NODE_PID[0]}"
-python3 - "$OUT/ramp.json" <<'PY' | tee "$OUT/steps.txt"
-import json, sys
-r = json.load(open(sys.argv[1]))["ramp"]
-for s in r["steps"]:
-    d = s["delivery"]
-    print(f'{s["rate"]:>9.0f}/s achieved {s["achieved_rate"]:>9.0f}/s p50 {s["p50_us"]/1000:7.1f} ms '
-          f'p99 {s["p99_us"]/1000:7.1f} ms delivered {d["delivered"]}/{d["expected"]} '
-          f'{"pass" if s["pass"] else "FAIL: " + (s["reason"] or "")}')
-print("best:", r["best_rate"])
-PY
+print_ramp_steps "$OUT/ramp.json" | tee "$OUT/steps.txt"
 log "results in $OUT"

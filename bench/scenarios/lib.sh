@@ -183,3 +183,18 @@ for k in sys.argv[2].split("."):
     v=v[int(k)] if isinstance(v,list) else v.get(k) if v is not None else None
 print("" if v is None else v)' "$1" "$2"
 }
+
+# Prints each step of the ramp report $1 (a merged herald-bench JSON) and the best
+# passing rate; the scenario tees it into steps.txt.
+print_ramp_steps() {
+    python3 - "$1" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["ramp"]
+for s in r["steps"]:
+    d = s["delivery"]
+    print(f'{s["rate"]:>9.0f}/s achieved {s["achieved_rate"]:>9.0f}/s p50 {s["p50_us"]/1000:7.1f} ms '
+          f'p99 {s["p99_us"]/1000:7.1f} ms delivered {d["delivered"]}/{d["expected"]} '
+          f'{"pass" if s["pass"] else "FAIL: " + (s["reason"] or "")}')
+print("best:", r["best_rate"])
+PY
+}

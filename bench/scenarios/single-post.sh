@@ -72,14 +72,5 @@ for ((n = 0; n < NODES; n++)); do
     # How many POSTs shared a transaction: herald_publish_group_requests.
     admin "$n" GET /metrics | grep '^herald_publish_group_requests' >"$OUT/groups-$n.txt" || true
 done
-[[ $RAMP == 1 ]] && python3 - "$OUT/ramp.json" <<'PY' | tee "$OUT/steps.txt"
-import json, sys
-r = json.load(open(sys.argv[1]))["ramp"]
-for s in r["steps"]:
-    d = s["delivery"]
-    print(f'{s["rate"]:>9.0f}/s achieved {s["achieved_rate"]:>9.0f}/s p50 {s["p50_us"]/1000:7.1f} ms '
-          f'p99 {s["p99_us"]/1000:7.1f} ms delivered {d["delivered"]}/{d["expected"]} '
-          f'{"pass" if s["pass"] else "FAIL: " + (s["reason"] or "")}')
-print("best:", r["best_rate"])
-PY
+[[ $RAMP == 1 ]] && print_ramp_steps "$OUT/ramp.json" | tee "$OUT/steps.txt"
 log "results in $OUT"

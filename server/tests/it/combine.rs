@@ -15,7 +15,7 @@ use sqlx::Connection;
 
 use crate::both_stores;
 use crate::cluster::{Cluster, until_ready};
-use crate::common::{API_KEY, Client, Db, TestServer, api, start};
+use crate::common::{API_KEY, Client, Db, TestServer, post_notification, start};
 
 both_stores!(
     concurrent_single_posts_are_delivered_once_in_order,
@@ -24,15 +24,13 @@ both_stores!(
 
 /// One POST to the node at `base` (`http://host:port`): the status, and the body.
 async fn post(base: &str, user: &str, message: Value) -> (u16, Value) {
-    let r = api()
-        .post(format!("{base}/api/v1/notifications"))
-        .bearer_auth(API_KEY)
-        .json(&json!({"user": user, "message": message}))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    post_notification(
+        format!("{base}/api/v1/notifications"),
+        API_KEY,
+        user,
+        message,
+    )
+    .await
 }
 
 /// The base URL of a node's public listener.

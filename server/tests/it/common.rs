@@ -545,6 +545,20 @@ impl TestServer {
     }
 }
 
+/// POSTs one notification to `url` with the API key `key`: the status, and the body
+/// (`null` if it is not JSON). For tests that expect refusals as well as 201s.
+pub async fn post_notification(url: String, key: &str, user: &str, message: Value) -> (u16, Value) {
+    let r = api()
+        .post(url)
+        .bearer_auth(key)
+        .json(&json!({"user": user, "message": message}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
 /// The value of the sample `name` with exactly `labels` in a Prometheus text
 /// exposition; 0 when there is no such sample.
 pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {

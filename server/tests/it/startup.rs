@@ -18,7 +18,9 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::common::{self, ADMIN_TOKEN, API_KEY, Client, Db, JWT_SECRET, PgDb, Storage};
+use crate::common::{
+    self, ADMIN_TOKEN, API_KEY, Client, Db, JWT_SECRET, PgDb, Storage, post_notification,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_herald-server");
 const TEN_MIN: Duration = Duration::from_secs(600);
@@ -250,18 +252,6 @@ async fn connect(url: &str) -> (Client, String, String, Vec<herald_shared::Notif
         f => panic!("expected initial_state, got {f:?}"),
     };
     (c, user, node, initial)
-}
-
-async fn post_notification(url: String, key: &str, user: &str, message: Value) -> (u16, Value) {
-    let r = common::api()
-        .post(url)
-        .bearer_auth(key)
-        .json(&json!({"user": user, "message": message}))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
 }
 
 /// A node built by the library, served on fresh loopback listeners.
