@@ -29,11 +29,23 @@ const SHARDS: usize = 64;
 const INDEXED: usize = 32;
 
 /// The local connections of one group, in a vector for fast fan-out.
-#[derive(Default)]
 struct Members {
     list: Vec<Arc<Outbox>>,
     /// Connection id to position in `list`, once the group reaches [`INDEXED`].
-    index: Option<HashMap<u64, usize>>,
+    /// Boxed: every group has a `Members` in its shard's table, almost all of them
+    /// without an index, and a slot is as large as its largest value.
+    index: Option<Box<HashMap<u64, usize>>>,
+}
+
+impl Default for Members {
+    /// Room for one member: most groups are a user's own with one connection, and a
+    /// vector's first push would reserve four.
+    fn default() -> Self {
+        Self {
+            list: Vec::with_capacity(1),
+            index: None,
+        }
+    }
 }
 
 impl Members {
@@ -53,13 +65,13 @@ impl Members {
         if let Some(index) = &mut self.index {
             index.insert(outbox.id, self.list.len() - 1);
         } else if self.list.len() >= INDEXED {
-            self.index = Some(
+            self.index = Some(Box::new(
                 self.list
                     .iter()
                     .enumerate()
                     .map(|(i, m)| (m.id, i))
                     .collect(),
-            );
+            ));
         }
         true
     }

@@ -4,19 +4,24 @@
 use anyhow::Context;
 use clap::Parser;
 use herald_server::config::{Cli, Command, Config};
-use herald_server::{logging, secrets};
+use herald_server::{heap, logging, secrets};
 use herald_shared::{GroupName, UserId};
 use tokio::net::TcpListener;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before the runtime's threads exist, each of which would otherwise get an arena.
+    heap::limit_arenas();
     let mut cli = Cli::parse();
     // Chosen here, not by the node, so the first log line already carries it.
     let node = cli.config.resolve_node_id().to_owned();
     logging::init(cli.config.log_format, &node);
     match cli.command {
         Some(Command::Token { user, groups, ttl }) => print_token(&cli.config, &user, &groups, ttl),
-        Some(Command::Serve) | None => serve(cli.config).await,
+        Some(Command::Serve) | None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?
+            .block_on(serve(cli.config)),
     }
 }
 

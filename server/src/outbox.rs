@@ -11,13 +11,14 @@
 //! and a panic inside one does not poison it for later pushes ([`crate::lock`]).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
+use futures_util::task::AtomicWaker;
 use herald_shared::UserId;
-use tokio::sync::Notify;
 
 use crate::lock::lock;
 use crate::metrics::Metrics;
@@ -116,7 +117,11 @@ pub struct Outbox {
     /// Node-local connection number (hub and registry key).
     pub id: u64,
     state: Mutex<State>,
-    wake: Notify,
+    /// The session's wake-up: a flag and the one waker of the one task that waits.
+    /// Not a `Notify`, whose wait future is much larger, and every idle
+    /// connection's task holds that future while it waits.
+    woken: AtomicBool,
+    waker: AtomicWaker,
     capacity: usize,
     expiry: Duration,
     metrics: Arc<Metrics>,
@@ -137,7 +142,8 @@ impl Outbox {
         Arc::new(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             state: Mutex::new(State::default()),
-            wake: Notify::new(),
+            woken: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
             capacity: capacity.max(1),
             expiry,
             metrics,
@@ -160,7 +166,7 @@ impl Outbox {
             self.metrics.queue_depth.dec_by(s.queue.len() as i64);
             s.queue = VecDeque::new();
             drop(s);
-            self.wake.notify_one();
+            self.wake();
             return Push::Overflowed;
         }
         let was_empty = s.queue.is_empty();
@@ -168,7 +174,7 @@ impl Outbox {
         drop(s);
         self.metrics.queue_depth.inc();
         if was_empty {
-            self.wake.notify_one();
+            self.wake();
         }
         Push::Queued
     }
@@ -184,13 +190,13 @@ impl Outbox {
             }
         }
         drop(s);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// Asks the session to fetch from the store what the broker may have lost.
     pub fn resync(&self) {
         lock(&self.state).resync = true;
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// Takes up to `max` queued frames, and the close request if there is one.
@@ -226,8 +232,25 @@ impl Outbox {
     }
 
     /// Resolves when something was pushed or a close was requested since the last take.
-    pub async fn ready(&self) {
-        self.wake.notified().await
+    pub fn ready(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.woken.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // A wake between the swap and the registration found no waker: look again.
+            if self.woken.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+    }
+
+    /// Wakes the session, or has its next `ready` return at once (like a `Notify`
+    /// permit, one wake is kept until it is taken).
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
     }
 }
 

@@ -47,7 +47,9 @@ impl Registration {
             user: ident.user.clone(),
             open: false,
             outbox,
-            groups: Vec::new(),
+            // Room for the personal group alone: most connections join no other,
+            // and a vector's first push would reserve four.
+            groups: Vec::with_capacity(1),
         };
         // A failed subscribe is logged, not fatal: the store still has everything,
         // and the broker resubscribes what the hub holds when it reconnects.

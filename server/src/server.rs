@@ -301,12 +301,14 @@ impl Advertised {
     }
 }
 
-/// Starts what a built node runs beside its sessions: the store probe, in cluster
+/// Starts what a built node runs beside its sessions: the store probe, the heap trim
+/// after connection bursts, in cluster
 /// mode the registry heartbeat (announcing what the returned sender holds, `first`
 /// until it changes), and the resync fan-out. All of it stops with [`stop_node`].
 pub(crate) fn start_background(node: &Arc<Node>, first: Advertised) -> watch::Sender<Advertised> {
     let (advertised, rx) = watch::channel(first);
     node.spawn_store_probe();
+    crate::heap::spawn_trim(node);
     if let Some(c) = node.cluster.clone() {
         let started_at = crate::auth::now_unix();
         // Weak: the heartbeat must not keep the node alive.

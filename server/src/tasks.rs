@@ -1,5 +1,5 @@
 //! The one way a node starts and stops its background tasks (store probe, registry
-//! heartbeat, broker subscriber and probe, presence writer, SQLite checkpoints, paced
+//! heartbeat, broker subscriber and probe, presence writer, SQLite checkpoints, heap trim, paced
 //! drain, resync fan-out, deferred unsubscribes).
 //!
 //! Every such task is spawned through [`Tasks::spawn`]: it runs until its future ends

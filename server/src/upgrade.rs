@@ -26,11 +26,11 @@ use crate::node::Node;
 use crate::registration::Registration;
 use crate::session::Session;
 
-/// Read buffer per connection. Client frames are small (pings, commands), and the
-/// buffer is allocated and zero-filled up front, so it is resident for every idle
-/// connection: 512 bytes, not tungstenite's 128 KiB. A bigger frame grows it on
-/// demand.
-const READ_BUFFER: usize = 512;
+/// Read buffer per connection. Client frames are small (pings, commands, a group
+/// name), and the buffer is allocated up front and zero-filled on the first read, so
+/// it is resident for every idle connection: 64 bytes, not tungstenite's 128 KiB. A
+/// bigger frame grows it to the frame's length.
+const READ_BUFFER: usize = 64;
 /// Frames are batched up to this many bytes before a write (a flush writes at once).
 const WRITE_BUFFER: usize = 8 * 1024;
 /// No cap on the write buffer in bytes: it is bounded by frames instead. Once the
@@ -93,7 +93,13 @@ async fn prepare(
     let ws = ws.map_err(|r| ApiError::Other(r.status(), r.body_text()))?;
     let registration = admit(node, &ident).await?;
     let cfg = &node.config;
-    let node = node.clone();
+    let tracker = node.sessions.clone();
+    // The session runs on a task of its own, spawned by axum's upgrade task, which
+    // then ends: axum's task would otherwise keep its own state (the upgrade's
+    // configuration, protocol and callback) beside the session's future for the
+    // connection's whole life. The callback captures two pointers (the boxed
+    // session and the tracker).
+    let session = Session::new(node.clone(), ident, registration, after);
     Ok(ws
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
@@ -101,12 +107,8 @@ async fn prepare(
         .max_message_size(cfg.max_frame_bytes)
         .max_frame_size(cfg.max_frame_bytes)
         .on_upgrade(move |socket: WebSocket| {
-            let tracker = node.sessions.clone();
-            // The session's own future, not an async block around it: a block would
-            // keep its captures (the socket and the session's parts) beside the
-            // future it awaits, for the connection's whole life.
-            let fut = Session::new(node, ident, registration, after).run(socket);
-            tracker.track_future(fut)
+            tracker.spawn(session.run(socket));
+            std::future::ready(())
         }))
 }
 

@@ -26,22 +26,24 @@ pub struct Opening {
 /// Ids sent by the snapshot, that live copies must not repeat.
 #[derive(Debug, Default)]
 pub struct Seam {
-    sent: HashSet<i64>,
+    /// Boxed, and only while it holds ids: every session keeps a seam, and most are
+    /// empty for the connection's whole life.
+    sent: Option<Box<HashSet<i64>>>,
     newest: i64,
 }
 
 impl Seam {
     pub fn new(ids: impl IntoIterator<Item = i64>) -> Self {
-        let sent: HashSet<i64> = ids.into_iter().collect();
-        let newest = sent.iter().copied().max().unwrap_or(0);
-        Self { sent, newest }
+        let mut seam = Self::default();
+        seam.extend(ids);
+        seam
     }
 
     /// Adds ids sent outside the live stream (a catch-up) to the filter.
     pub fn extend(&mut self, ids: impl IntoIterator<Item = i64>) {
         for id in ids {
             self.newest = self.newest.max(id);
-            self.sent.insert(id);
+            self.sent.get_or_insert_default().insert(id);
         }
     }
 
@@ -61,12 +63,10 @@ impl Seam {
         if id > self.newest {
             // Everything after this is newer still: the seam is closed.
             self.newest = id;
-            if !self.sent.is_empty() {
-                self.sent = HashSet::new();
-            }
+            self.sent = None;
             return true;
         }
-        !self.sent.contains(&id)
+        !self.sent.as_ref().is_some_and(|s| s.contains(&id))
     }
 }
 

@@ -14,6 +14,7 @@ mod handshake;
 mod ratelimit;
 mod transport;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,96 +56,120 @@ pub struct Session {
     reg: Registration,
     after: Option<i64>,
     seam: Seam,
+    /// The client's frame rate. Here, not in the idle loop's future: that future is
+    /// held by every idle connection's task, whose allocation grows in steps of 128
+    /// bytes.
+    limiter: RateLimiter,
 }
 
 impl Session {
-    pub fn new(node: Arc<Node>, ident: Identity, reg: Registration, after: Option<i64>) -> Self {
-        Self {
+    /// A session on the heap. Whatever carries it until its task starts (axum's
+    /// upgrade task keeps its callback's captures for the connection's whole life)
+    /// then holds one pointer instead of the session's fields.
+    pub fn new(
+        node: Arc<Node>,
+        ident: Identity,
+        reg: Registration,
+        after: Option<i64>,
+    ) -> Box<Self> {
+        let limiter = RateLimiter::new(
+            node.config.client_rate,
+            node.config.client_burst,
+            std::time::Instant::now(),
+        );
+        Box::new(Self {
             node,
             ident,
             reg,
             after,
             seam: Seam::default(),
-        }
+            limiter,
+        })
     }
 
     /// Serves the connection to its end, records how it ended, then completes the
     /// closing handshake.
-    pub async fn run<T: Transport>(mut self, mut ws: T) {
-        let end = self.serve(&mut ws).await;
-        self.node.metrics.closed(match &end {
-            End::Close(code, _) | End::Peer(code) => *code,
-            End::Gone => 1006,
-        });
-        Box::pin(ws.finish(&end)).await;
+    ///
+    /// An `async` block, not an `async fn`: an `async fn` moves its arguments into
+    /// locals of its future, which then holds both the arguments and the locals (the
+    /// transport twice) for as long as the connection lives. The block uses its
+    /// captures in place.
+    pub fn run<T: Transport>(mut self: Box<Self>, mut ws: T) -> impl Future<Output = ()> {
+        async move {
+            let end = self.serve(&mut ws).await;
+            self.node.metrics.closed(match &end {
+                End::Close(code, _) | End::Peer(code) => *code,
+                End::Gone => 1006,
+            });
+            Box::pin(ws.finish(&end)).await;
+        }
     }
 
-    async fn serve<T: Transport>(&mut self, ws: &mut T) -> End {
-        let node = self.node.clone();
-        let expiry = node.config.queue_expiry();
-        // Every step that is not the idle wait below runs in a boxed future: a task's
-        // future is as large as its largest state, and it is held for the whole life
-        // of the connection; the opening (store reads), a command (store writes) or
-        // a write batch would otherwise make every idle connection carry their
-        // state.
-        if let Some(end) = Box::pin(self.open(ws, expiry)).await {
-            return end;
-        }
-        let heartbeat = node.config.heartbeat();
-        let ttl = Duration::from_secs(self.ident.exp.saturating_sub(now_unix()).min(365 * 86_400));
-        let expires_at = Instant::now() + ttl;
-        let mut next_ping = Instant::now() + heartbeat;
-        let mut last_heard = Instant::now();
-        let mut limiter = RateLimiter::new(
-            node.config.client_rate,
-            node.config.client_burst,
-            std::time::Instant::now(),
-        );
-        let timer = sleep_until(next_ping.min(expires_at));
-        tokio::pin!(timer);
+    /// An `async` block for the same reason as [`Session::run`]: the idle loop below
+    /// is what every idle connection's task holds.
+    fn serve<'a, T: Transport>(&'a mut self, ws: &'a mut T) -> impl Future<Output = End> + 'a {
+        async move {
+            let expiry = self.node.config.queue_expiry();
+            // Every step that is not the idle wait below runs in a boxed future: a task's
+            // future is as large as its largest state, and it is held for the whole life
+            // of the connection; the opening (store reads), a command (store writes), a
+            // write batch or a ping (with its timeout's timer) would otherwise make every
+            // idle connection carry their state.
+            if let Some(end) = Box::pin(self.open(ws, expiry)).await {
+                return end;
+            }
+            let heartbeat = self.node.config.heartbeat();
+            let ttl =
+                Duration::from_secs(self.ident.exp.saturating_sub(now_unix()).min(365 * 86_400));
+            let expires_at = Instant::now() + ttl;
+            let mut next_ping = Instant::now() + heartbeat;
+            let mut last_heard = Instant::now();
+            let timer = sleep_until(next_ping.min(expires_at));
+            tokio::pin!(timer);
 
-        loop {
-            tokio::select! {
-                _ = self.reg.outbox.ready() => {
-                    if let Some(end) = Box::pin(self.write_deliveries(ws, expiry)).await {
-                        return end;
-                    }
-                }
-                msg = ws.recv() => {
-                    last_heard = Instant::now();
-                    let end = match msg {
-                        Incoming::Gone => Some(End::Gone),
-                        Incoming::TooBig => Some(End::Close(close::TOO_BIG, "frame too large")),
-                        Incoming::Text(text) => {
-                            Box::pin(self.client_frame(ws, &mut limiter, text.as_str(), expiry)).await
+            loop {
+                tokio::select! {
+                    _ = self.reg.outbox.ready() => {
+                        if let Some(end) = Box::pin(self.write_deliveries(ws, expiry)).await {
+                            return end;
                         }
-                        Incoming::Binary => {
-                            Some(End::Close(close::UNSUPPORTED_DATA, "binary frames are not supported; send JSON text"))
-                        }
-                        Incoming::Closed(code) => Some(End::Peer(code)),
-                        Incoming::Alive => None,
-                    };
-                    if let Some(end) = end {
-                        return end;
                     }
-                }
-                _ = &mut timer => {
-                    let now = Instant::now();
-                    if now >= expires_at {
-                        return End::Close(close::POLICY, "token expired; reconnect with a new token and after");
-                    }
-                    if now >= next_ping {
-                        // A one-way client (SSE) cannot answer; a write to a peer that
-                        // went away fails or stalls, which the ping's bound catches.
-                        if T::TWO_WAY && now.duration_since(last_heard) > heartbeat * SILENT_HEARTBEATS {
-                            return End::Gone;
+                    msg = ws.recv() => {
+                        last_heard = Instant::now();
+                        let end = match msg {
+                            Incoming::Gone => Some(End::Gone),
+                            Incoming::TooBig => Some(End::Close(close::TOO_BIG, "frame too large")),
+                            Incoming::Text(text) => {
+                                Box::pin(self.client_frame(ws, text.as_str(), expiry)).await
+                            }
+                            Incoming::Binary => {
+                                Some(End::Close(close::UNSUPPORTED_DATA, "binary frames are not supported; send JSON text"))
+                            }
+                            Incoming::Closed(code) => Some(End::Peer(code)),
+                            Incoming::Alive => None,
+                        };
+                        if let Some(end) = end {
+                            return end;
                         }
-                        if timeout(expiry, ws.ping()).await.map_or(true, |r| r.is_err()) {
-                            return End::Gone;
-                        }
-                        next_ping = now + heartbeat;
                     }
-                    timer.as_mut().reset(next_ping.min(expires_at));
+                    _ = &mut timer => {
+                        let now = Instant::now();
+                        if now >= expires_at {
+                            return End::Close(close::POLICY, "token expired; reconnect with a new token and after");
+                        }
+                        if now >= next_ping {
+                            // A one-way client (SSE) cannot answer; a write to a peer that
+                            // went away fails or stalls, which the ping's bound catches.
+                            if T::TWO_WAY && now.duration_since(last_heard) > heartbeat * SILENT_HEARTBEATS {
+                                return End::Gone;
+                            }
+                            if Box::pin(timeout(expiry, ws.ping())).await.map_or(true, |r| r.is_err()) {
+                                return End::Gone;
+                            }
+                            next_ping = now + heartbeat;
+                        }
+                        timer.as_mut().reset(next_ping.min(expires_at));
+                    }
                 }
             }
         }
@@ -349,12 +374,11 @@ impl Session {
     async fn client_frame<T: Transport>(
         &mut self,
         ws: &mut T,
-        limiter: &mut RateLimiter,
         text: &str,
         expiry: Duration,
     ) -> Option<End> {
         let started = std::time::Instant::now();
-        let reply = match limiter.check(started) {
+        let reply = match self.limiter.check(started) {
             Verdict::Abusive => {
                 return Some(End::Close(close::POLICY, "rate limit exceeded repeatedly"));
             }
