@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_shared::UserId;
+use rand::Rng;
 use tokio::sync::mpsc;
 
 use super::{RedisConnection, keys, registry};
@@ -54,8 +55,19 @@ impl RedisPresence {
 /// heal after anything increments cannot fix (Redis restarted empty, a lost batch).
 const FULL_SYNC_EVERY: Duration = Duration::from_secs(10);
 
+/// When the first rewrite happens: at a random point of the first period, not at
+/// start. Nodes of a cluster usually start together, and a rewrite is one atomic
+/// transaction as long as the node's user count, during which Redis serves nobody
+/// else; aligned, every node's would land in the same moment of each period and
+/// stall every subscriber (and the brokers' probes) at once.
+fn first_full_sync() -> tokio::time::Instant {
+    let offset = FULL_SYNC_EVERY.mul_f64(rand::rng().random_range(0.0..1.0));
+    tokio::time::Instant::now() + offset
+}
+
 /// Applies deltas in pipelined batches (a failed batch is retried with the next),
-/// and rewrites the whole hash from the hub every [`FULL_SYNC_EVERY`].
+/// and rewrites the whole hash from the hub every [`FULL_SYNC_EVERY`], from a random
+/// first moment ([`first_full_sync`]).
 async fn writer(
     mut con: RedisConnection,
     hash: String,
@@ -63,7 +75,7 @@ async fn writer(
     mut rx: mpsc::UnboundedReceiver<(UserId, i64)>,
 ) {
     let mut pending: HashMap<UserId, i64> = HashMap::new();
-    let mut full_sync = tokio::time::interval(FULL_SYNC_EVERY);
+    let mut full_sync = tokio::time::interval_at(first_full_sync(), FULL_SYNC_EVERY);
     full_sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -100,7 +112,8 @@ async fn writer(
                 while rx.try_recv().is_ok() {}
                 pending.clear();
                 let mut pipe = redis::pipe();
-                pipe.atomic().cmd("DEL").arg(&hash).ignore();
+                // UNLINK: the old hash is freed off Redis's main thread.
+                pipe.atomic().cmd("UNLINK").arg(&hash).ignore();
                 for chunk in counts.chunks(1000) {
                     let mut hset = redis::cmd("HSET");
                     hset.arg(&hash);
