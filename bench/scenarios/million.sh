@@ -171,6 +171,7 @@ redis_stats() {
 # --- the run ---------------------------------------------------------------------
 
 mem_snapshot before
+redis_stats before
 mkdir -p "$DATA/barrier"
 urls=$(node_urls $(seq 0 $((NODES - 1))))
 BENCH_TIMEOUT=$((DEADLINE - 60)) bench_shards_start million "$SHARDS" run \
@@ -256,6 +257,13 @@ def stats(name):
             f = dict(x.split("=") for x in v.split(","))
             s[k] = (int(f["calls"]), int(f["usec"]))
     return s
+def used_memory(name):
+    for l in open(os.path.join(out, name)):
+        if l.startswith("used_memory:"):
+            return int(l.split(":")[1])
+grew = used_memory("redis-connected.txt") - used_memory("redis-before.txt")
+print(f'redis used_memory: {used_memory("redis-connected.txt") / 2**20:.0f} MiB with every connection, '
+      f'{grew / n:,.0f} B per connection (subscriptions, presence; other users of it included)')
 s0, s1 = stats("redis-connected.txt"), stats("redis-held.txt")
 window = int(open(os.path.join(out, "redis-held.txt")).readline()) - int(open(os.path.join(out, "redis-connected.txt")).readline())
 rows = sorted(((s1[k][1] - s0.get(k, (0, 0))[1], s1[k][0] - s0.get(k, (0, 0))[0], k) for k in s1), reverse=True)
