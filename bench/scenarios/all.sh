@@ -8,7 +8,9 @@
 #
 # The 200,000-connection cluster run is left out (it needs 22 processes and 4.5
 # minutes on its own): NODES=11 CONNECTIONS=200000 RATE=2000 HERALD_DB_POOL=6
-# bench/scenarios/cluster.sh
+# bench/scenarios/cluster.sh. So is million.sh (a million connections, about 15
+# minutes, most of the box's memory, and it retunes the box and may restart
+# PostgreSQL): run it alone, on a quiet box.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"

@@ -26,17 +26,12 @@ scenario_init broadcast
 build_release
 if (( NODES > 1 )); then use_postgres; use_redis; fi
 per_node=$(( (CONNECTIONS + NODES - 1) / NODES ))
-pids=()
-for ((n = 0; n < NODES; n++)); do
-    start_node "$n" $((BASE_PORT + n)) $((BASE_ADMIN + n)) HERALD_MAX_CONNECTIONS=$((per_node + 100))
-    pids+=(--server-pid "${NODE_PID[n]}")
-done
-for ((n = 0; n < NODES; n++)); do wait_ready "$n"; done
+start_nodes "$NODES" "$BASE_PORT" "$BASE_ADMIN" HERALD_MAX_CONNECTIONS=$((per_node + 100))
 
 # The group has no {shard}: every shard subscribes to it, shard 0 publishes.
 BENCH_TIMEOUT=$((180 + HOLD + DURATION)) bench_shards broadcast "$SHARDS" run \
     --node "$(node_urls $(seq 0 $((NODES - 1))))" --jwt-secret "$SECRET" --api-key "$API_KEY" \
     -c "$CONNECTIONS" --source "$SOURCES" --mode broadcast --group bench_all \
     --rate "$RATE" --duration "$DURATION" --hold "$HOLD" --settle 5 \
-    --connect-timeout 60 "${pids[@]}"
+    --connect-timeout 60 "${SERVER_PIDS[@]}"
 log "results in $OUT"

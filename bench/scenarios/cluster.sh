@@ -29,20 +29,14 @@ build_release
 use_postgres
 use_redis
 per_node=$(( (CONNECTIONS + NODES - 1) / NODES ))
-pids=()
-for ((n = 0; n < NODES; n++)); do
-    start_node "$n" $((BASE_PORT + n)) $((BASE_ADMIN + n)) \
-        HERALD_MAX_CONNECTIONS=$((per_node + 200)) HERALD_DB_POOL=${HERALD_DB_POOL:-8}
-    pids+=(--server-pid "${NODE_PID[n]}")
-done
-for ((n = 0; n < NODES; n++)); do wait_ready "$n"; done
+start_nodes "$NODES" "$BASE_PORT" "$BASE_ADMIN" HERALD_MAX_CONNECTIONS=$((per_node + 200)) HERALD_DB_POOL=${HERALD_DB_POOL:-8}
 
 BENCH_TIMEOUT=$((300 + HOLD + DURATION + CONNECTIONS / 500)) bench_shards cluster "$SHARDS" run \
     --node "$(node_urls $(seq 0 $((NODES - 1))))" --api-url "$(node_urls 0)" \
     --jwt-secret "$SECRET" --api-key "$API_KEY" \
     -c "$CONNECTIONS" --source "$SOURCES" --mode notify --batch 100 \
     --rate "$RATE" --duration "$DURATION" --hold "$HOLD" --settle 10 \
-    --connect-timeout 120 --connect-concurrency "${CONNECT_CONCURRENCY:-128}" "${pids[@]}"
+    --connect-timeout 120 --connect-concurrency "${CONNECT_CONCURRENCY:-128}" "${SERVER_PIDS[@]}"
 for ((n = 0; n < NODES; n++)); do
     admin "$n" GET /admin/status >"$OUT/status-$n.json"
 done

@@ -8,9 +8,14 @@
 #   use_redis                   a fresh key prefix on $REDIS_URL: sets HERALD_REDIS_PREFIX
 #   start_node <i> <port> <admin_port> [VAR=value ...]
 #                               one herald-server (soft fd limit raised), pid in NODE_PID[i]
+#   start_nodes <n> <base port> <base admin port> [VAR=value ...]
+#                               nodes 0..n-1, ready; `--server-pid` of each in SERVER_PIDS
 #   admin <i> <METHOD> <path> [json]   the admin API of node i
-#   bench_shards <shards> <pid args...> -- <bench args...>
-#                               herald-bench in <shards> processes, merged into $OUT/report.json
+#   bench_shards <name> <shards> <bench args...>
+#                               herald-bench in <shards> processes, merged into $OUT/<name>.json
+#                               (bench_shards_start + bench_shards_wait, to act in between)
+#   set_sysctl <key> <value>    writes a sysctl, restored on exit; raise_sysctl only raises
+#   on_exit <command>           runs at exit, after processes, database and keys are gone
 # Settings every scenario takes: OUT (bench/results/<name>-<time>), SKIP_BUILD=1,
 # REDIS_URL (redis://127.0.0.1:6379), PGHOST/PGPORT/PGUSER (127.0.0.1/5432/root),
 # HERALD_SERVER_BIN (target/release/herald-server).
@@ -24,7 +29,8 @@ BENCH=$ROOT/target/release/herald-bench
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-root}
 
-declare -a NODE_PID=() NODE_PORT=() NODE_ADMIN=() BENCH_PIDS=() EXTRA_PIDS=()
+declare -a NODE_PID=() NODE_PORT=() NODE_ADMIN=() BENCH_PIDS=() EXTRA_PIDS=() SERVER_PIDS=()
+declare -a SYSCTL_SAVED=() EXIT_HOOKS=()
 PG_DB=
 REDIS_PREFIX=
 
@@ -70,11 +76,48 @@ scenario_cleanup() {
         dropdb --if-exists "$PG_DB" 2>/dev/null || log "could not drop database $PG_DB"
     fi
     if [[ -n $REDIS_PREFIX ]]; then
-        redis-cli -u "$REDIS_URL" --scan --pattern "$REDIS_PREFIX*" 2>/dev/null |
+        # Registry and presence keys are hash-tagged: `{<prefix>}:…`.
+        redis-cli -u "$REDIS_URL" --scan --pattern "*$REDIS_PREFIX*" 2>/dev/null |
             xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null 2>&1
     fi
+    local h
+    for ((h = ${#EXIT_HOOKS[@]} - 1; h >= 0; h--)); do eval "${EXIT_HOOKS[h]}"; done
+    for ((h = ${#SYSCTL_SAVED[@]} - 2; h >= 0; h -= 2)); do
+        echo "${SYSCTL_SAVED[h + 1]}" >"/proc/sys/${SYSCTL_SAVED[h]//.//}" ||
+            log "could not restore ${SYSCTL_SAVED[h]} to ${SYSCTL_SAVED[h + 1]}"
+    done
     rm -rf "$DATA"
     exit $rc
+}
+
+on_exit() { EXIT_HOOKS+=("$*"); }
+
+sysctl_get() { tr -s '[:space:]' ' ' <"/proc/sys/${1//.//}" | sed 's/ $//'; }
+
+# set_sysctl <key> <value>: writes /proc/sys/<key>; the first value seen is put back
+# at exit (in reverse order).
+set_sysctl() {
+    local key=$1 value=$2 have
+    have=$(sysctl_get "$key") || return 1
+    [[ $have == "$value" ]] && return 0
+    SYSCTL_SAVED+=("$key" "$have")
+    echo "$value" >"/proc/sys/${key//.//}" || { log "could not set $key = $value"; return 1; }
+    log "sysctl $key: $have -> $value"
+}
+
+# raise_sysctl <key> <value ...>: each number raised to at least the given one (a
+# higher host value is kept), as ops/tuning/install.sh does for `>=` items.
+raise_sysctl() {
+    local key=$1 have want=() i f
+    shift
+    local floor=("$@")
+    [[ -e /proc/sys/${key//.//} ]] || return 0
+    read -ra have <<<"$(sysctl_get "$key")"
+    for i in "${!have[@]}"; do
+        f=${floor[i]:-0}
+        want+=($((have[i] > f ? have[i] : f)))
+    done
+    set_sysctl "$key" "${want[*]}"
 }
 
 build_release() {
@@ -121,6 +164,19 @@ start_node() {
     NODE_ADMIN[i]=$admin_port
 }
 
+# start_nodes <n> <base port> <base admin port> [VAR=value ...]: nodes 0..n-1 on
+# consecutive ports, started together, then each waited for; SERVER_PIDS holds
+# `--server-pid <pid>` for each, for herald-bench.
+start_nodes() {
+    local count=$1 port=$2 admin_port=$3 n
+    shift 3
+    for ((n = 0; n < count; n++)); do
+        start_node "$n" $((port + n)) $((admin_port + n)) "$@"
+        SERVER_PIDS+=(--server-pid "${NODE_PID[n]}")
+    done
+    for ((n = 0; n < count; n++)); do wait_ready "$n"; done
+}
+
 # wait_ready <index>: /readyz answers 200 within 60 s, or the scenario fails.
 wait_ready() {
     local i=$1
@@ -153,19 +209,31 @@ node_urls() {
 # prints the summary line. Arguments may hold {i} (the shard index). Fails if any
 # shard fails.
 bench_shards() {
+    bench_shards_start "$@"
+    bench_shards_wait "$1"
+}
+
+# bench_shards_start <name> <shards> <bench args...>: starts the shards (pids in
+# BENCH_PIDS) and returns at once.
+bench_shards_start() {
     local name=$1 shards=$2
     shift 2
-    local i pids=() fail=0
+    local i
     for ((i = 0; i < shards; i++)); do
         local args=("${@//\{i\}/$i}")
         ( ulimit -Sn "$(ulimit -Hn)"
           exec timeout "${BENCH_TIMEOUT:-600}" "$BENCH" "${args[@]}" --shard "$i/$shards" \
               --json "$OUT/$name-$i.json"
         ) >"$OUT/$name-$i.out" 2>"$OUT/$name-$i.err" &
-        pids+=($!)
         BENCH_PIDS+=($!)
     done
-    for p in "${pids[@]}"; do wait "$p" || fail=1; done
+}
+
+# bench_shards_wait <name>: waits for the shards bench_shards_start started, then
+# merges and prints as bench_shards does.
+bench_shards_wait() {
+    local name=$1 p fail=0
+    for p in "${BENCH_PIDS[@]}"; do wait "$p" || fail=1; done
     BENCH_PIDS=()
     if (( fail )); then
         log "a bench process failed; see $OUT/$name-*.err"

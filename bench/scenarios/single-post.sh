@@ -50,16 +50,11 @@ if [[ $STORE == postgres ]]; then
     use_redis
 fi
 per_node=$(( (CONNECTIONS + NODES - 1) / NODES ))
-pids=()
-for ((n = 0; n < NODES; n++)); do
-    start_node "$n" $((BASE_PORT + n)) $((BASE_ADMIN + n)) HERALD_MAX_CONNECTIONS=$((per_node + 100))
-    pids+=(--server-pid "${NODE_PID[n]}")
-done
-for ((n = 0; n < NODES; n++)); do wait_ready "$n"; done
+start_nodes "$NODES" "$BASE_PORT" "$BASE_ADMIN" HERALD_MAX_CONNECTIONS=$((per_node + 100))
 urls=$(node_urls $(seq 0 $((NODES - 1))))
 common=(--node "$urls" --api-url "$urls" --jwt-secret "$SECRET" --api-key "$API_KEY"
     -c "$CONNECTIONS" --source "$SOURCES" --mode notify --batch 1
-    --publish-concurrency "$CONCURRENCY" --connect-timeout 60 "${pids[@]}")
+    --publish-concurrency "$CONCURRENCY" --connect-timeout 60 "${SERVER_PIDS[@]}")
 
 bench_shards steady "$SHARDS" run "${common[@]}" \
     --rate "$RATE" --duration "$DURATION" --hold 3 --settle 5

@@ -117,6 +117,33 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
 
+    /// Publish exactly one message to each user of this shard (`notify`, `event`), or
+    /// one event (`broadcast`), at this shard's rate, instead of rate × `--duration`:
+    /// every user's delivery is then checked once.
+    #[arg(long)]
+    pub once: bool,
+
+    /// After the main phase, one event to this group, which every connection of every
+    /// shard subscribes to when it connects (a group that spans every node): shard 0
+    /// publishes it, every shard counts it, and `merge` expects it on every
+    /// connection. Reported as `broadcast`. Not with `--mode broadcast`.
+    #[arg(long)]
+    pub also_broadcast: Option<String>,
+
+    /// A directory the shards of one run share: each writes `connected-<i>` once its
+    /// connections are up and waits for all the others before holding and publishing,
+    /// and `published-<i>` before `--also-broadcast` (so the event finds every
+    /// connection subscribed and no shard still settling its own phase). A script can
+    /// watch the same files.
+    #[arg(long)]
+    pub barrier_dir: Option<PathBuf>,
+
+    /// Stop dialing when the box's MemAvailable falls below this many MiB (0: never):
+    /// the connections not yet tried fail as `not_dialed`, and the run goes on with
+    /// those it holds. Keeps a run sized past the box from driving it out of memory.
+    #[arg(long, default_value_t = 0)]
+    pub min_available_mib: u64,
+
     /// Notifications (or user events) per request at most (1000); what falls due
     /// within one 5 ms tick goes out together.
     #[arg(long, default_value_t = 100)]

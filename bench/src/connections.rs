@@ -172,7 +172,12 @@ pub async fn run(
     ready: mpsc::UnboundedSender<Ready>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let permit = gate.acquire_owned().await;
+    let Ok(permit) = gate.acquire_owned().await else {
+        // The run closed the gate (its memory floor): this connection is never tried.
+        counters.error("not_dialed");
+        let _ = ready.send(Err("not_dialed".into()));
+        return;
+    };
     let started = Instant::now();
     let (ws, newest) = match timeout(dial.timeout, open(&dial, dial.first, None)).await {
         Ok(Ok(opened)) => opened,

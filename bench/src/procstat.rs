@@ -1,4 +1,5 @@
-//! RSS and CPU time of processes, from `/proc/<pid>/status` and `/proc/<pid>/stat`.
+//! RSS and CPU time of processes, from `/proc/<pid>/status` and `/proc/<pid>/stat`,
+//! and the box's available memory, from `/proc/meminfo`.
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +49,20 @@ pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The box's `MemAvailable` now, KiB (`None` if /proc/meminfo cannot be read).
+pub fn mem_available_kib() -> Option<u64> {
+    parse_mem_available_kib(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+/// `MemAvailable:   1234 kB` → 1234.
+pub fn parse_mem_available_kib(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// A server process sampled at the run's milestones.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServerProc {
@@ -69,6 +84,10 @@ mod tests {
         assert_eq!(parse_rss_kib("Name:\tx\nVmRSS:\t   5120 kB\n"), Some(5120));
         let stat = "42 (my (odd) prog) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15";
         assert_eq!(parse_cpu_ticks(stat), Some(11 + 12));
+        let meminfo = "MemTotal:       24000000 kB\nMemFree: 1 kB\nMemAvailable:   20971520 kB\n";
+        assert_eq!(parse_mem_available_kib(meminfo), Some(20_971_520));
+        assert_eq!(parse_mem_available_kib("MemTotal: 5 kB\n"), None);
+        assert!(mem_available_kib().unwrap() > 0);
         let me = sample(std::process::id()).unwrap();
         assert!(me.rss_kib > 0);
     }

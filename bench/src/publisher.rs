@@ -83,6 +83,22 @@ impl Publisher {
         }
     }
 
+    /// Numbers this publisher's messages from `first` on: a second publisher of the
+    /// same run (the `--also-broadcast` event) must not reuse the first one's numbers,
+    /// or a connection that received both would count one as a duplicate.
+    pub fn first_seq(self, first: u64) -> Self {
+        self.seq.store(first, Ordering::Relaxed);
+        self
+    }
+
+    /// How many messages `--once` sends: one per user, or one broadcast event.
+    pub fn once_total(&self) -> u64 {
+        match self.mode {
+            Mode::Broadcast => 1,
+            Mode::Notify | Mode::Event => self.users.len() as u64,
+        }
+    }
+
     /// Accepted messages so far, per user (broadcast: all in slot 0).
     pub fn accepted_per_user(&self) -> Vec<u64> {
         self.accepted
@@ -95,18 +111,17 @@ impl Publisher {
         self.errors.lock().unwrap().clone()
     }
 
-    /// Sends `rate` messages per second for `duration`, then waits for every answer.
-    pub async fn run(&self, rate: f64, duration: Duration) -> PublishStats {
+    /// Sends `total` messages at `rate` per second, then waits for every answer.
+    pub async fn run(&self, rate: f64, total: u64) -> PublishStats {
         let mut stats = PublishStats {
             mode: Some(self.mode),
             rate,
-            duration_s: duration.as_secs_f64(),
+            duration_s: if rate > 0.0 { total as f64 / rate } else { 0.0 },
             ..Default::default()
         };
         if rate <= 0.0 || self.users.is_empty() {
             return stats;
         }
-        let total = (rate * duration.as_secs_f64()).round() as u64;
         let per_request = match self.mode {
             Mode::Notify | Mode::Event => self.batch as u64,
             Mode::Broadcast => 1,

@@ -46,6 +46,18 @@ pub struct Report {
     pub derived: Derived,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ramp: Option<RampResult>,
+    /// The `--also-broadcast` phase: one event to a group of every connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<PhaseReport>,
+}
+
+/// One publishing phase besides the main one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseReport {
+    pub publish: PublishStats,
+    pub delivery: Delivery,
+    /// Publish (request built) to receive, µs.
+    pub latency_us: HistSummary,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -60,6 +72,9 @@ pub struct ConnStats {
     pub rate_per_s: f64,
     /// Still open when the run stopped them.
     pub open_at_end: u64,
+    /// Dialing stopped because MemAvailable fell below `--min-available-mib`.
+    #[serde(default)]
+    pub stopped_at_memory_floor: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -97,6 +112,10 @@ pub struct Derived {
     pub generator_connect_cpu_s: Option<f64>,
     #[serde(default)]
     pub generator_run_cpu_s: Option<f64>,
+    /// Load generator RSS growth (all shards) from before connecting to connected,
+    /// per established connection.
+    #[serde(default)]
+    pub generator_rss_per_connection_bytes: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -130,7 +149,11 @@ impl Report {
         let connect = |p: &ServerProc| Some(p.connected?.cpu_s - p.before?.cpu_s);
         let running = |p: &ServerProc| Some(p.after?.cpu_s - p.connected?.cpu_s);
         let sum = |f: &dyn Fn(&ServerProc) -> Option<f64>| total(&self.server, f);
-        let rss = sum(&|p| Some((p.connected?.rss_kib as f64 - p.before?.rss_kib as f64) * 1024.0));
+        let grown = |p: &ServerProc| {
+            Some((p.connected?.rss_kib as f64 - p.before?.rss_kib as f64) * 1024.0)
+        };
+        let rss = sum(&grown);
+        let generator_rss = total(&self.generator, &grown);
         let connect_cpu = sum(&connect);
         let run_cpu = sum(&running);
         let est = self.connections.established as f64;
@@ -142,6 +165,9 @@ impl Report {
             deliveries_per_cpu_s: run_cpu.filter(|c| *c > 0.0 && del > 0.0).map(|c| del / c),
             generator_connect_cpu_s: total(&self.generator, &connect),
             generator_run_cpu_s: total(&self.generator, &running),
+            generator_rss_per_connection_bytes: generator_rss
+                .filter(|_| est > 0.0)
+                .map(|r| r / est),
         };
     }
 
@@ -187,6 +213,9 @@ impl Report {
         if let Some(r) = self.derived.rss_per_connection_bytes {
             s += &format!(" | server rss/conn={:.2}KiB", r / 1024.0);
         }
+        if let Some(r) = self.derived.generator_rss_per_connection_bytes {
+            s += &format!(" generator rss/conn={:.2}KiB", r / 1024.0);
+        }
         if let Some(c) = self.derived.cpu_ms_per_1000_deliveries {
             s += &format!(" cpu/1000 deliveries={c:.2}ms");
         }
@@ -195,6 +224,23 @@ impl Report {
             self.derived.generator_run_cpu_s,
         ) {
             s += &format!(" | generator cpu connect={c:.1}s run={r:.1}s");
+        }
+        if self.connections.stopped_at_memory_floor {
+            s += " | dialing stopped at the memory floor";
+        }
+        if let Some(b) = &self.broadcast {
+            let d = &b.delivery;
+            s += &format!(
+                " | broadcast accepted={} delivered={}/{} lost={} dup={} p50={} p99={} max={}",
+                b.publish.accepted,
+                d.delivered,
+                d.expected,
+                d.lost,
+                d.duplicated,
+                fmt_us(b.latency_us.p50),
+                fmt_us(b.latency_us.p99),
+                fmt_us(b.latency_us.max)
+            );
         }
         if let Some(r) = &self.ramp {
             match r.best_rate {
@@ -264,6 +310,35 @@ fn merge_ramps(reports: &[Report]) -> Option<RampResult> {
     Some(out)
 }
 
+/// The `--also-broadcast` phases of shards that ran together: shard 0 published, so
+/// every accepted event is expected on every connection of every shard.
+fn merge_broadcasts(reports: &[Report], established: u64) -> anyhow::Result<Option<PhaseReport>> {
+    let phases: Vec<&PhaseReport> = reports
+        .iter()
+        .filter_map(|r| r.broadcast.as_ref())
+        .collect();
+    if phases.is_empty() {
+        return Ok(None);
+    }
+    let mut out = PhaseReport::default();
+    for b in &phases {
+        let p = &mut out.publish;
+        p.mode = p.mode.or(b.publish.mode);
+        p.rate += b.publish.rate;
+        p.messages += b.publish.messages;
+        p.accepted += b.publish.accepted;
+        p.requests += b.publish.requests;
+        p.requests_failed += b.publish.requests_failed;
+        p.wall_s = p.wall_s.max(b.publish.wall_s);
+        out.delivery.delivered += b.delivery.delivered;
+        out.delivery.duplicated += b.delivery.duplicated;
+    }
+    out.delivery.expected = out.publish.accepted * established;
+    out.delivery.lost = out.delivery.expected.saturating_sub(out.delivery.delivered);
+    out.latency_us = HistSummary::merge(phases.iter().map(|b| &b.latency_us))?;
+    Ok(Some(out))
+}
+
 /// Merges reports of shards that ran at the same time against the same nodes:
 /// counts add up, histograms merge exactly, rates add up, wall times take the longest.
 /// Server samples come from the first report that has any (give `--server-pid` to one
@@ -287,6 +362,7 @@ pub fn merge(reports: &[Report]) -> anyhow::Result<Report> {
         c.established += r.connections.established;
         c.failed += r.connections.failed;
         c.open_at_end += r.connections.open_at_end;
+        c.stopped_at_memory_floor |= r.connections.stopped_at_memory_floor;
         c.wall_s = c.wall_s.max(r.connections.wall_s);
         let p = &mut out.publish;
         p.mode = p.mode.or(r.publish.mode);
@@ -329,6 +405,7 @@ pub fn merge(reports: &[Report]) -> anyhow::Result<Report> {
     out.initial_state_us = HistSummary::merge(reports.iter().map(|r| &r.initial_state_us))?;
     out.latency_us = HistSummary::merge(reports.iter().map(|r| &r.latency_us))?;
     out.ramp = merge_ramps(reports);
+    out.broadcast = merge_broadcasts(reports, out.connections.established)?;
     out.reconnects.time_us = HistSummary::merge(reports.iter().map(|r| &r.reconnects.time_us))?;
     out.derive();
     Ok(out)
@@ -363,6 +440,38 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    fn shard(established: u64, accepted: u64, delivered: u64) -> Report {
+        Report {
+            connections: ConnStats {
+                established,
+                ..Default::default()
+            },
+            broadcast: Some(PhaseReport {
+                publish: PublishStats {
+                    accepted,
+                    ..Default::default()
+                },
+                delivery: Delivery {
+                    delivered,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The one shard that published decides what every shard's connections expect:
+    /// a connection that missed the event shows as lost, wherever it was.
+    #[test]
+    fn broadcasts_merge_against_every_connection() {
+        let m = merge(&[shard(3, 1, 3), shard(2, 0, 1)]).unwrap();
+        let d = m.broadcast.unwrap().delivery;
+        assert_eq!((d.expected, d.delivered, d.lost), (5, 4, 1));
+        let none = merge(&[Report::default(), Report::default()]).unwrap();
+        assert!(none.broadcast.is_none());
     }
 
     /// Steps add up across shards, take the worst p99, and the best rate is the last

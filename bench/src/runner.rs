@@ -2,20 +2,25 @@
 //! servers, stop. A ramp repeats the publish phase at rising rates on the same
 //! connections.
 
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::config::{Mode, Plan, RampArgs, RunArgs};
+use crate::config::{Mode, Plan, RampArgs, RunArgs, Shard};
 use crate::connections::{self, Counters, Dial, Target};
 use crate::hist::HistSummary;
 use crate::procstat::{self, ServerProc};
 use crate::publisher::{PublishStats, Publisher};
-use crate::report::{ConnStats, Delivery, RampResult, RampStep, Reconnects, Report};
+use crate::report::{ConnStats, Delivery, PhaseReport, RampResult, RampStep, Reconnects, Report};
+
+/// Sequence numbers of the `--also-broadcast` event start here, far above any of the
+/// main phase's, so a connection never takes one message for the other.
+const BROADCAST_SEQ: u64 = 1 << 40;
 
 #[derive(Serialize)]
 struct Claims<'a> {
@@ -96,9 +101,17 @@ impl Session {
             nodes.push(resolve(node).await?);
         }
         anyhow::ensure!(!args.nodes.is_empty(), "no --node given");
+        anyhow::ensure!(
+            args.mode != Mode::Broadcast || args.also_broadcast.is_none(),
+            "--also-broadcast is for the notify and event modes"
+        );
         let dialed = args.nodes.len();
         let nodes = Arc::new(nodes);
-        let group = (args.mode == Mode::Broadcast).then(|| args.group_name());
+        let group = if args.mode == Mode::Broadcast {
+            Some(args.group_name())
+        } else {
+            args.also_broadcast.clone()
+        };
         let tokens: Vec<String> = plan
             .users
             .iter()
@@ -127,10 +140,21 @@ impl Session {
         let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
         let mut tasks = JoinSet::new();
         let started = Instant::now();
+        let floor_hit = Arc::new(AtomicBool::new(false));
+        let floor = (args.min_available_mib > 0).then(|| {
+            tokio::spawn(memory_floor(
+                args.min_available_mib * 1024,
+                gate.clone(),
+                floor_hit.clone(),
+                args.quiet,
+            ))
+        });
         let pace =
             (args.connect_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.connect_rate));
         for (index, &user) in plan.conn_user.iter().enumerate() {
-            if let Some(p) = pace {
+            if let Some(p) = pace
+                && !gate.is_closed()
+            {
                 tokio::time::sleep_until((started + p * index as u32).into()).await;
             }
             let dial = Dial {
@@ -174,6 +198,9 @@ impl Session {
             }
         }
         let wall_s = started.elapsed().as_secs_f64();
+        if let Some(f) = floor {
+            f.abort();
+        }
         Ok(Self {
             plan,
             counters,
@@ -189,6 +216,7 @@ impl Session {
                     0.0
                 },
                 open_at_end: 0,
+                stopped_at_memory_floor: floor_hit.load(Ordering::Relaxed),
             },
             server,
             generator,
@@ -196,6 +224,13 @@ impl Session {
             tasks,
             quiet: args.quiet,
         })
+    }
+
+    /// Waits at the run's barrier (`--barrier-dir`), if it has one.
+    async fn barrier(&self, args: &RunArgs, name: &str) {
+        if let Some(dir) = &args.barrier_dir {
+            barrier(dir, name, args.shard, self.quiet).await;
+        }
     }
 
     fn sample(&mut self, at: fn(&mut ServerProc) -> &mut Option<procstat::ProcSample>) {
@@ -256,7 +291,12 @@ async fn phase_for(
     let acc0 = publisher.accepted_per_user();
     let del0 = c.delivered.load(Ordering::Relaxed);
     let dup0 = c.duplicated.load(Ordering::Relaxed);
-    let publish = publisher.run(rate, Duration::from_secs_f64(duration)).await;
+    let total = if args.once {
+        publisher.once_total()
+    } else {
+        (rate * duration).round() as u64
+    };
+    let publish = publisher.run(rate, total).await;
     let acc1 = publisher.accepted_per_user();
     let expected: u64 = if args.mode == Mode::Broadcast {
         (acc1[0] - acc0[0]) * s.stats.established
@@ -338,6 +378,121 @@ async fn listen(args: &RunArgs, s: &Session) -> Phase {
     }
 }
 
+/// The `--also-broadcast` phase: shard 0 publishes one event to `group`, which every
+/// connection of every shard subscribed to; each shard then waits (up to `--settle`)
+/// for it on each of its connections. Only shard 0 knows whether the event was
+/// accepted, so only it states what was expected; `merge` states it for all.
+///
+/// Each shard takes its counters before it reaches the `published` barrier: shard 0
+/// may publish before another shard's next look at the barrier, and what arrives in
+/// between belongs to this phase.
+async fn broadcast_phase(args: &RunArgs, s: &Session, group: &str) -> (PhaseReport, Publisher) {
+    let c = &s.counters;
+    let _ = c.latency.take();
+    let del0 = c.delivered.load(Ordering::Relaxed);
+    let dup0 = c.duplicated.load(Ordering::Relaxed);
+    s.barrier(args, "published").await;
+    let publisher = Publisher::new(
+        args.api_bases(),
+        args.api_key.clone(),
+        Mode::Broadcast,
+        Arc::new(s.plan.users.clone()),
+        group.to_owned(),
+        1,
+        1,
+    )
+    .first_seq(BROADCAST_SEQ);
+    let publish = if args.shard.index == 0 {
+        publisher.run(1.0, 1).await
+    } else {
+        PublishStats {
+            mode: Some(Mode::Broadcast),
+            ..Default::default()
+        }
+    };
+    let wanted = s.stats.established;
+    let settle = Instant::now();
+    while c.delivered.load(Ordering::Relaxed) - del0 < wanted
+        && settle.elapsed().as_secs_f64() < args.settle
+        && (args.shard.index != 0 || publish.accepted > 0)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let delivered = c.delivered.load(Ordering::Relaxed) - del0;
+    let expected = if args.shard.index == 0 {
+        publish.accepted * wanted
+    } else {
+        0
+    };
+    let report = PhaseReport {
+        publish,
+        delivery: Delivery {
+            expected,
+            delivered,
+            lost: expected.saturating_sub(delivered),
+            duplicated: c.duplicated.load(Ordering::Relaxed) - dup0,
+        },
+        latency_us: HistSummary::of(&c.latency.take()),
+    };
+    (report, publisher)
+}
+
+/// Writes `<dir>/<name>-<shard>` and waits until every shard of the run has written
+/// its own (at most ten minutes: a shard that died must not hold the others forever).
+async fn barrier(dir: &Path, name: &str, shard: Shard, quiet: bool) {
+    let mine = dir.join(format!("{name}-{}", shard.index));
+    if let Err(e) = std::fs::write(&mine, b"") {
+        eprintln!("herald-bench: barrier {}: {e}", mine.display());
+        return;
+    }
+    let started = Instant::now();
+    let prefix = format!("{name}-");
+    loop {
+        let here = std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                    .count()
+            })
+            .unwrap_or(0);
+        if here >= shard.count {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            if !quiet {
+                eprintln!(
+                    "herald-bench: barrier {name}: {here} of {} shards after 600 s; going on",
+                    shard.count
+                );
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Closes the dial gate once the box's MemAvailable falls below `floor_kib`: the
+/// connections still waiting for it fail as `not_dialed`.
+async fn memory_floor(floor_kib: u64, gate: Arc<Semaphore>, hit: Arc<AtomicBool>, quiet: bool) {
+    loop {
+        if let Some(avail) = procstat::mem_available_kib()
+            && avail < floor_kib
+        {
+            hit.store(true, Ordering::Relaxed);
+            gate.close();
+            if !quiet {
+                eprintln!(
+                    "herald-bench: MemAvailable {} MiB is below the floor of {} MiB: dialing stopped",
+                    avail / 1024,
+                    floor_kib / 1024
+                );
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 fn publisher(args: &RunArgs, s: &Session) -> Publisher {
     Publisher::new(
         args.api_bases(),
@@ -387,7 +542,10 @@ async fn finish(mut rep: Report, mut s: Session, publisher: Option<&Publisher>) 
     };
     let counters = s.counters.clone();
     rep.connections = s.stop().await;
-    rep.errors = counters.errors();
+    // Added to what earlier phases (the `--also-broadcast` publisher) put there.
+    for (k, v) in counters.errors() {
+        *rep.errors.entry(k).or_default() += v;
+    }
     if let Some(p) = publisher {
         for (k, v) in p.errors() {
             *rep.errors.entry(k).or_default() += v;
@@ -400,6 +558,7 @@ async fn finish(mut rep: Report, mut s: Session, publisher: Option<&Publisher>) 
 /// `herald-bench run`.
 pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
     let mut s = Session::connect(args).await?;
+    s.barrier(args, "connected").await;
     hold(args, &mut s).await;
     let mut rep = base_report("run", args);
     let publisher = publisher(args, &s);
@@ -408,6 +567,13 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         rep.publish = p.publish;
         rep.delivery = p.delivery;
         rep.latency_us = p.latency;
+    }
+    if let Some(group) = &args.also_broadcast {
+        let (b, p) = broadcast_phase(args, &s, group).await;
+        rep.broadcast = Some(b);
+        for (k, v) in p.errors() {
+            *rep.errors.entry(k).or_default() += v;
+        }
     }
     Ok(finish(rep, s, Some(&publisher)).await)
 }
@@ -418,6 +584,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
 pub async fn ramp(args: &RampArgs) -> anyhow::Result<Report> {
     let run = &args.run;
     let mut s = Session::connect(run).await?;
+    s.barrier(run, "connected").await;
     hold(run, &mut s).await;
     let mut rep = base_report("ramp", run);
     let publisher = publisher(run, &s);

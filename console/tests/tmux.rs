@@ -4,28 +4,13 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
-fn tmux(args: &[&str]) -> String {
-    let o = Command::new("tmux")
-        .args(args)
-        .output()
-        .expect("tmux is installed");
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// Polls the pane until `pred` holds (10 s at most); returns the last capture.
 async fn until(session: &str, pred: impl Fn(&str) -> bool) -> String {
-    let start = Instant::now();
-    loop {
-        let pane = tmux(&["capture-pane", "-p", "-t", session]);
-        if pred(&pane) || start.elapsed() > Duration::from_secs(10) {
-            return pane;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_pane(session, Duration::from_secs(10), pred).await
 }
 
 /// Under tmux the console shows the node serving, `?` opens the help, `q` quits and

@@ -17,8 +17,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
+pub mod fleet;
+
 pub const API_KEY: &str = "k";
 pub const ADMIN_TOKEN: &str = "t";
+pub const JWT_SECRET: &str = "console-test-jwt-secret-of-32-bytes-or-more";
 
 /// A running node with its own temporary store and sysctl root.
 pub struct TestNode {
@@ -51,7 +54,7 @@ pub async fn start_node(id: &str, somaxconn: u32, lenient: bool, extra: &[&str])
         "--data-dir",
         &d,
         "--jwt-secret",
-        "console-test-jwt-secret-of-32-bytes-or-more",
+        JWT_SECRET,
         "--api-key",
         API_KEY,
         "--admin-token",
@@ -221,4 +224,26 @@ pub async fn dead_url() -> String {
     let a = l.local_addr().unwrap();
     drop(l);
     format!("http://{a}")
+}
+
+/// Runs `tmux <args>`; returns its standard output.
+pub fn tmux(args: &[&str]) -> String {
+    let o = std::process::Command::new("tmux")
+        .args(args)
+        .output()
+        .expect("tmux is installed");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Captures the pane of tmux `session` until `pred` holds (or `limit` passed);
+/// returns the last capture.
+pub async fn until_pane(session: &str, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let pane = tmux(&["capture-pane", "-p", "-t", session]);
+        if pred(&pane) || start.elapsed() > limit {
+            return pane;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -43,6 +43,11 @@ pub mod keys {
     pub fn presence(prefix: &str, node: &str) -> String {
         format!("{{{prefix}}}:presence:{node}")
     }
+
+    /// Where a node writes its next full presence hash before swapping it in.
+    pub fn presence_next(prefix: &str, node: &str) -> String {
+        format!("{{{prefix}}}:presence-next:{node}")
+    }
 }
 
 /// A command connection to a single Redis or to a Redis Cluster; both reconnect by

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_shared::UserId;
+use rand::Rng;
 use tokio::sync::mpsc;
 
 use super::{RedisConnection, keys, registry};
@@ -44,7 +45,13 @@ impl RedisPresence {
             .await;
         tasks.spawn(
             "presence writer",
-            writer(c, keys::presence(&prefix, &node_id), hub, rx),
+            writer(
+                c,
+                keys::presence(&prefix, &node_id),
+                keys::presence_next(&prefix, &node_id),
+                hub,
+                rx,
+            ),
         );
         Self { con, prefix, tx }
     }
@@ -54,16 +61,31 @@ impl RedisPresence {
 /// heal after anything increments cannot fix (Redis restarted empty, a lost batch).
 const FULL_SYNC_EVERY: Duration = Duration::from_secs(10);
 
+/// Fields per command of a rewrite: Redis serves other clients between two.
+const REWRITE_CHUNK: usize = 1000;
+
+/// When the first rewrite happens: at a random point of the first period, not at
+/// start. Nodes of a cluster usually start together; aligned, every node's rewrite
+/// (a command per [`REWRITE_CHUNK`] users) would land in the same moment of each
+/// period, and Redis would answer everyone else (subscribers, the brokers' probes)
+/// only after all of them.
+fn first_full_sync() -> tokio::time::Instant {
+    let offset = FULL_SYNC_EVERY.mul_f64(rand::rng().random_range(0.0..1.0));
+    tokio::time::Instant::now() + offset
+}
+
 /// Applies deltas in pipelined batches (a failed batch is retried with the next),
-/// and rewrites the whole hash from the hub every [`FULL_SYNC_EVERY`].
+/// and rewrites the whole hash from the hub every [`FULL_SYNC_EVERY`], from a random
+/// first moment ([`first_full_sync`]).
 async fn writer(
     mut con: RedisConnection,
     hash: String,
+    next: String,
     hub: Arc<Hub>,
     mut rx: mpsc::UnboundedReceiver<(UserId, i64)>,
 ) {
     let mut pending: HashMap<UserId, i64> = HashMap::new();
-    let mut full_sync = tokio::time::interval(FULL_SYNC_EVERY);
+    let mut full_sync = tokio::time::interval_at(first_full_sync(), FULL_SYNC_EVERY);
     full_sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -99,23 +121,48 @@ async fn writer(
                 let counts = hub.user_counts();
                 while rx.try_recv().is_ok() {}
                 pending.clear();
-                let mut pipe = redis::pipe();
-                pipe.atomic().cmd("DEL").arg(&hash).ignore();
-                for chunk in counts.chunks(1000) {
-                    let mut hset = redis::cmd("HSET");
-                    hset.arg(&hash);
-                    for (user, n) in chunk {
-                        hset.arg(user.as_str()).arg(*n);
-                    }
-                    pipe.add_command(hset).ignore();
-                }
-                pipe.cmd("PEXPIRE").arg(&hash).arg(registry::TTL.as_millis() as u64).ignore();
-                if let Err(e) = pipe.query_async::<()>(&mut con).await {
+                if let Err(e) = rewrite(&mut con, &hash, &next, &counts).await {
                     tracing::warn!(error = %e, "presence full sync failed; next in {FULL_SYNC_EVERY:?}");
                 }
             }
         }
     }
+}
+
+/// Replaces `hash` with `counts` without holding Redis for long. The counts go into
+/// `next` a [`REWRITE_CHUNK`] at a time, outside any transaction, so Redis serves
+/// other clients in between (one transaction of every user held Redis for as long as
+/// the whole write, for every client, on every rewrite of every node); then one short
+/// transaction swaps `next` in. The old hash is UNLINKed, so Redis frees it off its
+/// main thread. Readers see the old counts until the swap, never a half-written hash.
+async fn rewrite(
+    con: &mut RedisConnection,
+    hash: &str,
+    next: &str,
+    counts: &[(UserId, u32)],
+) -> redis::RedisResult<()> {
+    let ttl = registry::TTL.as_millis() as u64;
+    let mut fill = redis::pipe();
+    // What a rewrite that failed half-way left behind.
+    fill.cmd("UNLINK").arg(next).ignore();
+    for chunk in counts.chunks(REWRITE_CHUNK) {
+        let mut hset = redis::cmd("HSET");
+        hset.arg(next);
+        for (user, n) in chunk {
+            hset.arg(user.as_str()).arg(*n);
+        }
+        fill.add_command(hset).ignore();
+    }
+    fill.cmd("PEXPIRE").arg(next).arg(ttl).ignore();
+    fill.query_async::<()>(con).await?;
+    let mut swap = redis::pipe();
+    swap.atomic().cmd("UNLINK").arg(hash).ignore();
+    if !counts.is_empty() {
+        // RENAME of a key that does not exist (no users: nothing was written) fails.
+        swap.cmd("RENAME").arg(next).arg(hash).ignore();
+    }
+    swap.cmd("PEXPIRE").arg(hash).arg(ttl).ignore();
+    swap.query_async(con).await
 }
 
 #[async_trait]

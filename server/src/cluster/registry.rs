@@ -85,6 +85,7 @@ pub async fn deregister<C: ConnectionLike + Send>(con: &mut C, prefix: &str, id:
         .cmd("DEL")
         .arg(keys::node(prefix, id))
         .arg(keys::presence(prefix, id))
+        .arg(keys::presence_next(prefix, id))
         .ignore()
         .cmd("SREM")
         .arg(keys::nodes(prefix))

@@ -1,0 +1,283 @@
+#!/usr/bin/env bash
+# One million connections on this box (issue 17). NODES nodes on PostgreSQL + Redis,
+# each holding what one process's 20,000 files allow (~19,300), as many generator
+# processes, CONNECTIONS clients from SOURCES. Then one notification to each user
+# (the batch API, `--once`) and one event to a group every connection joined, which
+# spans every node (`--also-broadcast`). It reports connections held, failures,
+# connect rate, memory per connection (server: the nodes' RSS; generator: the
+# generators' RSS; kernel: Slab, and the drop of MemAvailable, before against
+# connected), delivery (lost, duplicated) and latency of both phases, Redis INFO
+# commandstats over the idle hold (presence rewrites, heartbeats), and how long
+# `herald-console status --json` takes with every node holding its connections.
+#
+#   bench/scenarios/million.sh                              # 52 nodes, 1,000,000
+#   NODES=8 CONNECTIONS=100000 bench/scenarios/million.sh   # a small check
+#
+# It tunes the box for the run and puts it back on every exit (the lib.sh trap):
+# the sysctls of ops/tuning/profile.conf, computed by ops/tuning/install.sh (a higher
+# host value is kept), and the limits two sockets per connection reach (conntrack,
+# file-max, tcp_mem, orphans at teardown). When NODES × HERALD_DB_POOL does not fit
+# PostgreSQL's max_connections, it raises it (ALTER SYSTEM, then a restart of the
+# local cluster, and the same back at exit): a restart drops every other client of
+# that PostgreSQL, so run it on a quiet box. Both need root; TUNE=0 skips them.
+# The generators stop dialing when MemAvailable falls below MIN_AVAILABLE_MIB (the
+# run goes on and reports with what it holds); below ABORT_MIB, or after DEADLINE
+# seconds, a watchdog ends the run (cleanup included).
+#
+# Not in all.sh: at full size it takes ~15 minutes and most of the box's memory.
+#
+# Settings: NODES (52), CONNECTIONS (1000000), SHARDS generator processes (NODES),
+# RATE notifications/s over all shards (20000), HOLD s idle after every shard is
+# connected (20), SETTLE s for deliveries (60), CONNECT_CONCURRENCY dials in flight
+# per generator (16: each node then has 16 in flight against a pool of 2, within the
+# pool's 3 s acquire timeout; pool 1 and 64 timed out 5% of the openings at 52 nodes),
+# SOURCES (127.0.0.100-199), BASE_PORT (38000), BASE_ADMIN
+# (39000), HERALD_DB_POOL (2), MIN_AVAILABLE_MIB (1536), ABORT_MIB (768),
+# DEADLINE s (1140), TUNE (1).
+source "$(dirname "$0")/lib.sh"
+
+NODES=${NODES:-52}
+CONNECTIONS=${CONNECTIONS:-1000000}
+SHARDS=${SHARDS:-$NODES}
+RATE=${RATE:-20000}
+HOLD=${HOLD:-20}
+SETTLE=${SETTLE:-60}
+SOURCES=${SOURCES:-$(seq -s, -f '127.0.0.%g' 100 199)}
+BASE_PORT=${BASE_PORT:-38000}
+BASE_ADMIN=${BASE_ADMIN:-39000}
+POOL=${HERALD_DB_POOL:-2}
+MIN_AVAILABLE_MIB=${MIN_AVAILABLE_MIB:-1536}
+ABORT_MIB=${ABORT_MIB:-768}
+DEADLINE=${DEADLINE:-1140}
+TUNE=${TUNE:-1}
+CONSOLE=$ROOT/target/release/herald-console
+
+per_node=$(( (CONNECTIONS + NODES - 1) / NODES ))
+per_shard=$(( (CONNECTIONS + SHARDS - 1) / SHARDS ))
+if (( per_node > $(ulimit -Hn) - 400 || per_shard > $(ulimit -Hn) - 400 )); then
+    echo "million: $per_node connections per node and $per_shard per generator do not fit" \
+        "$(ulimit -Hn) files per process: raise NODES / SHARDS" >&2
+    exit 1
+fi
+
+scenario_init million
+build_release
+
+# --- the box ---------------------------------------------------------------------
+
+tune_sysctls() {
+    local root=$DATA/tuning key eq value
+    HERALD_INSTALL_ROOT=$root "$ROOT/ops/tuning/install.sh" >/dev/null
+    while read -r key eq value; do
+        [[ $key == \#* || -z $key ]] && continue
+        set_sysctl "$key" "$value"
+    done <"$root/etc/sysctl.d/60-herald.conf"
+    # Two sockets per connection, plus everything else the box has open.
+    raise_sysctl fs.file-max $((2 * CONNECTIONS + 200000))
+    raise_sysctl net.netfilter.nf_conntrack_max $((2 * CONNECTIONS + 65536))
+    # Closing everything at once orphans up to one socket per connection.
+    raise_sysctl net.ipv4.tcp_max_orphans "$CONNECTIONS"
+    # Pages: pressure at 3 GiB, hard limit 4 GiB of socket buffers (a broadcast queues
+    # a frame on every socket at once; idle sockets hold almost none).
+    raise_sysctl net.ipv4.tcp_mem 524288 786432 1048576
+}
+
+# The local PostgreSQL cluster on $PGPORT, as "<version> <name>" for pg_ctlcluster.
+pg_cluster() { pg_lsclusters -h | awk -v p="$PGPORT" '$3 == p { print $1, $2; exit }'; }
+
+pg_restart() {
+    # shellcheck disable=SC2046
+    timeout 120 pg_ctlcluster $(pg_cluster) restart
+    for _ in $(seq 1 100); do psql -d postgres -Atc 'select 1' >/dev/null 2>&1 && return 0; sleep 0.2; done
+    log "PostgreSQL did not come back after the restart"
+    return 1
+}
+
+# Raises max_connections when the nodes' pools (plus what others hold) do not fit.
+tune_postgres() {
+    local have need prev
+    have=$(psql -d postgres -Atc 'show max_connections')
+    need=$(( NODES * POOL + $(psql -d postgres -Atc 'select count(*) from pg_stat_activity') + 30 ))
+    (( need <= have )) && return 0
+    [[ -n $(pg_cluster) ]] || { log "max_connections $have < $need and no local cluster on port $PGPORT"; exit 1; }
+    prev=$(psql -d postgres -Atc "select setting from pg_file_settings
+        where name = 'max_connections' and sourcefile like '%postgresql.auto.conf' order by seqno desc limit 1")
+    if [[ -n $prev ]]; then
+        on_exit "psql -d postgres -qc 'alter system set max_connections = $prev' && pg_restart"
+    else
+        on_exit "psql -d postgres -qc 'alter system reset max_connections' && pg_restart"
+    fi
+    log "PostgreSQL max_connections: $have -> $need (restarting the local cluster)"
+    psql -d postgres -qc "alter system set max_connections = $need"
+    pg_restart
+}
+
+if [[ $TUNE == 1 ]]; then
+    tune_sysctls
+    tune_postgres
+fi
+
+# The watchdog: ends the run (through the exit trap) past DEADLINE seconds, or when
+# MemAvailable falls below ABORT_MIB, whatever the generators are doing.
+(
+    end=$((SECONDS + DEADLINE))
+    while sleep 1; do
+        avail=$(awk '/MemAvailable/ { print int($2 / 1024) }' /proc/meminfo)
+        if (( avail < ABORT_MIB )); then
+            echo "million: MemAvailable ${avail} MiB < ${ABORT_MIB} MiB: stopping the run" >&2
+            kill -TERM $$; exit
+        fi
+        if (( SECONDS > end )); then
+            echo "million: past the deadline of ${DEADLINE} s: stopping the run" >&2
+            kill -TERM $$; exit
+        fi
+    done
+) &
+EXTRA_PIDS+=($!)
+
+# --- the cluster -----------------------------------------------------------------
+
+use_postgres
+use_redis
+start_nodes "$NODES" "$BASE_PORT" "$BASE_ADMIN" \
+    HERALD_MAX_CONNECTIONS=$((per_node + 200)) HERALD_DB_POOL="$POOL"
+
+# rss_sum <pid ...>: total VmRSS, KiB.
+rss_sum() {
+    local p t=0 r
+    for p in "$@"; do
+        r=$(awk '/^VmRSS/ { print $2 }' "/proc/$p/status" 2>/dev/null) && t=$((t + ${r:-0}))
+    done
+    echo "$t"
+}
+
+# The generators themselves: bench_shards_start's pids are `timeout`s.
+generator_pids() { local p; for p in "${BENCH_PIDS[@]}"; do pgrep -P "$p"; done; }
+
+# mem_snapshot <label>: the box's memory, and the nodes' and generators' RSS, KiB.
+mem_snapshot() {
+    {
+        awk '/^(MemAvailable|Slab|SUnreclaim|SReclaimable):/ { sub(":", "", $1); print $1, $2 }' /proc/meminfo
+        awk '$1 == "TCP:" { print "tcp_sockets", $3; print "tcp_mem_pages", $NF }' /proc/net/sockstat
+        echo "server_rss $(rss_sum "${NODE_PID[@]}")"
+        # shellcheck disable=SC2046
+        echo "generator_rss $(rss_sum $(generator_pids))"
+    } >"$OUT/mem-$1.txt"
+}
+
+redis_stats() {
+    { date +%s; redis-cli -u "$REDIS_URL" info commandstats; redis-cli -u "$REDIS_URL" info memory; } \
+        >"$OUT/redis-$1.txt"
+}
+
+# --- the run ---------------------------------------------------------------------
+
+# Slab pages an earlier run's sockets left in the caches would hide this run's growth:
+# give back the reclaimable ones (dentries and inodes; no page cache) first.
+if [[ $TUNE == 1 ]]; then sync; echo 2 >/proc/sys/vm/drop_caches; sleep 2; fi
+mem_snapshot before
+redis_stats before
+mkdir -p "$DATA/barrier"
+urls=$(node_urls $(seq 0 $((NODES - 1))))
+BENCH_TIMEOUT=$((DEADLINE - 60)) bench_shards_start million "$SHARDS" run \
+    --node "$urls" --api-url "$urls" --jwt-secret "$SECRET" --api-key "$API_KEY" \
+    -c "$CONNECTIONS" --source "$SOURCES" --mode notify --batch 1000 --once \
+    --also-broadcast million_all --rate "$RATE" --hold "$HOLD" --settle "$SETTLE" \
+    --connect-timeout 120 --connect-concurrency "${CONNECT_CONCURRENCY:-16}" \
+    --min-available-mib "$MIN_AVAILABLE_MIB" --barrier-dir "$DATA/barrier" \
+    "${SERVER_PIDS[@]}"
+
+# Every shard connected (or gave up) and is holding: the memory of the connected box,
+# the console over the whole fleet, and Redis over the hold.
+while (( $(find "$DATA/barrier" -name 'connected-*' | wc -l) < SHARDS )); do
+    for p in "${BENCH_PIDS[@]}"; do
+        kill -0 "$p" 2>/dev/null || { log "a generator ended early; see $OUT/million-*.err"; break 2; }
+    done
+    sleep 1
+done
+sleep 3
+mem_snapshot connected
+redis_stats connected
+if [[ -x $CONSOLE ]]; then
+    start=$(date +%s%N)
+    "$CONSOLE" --redis "$REDIS_URL" --prefix "$REDIS_PREFIX" --token "$ADMIN_TOKEN" \
+        status --json >"$OUT/console-status.json" 2>"$OUT/console-status.err" || true
+    echo "$(( ($(date +%s%N) - start) / 1000000 ))" >"$OUT/console-status.ms"
+fi
+# Redis's own answer time over the rest of the hold (a PING every 10 ms): what the
+# presence rewrites and heartbeats of every node cost everyone else on it.
+redis-cli -u "$REDIS_URL" --latency --raw -i $((HOLD > 10 ? HOLD - 8 : 2)) \
+    >"$OUT/redis-latency.txt" 2>/dev/null || true
+redis_stats held
+
+bench_shards_wait million || true
+for ((n = 0; n < NODES; n++)); do admin "$n" GET /admin/status >"$OUT/status-$n.json"; done
+
+python3 - "$OUT" "$HOLD" <<'PY' | tee "$OUT/summary.txt"
+import json, os, sys
+out, hold = sys.argv[1], float(sys.argv[2])
+def kv(name):
+    d = {}
+    for l in open(os.path.join(out, name)):
+        k, v = l.split()[:2]
+        d[k] = int(v)
+    return d
+rep = json.load(open(os.path.join(out, "million.json")))
+c = rep["connections"]
+n = max(c["established"], 1)
+b, a = kv("mem-before.txt"), kv("mem-connected.txt")
+print(f'connections held {c["established"]} of {c["attempted"]}, failed {c["failed"]}, '
+      f'open at end {c["open_at_end"]}, connect {c["rate_per_s"]:.0f}/s over {c["wall_s"]:.0f} s'
+      + (' (dialing stopped at the memory floor)' if c.get("stopped_at_memory_floor") else ''))
+print("errors:", rep["errors"] or "none")
+per = lambda x: f'{x * 1024 / n:,.0f} B'
+print(f'memory per connection: server {per(a["server_rss"] - b["server_rss"])} (node RSS growth), '
+      f'generator {per(a["generator_rss"])} (generator RSS), '
+      f'kernel {per(a["Slab"] - b["Slab"])} (Slab growth), '
+      f'MemAvailable drop {per(b["MemAvailable"] - a["MemAvailable"])}; '
+      f'MemAvailable left {a["MemAvailable"] // 1024} MiB')
+print(f'totals: nodes {a["server_rss"] // 1024} MiB, generators {a["generator_rss"] // 1024} MiB, '
+      f'Slab {b["Slab"] // 1024} -> {a["Slab"] // 1024} MiB, TCP sockets {a["tcp_sockets"]}')
+d, l = rep["delivery"], rep["latency_us"]
+print(f'notify once: accepted {rep["publish"]["accepted"]} at {rep["publish"]["achieved_rate"]:.0f}/s, '
+      f'delivered {d["delivered"]}/{d["expected"]} lost {d["lost"]} dup {d["duplicated"]}, '
+      f'latency p50 {l["p50"] / 1000:.1f} ms p99 {l["p99"] / 1000:.1f} ms max {l["max"] / 1000:.1f} ms')
+if rep.get("broadcast"):
+    bc = rep["broadcast"]; d, l = bc["delivery"], bc["latency_us"]
+    print(f'broadcast: accepted {bc["publish"]["accepted"]}, delivered {d["delivered"]}/{d["expected"]} '
+          f'lost {d["lost"]} dup {d["duplicated"]}, latency p50 {l["p50"] / 1000:.1f} ms '
+          f'p99 {l["p99"] / 1000:.1f} ms max {l["max"] / 1000:.1f} ms')
+try:
+    ms = int(open(os.path.join(out, "console-status.ms")).read())
+    nodes = json.load(open(os.path.join(out, "console-status.json")))
+    up = sum(1 for x in nodes if x.get("status"))
+    print(f'herald-console status --json: {len(nodes)} nodes ({up} answered) in {ms} ms')
+except (OSError, ValueError) as e:
+    print("herald-console status --json: not measured:", e)
+def stats(name):
+    s = {}
+    for l in open(os.path.join(out, name)):
+        if l.startswith("cmdstat_"):
+            k, v = l.strip()[8:].split(":", 1)
+            f = dict(x.split("=") for x in v.split(","))
+            s[k] = (int(f["calls"]), int(f["usec"]))
+    return s
+def used_memory(name):
+    for l in open(os.path.join(out, name)):
+        if l.startswith("used_memory:"):
+            return int(l.split(":")[1])
+grew = used_memory("redis-connected.txt") - used_memory("redis-before.txt")
+print(f'redis used_memory: {used_memory("redis-connected.txt") / 2**20:.0f} MiB with every connection, '
+      f'{grew / n:,.0f} B per connection (subscriptions, presence; other users of it included)')
+s0, s1 = stats("redis-connected.txt"), stats("redis-held.txt")
+window = int(open(os.path.join(out, "redis-held.txt")).readline()) - int(open(os.path.join(out, "redis-connected.txt")).readline())
+rows = sorted(((s1[k][1] - s0.get(k, (0, 0))[1], s1[k][0] - s0.get(k, (0, 0))[0], k) for k in s1), reverse=True)
+try:
+    lo, hi, avg, samples = open(os.path.join(out, "redis-latency.txt")).read().split()
+    print(f"redis PING over the hold: max {hi} ms, avg {avg} ms ({samples} samples)")
+except (OSError, ValueError):
+    print("redis PING over the hold: not measured")
+print(f"redis over {window} s of the hold (the whole server, other users included): " + ", ".join(
+    f'{k} {calls} calls {usec / 1000:.0f} ms' for usec, calls, k in rows[:6] if calls))
+PY
+log "results in $OUT"
