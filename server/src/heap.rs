@@ -1,21 +1,15 @@
-//! The node's heap under glibc's malloc: how many arenas it may use, and giving its
-//! free pages back to the OS once a burst of connects or closes is over. What each
-//! step is worth per connection is in bench/RESULTS.md (section 4, "Server memory").
+//! Gives the heap's free pages back to the OS once a burst of connects or closes is
+//! over, where the allocator is glibc's: a Rust host that embeds Herald on the
+//! system allocator, and the C libraries (SQLite) inside the binary, which itself
+//! allocates with jemalloc (`main.rs`).
 //!
-//! **Arenas.** glibc gives threads arenas of their own, up to eight per core, so that
-//! they do not contend for one lock. A node's allocations are small and short, and
-//! each arena keeps its own free holes and its own top: with connections spread over
-//! many arenas, more of the heap stays resident for the same live bytes. The
-//! binary limits them to [`ARENAS`] before its runtime starts ([`limit_arenas`]);
-//! `MALLOC_ARENA_MAX`, when set, wins.
-//!
-//! **Trimming.** A connect burst allocates far more than the connections then keep:
-//! HTTP parsing, the upgrade, the opening's store reads, hundreds of handshakes in
-//! flight. glibc keeps what they free resident, in holes between the allocations the
-//! live connections keep, where it cannot shrink the heap from its top.
-//! `malloc_trim(0)` releases the free pages inside the heap as well. It walks every
-//! arena under its lock, so it runs once per burst, when the burst is over, on a
-//! blocking thread: not on a fixed timer, and never while connections keep arriving.
+//! A connect burst allocates far more than the connections then keep: HTTP parsing,
+//! the upgrade, the opening's store reads, hundreds of handshakes in flight. glibc
+//! keeps what they free resident, in holes between the allocations the live
+//! connections keep, where it cannot shrink the heap from its top. `malloc_trim(0)`
+//! releases the free pages inside the heap as well. It walks every arena under its
+//! lock, so it runs once per burst, when the burst is over, on a blocking thread: not
+//! on a fixed timer, and never while connections keep arriving.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -53,24 +47,6 @@ impl Burst {
             return true;
         }
         false
-    }
-}
-
-/// The most malloc arenas the binary lets glibc create: one per core of the
-/// machines this is measured on, whatever the core count, since a node's threads
-/// spend little of their time in malloc.
-pub const ARENAS: i32 = 2;
-
-/// Limits glibc's malloc to [`ARENAS`] arenas, unless `MALLOC_ARENA_MAX` says
-/// otherwise. Call it before any thread starts (the binary does, before its
-/// runtime); a host embedding Herald chooses its own allocator settings.
-pub fn limit_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets a parameter of the allocator.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, ARENAS);
-        }
     }
 }
 

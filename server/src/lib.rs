@@ -64,7 +64,7 @@ pub(crate) mod client_writes;
 pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod demo;
-pub mod heap;
+pub(crate) mod heap;
 pub(crate) mod herald;
 pub(crate) mod hub;
 pub(crate) mod issued;

@@ -1,27 +1,44 @@
 //! `herald-server`: parses flags, binds the listeners, prints how to use a fresh
 //! single node, and runs until SIGTERM or Ctrl-C.
 
+/// jemalloc, not glibc's malloc: it keeps each size class in slabs of its own, so the
+/// memory a burst of handshakes frees does not stay resident in holes between the
+/// connections' allocations, and it returns freed pages on its own. On the idle hold
+/// it held a connection in less memory than glibc with arenas limited and trimmed,
+/// and than mimalloc (bench/RESULTS.md, section 4, "Server memory").
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read before `main`: two arenas (a node's threads spend little
+/// time allocating, and every arena keeps its own partly used slabs), dirty pages
+/// purged after a second and not kept as "muzzy" pages in between. `_RJEM_MALLOC_CONF`
+/// in the environment is read after this, so it can override any of them.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: ConfString =
+    ConfString(c"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
+
+/// A C string pointer jemalloc reads as its `malloc_conf`.
+#[repr(transparent)]
+struct ConfString(*const std::ffi::c_char);
+// SAFETY: it points to a static, immutable C string literal.
+unsafe impl Sync for ConfString {}
+
 use anyhow::Context;
 use clap::Parser;
 use herald_server::config::{Cli, Command, Config};
-use herald_server::{heap, logging, secrets};
+use herald_server::{logging, secrets};
 use herald_shared::{GroupName, UserId};
 use tokio::net::TcpListener;
 
-fn main() -> anyhow::Result<()> {
-    // Before the runtime's threads exist, each of which would otherwise get an arena.
-    heap::limit_arenas();
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
     // Chosen here, not by the node, so the first log line already carries it.
     let node = cli.config.resolve_node_id().to_owned();
     logging::init(cli.config.log_format, &node);
     match cli.command {
         Some(Command::Token { user, groups, ttl }) => print_token(&cli.config, &user, &groups, ttl),
-        Some(Command::Serve) | None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the runtime")?
-            .block_on(serve(cli.config)),
+        Some(Command::Serve) | None => serve(cli.config).await,
     }
 }
 
