@@ -97,6 +97,10 @@ pub struct Derived {
     pub generator_connect_cpu_s: Option<f64>,
     #[serde(default)]
     pub generator_run_cpu_s: Option<f64>,
+    /// Load generator RSS growth (all shards) from before dialing to connected, per
+    /// established connection: what holding a connection costs the generator.
+    #[serde(default)]
+    pub generator_rss_per_connection_bytes: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -130,7 +134,11 @@ impl Report {
         let connect = |p: &ServerProc| Some(p.connected?.cpu_s - p.before?.cpu_s);
         let running = |p: &ServerProc| Some(p.after?.cpu_s - p.connected?.cpu_s);
         let sum = |f: &dyn Fn(&ServerProc) -> Option<f64>| total(&self.server, f);
-        let rss = sum(&|p| Some((p.connected?.rss_kib as f64 - p.before?.rss_kib as f64) * 1024.0));
+        let growth = |p: &ServerProc| {
+            Some((p.connected?.rss_kib as f64 - p.before?.rss_kib as f64) * 1024.0)
+        };
+        let rss = sum(&growth);
+        let generator_rss = total(&self.generator, &growth);
         let connect_cpu = sum(&connect);
         let run_cpu = sum(&running);
         let est = self.connections.established as f64;
@@ -142,6 +150,9 @@ impl Report {
             deliveries_per_cpu_s: run_cpu.filter(|c| *c > 0.0 && del > 0.0).map(|c| del / c),
             generator_connect_cpu_s: total(&self.generator, &connect),
             generator_run_cpu_s: total(&self.generator, &running),
+            generator_rss_per_connection_bytes: generator_rss
+                .filter(|_| est > 0.0)
+                .map(|r| r / est),
         };
     }
 
@@ -195,6 +206,9 @@ impl Report {
             self.derived.generator_run_cpu_s,
         ) {
             s += &format!(" | generator cpu connect={c:.1}s run={r:.1}s");
+        }
+        if let Some(r) = self.derived.generator_rss_per_connection_bytes {
+            s += &format!(" | bench rss/conn={:.2}KiB", r / 1024.0);
         }
         if let Some(r) = &self.ramp {
             match r.best_rate {
@@ -363,6 +377,52 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    fn shard(before_kib: u64, connected_kib: u64, established: u64) -> Report {
+        let at = |rss_kib| {
+            Some(crate::procstat::ProcSample {
+                rss_kib,
+                cpu_s: 0.0,
+            })
+        };
+        Report {
+            connections: ConnStats {
+                established,
+                ..Default::default()
+            },
+            generator: vec![ServerProc {
+                pid: 1,
+                before: at(before_kib),
+                connected: at(connected_kib),
+                after: None,
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// The generator's RSS per connection is every shard's growth over every shard's
+    /// connections, in the JSON and the summary line.
+    #[test]
+    fn generator_rss_merges_over_shards() {
+        let mut one = shard(10_000, 12_000, 1_000);
+        one.derive();
+        assert_eq!(
+            one.derived.generator_rss_per_connection_bytes,
+            Some(2.0 * 1024.0)
+        );
+        let m = merge(&[one, shard(10_000, 14_000, 1_000)]).unwrap();
+        assert_eq!(
+            m.derived.generator_rss_per_connection_bytes,
+            Some(3.0 * 1024.0)
+        );
+        assert!(
+            m.summary().contains(" bench rss/conn=3.00KiB"),
+            "{}",
+            m.summary()
+        );
+        let none = merge(&[shard(10_000, 12_000, 0)]).unwrap();
+        assert_eq!(none.derived.generator_rss_per_connection_bytes, None);
     }
 
     /// Steps add up across shards, take the worst p99, and the best rate is the last
