@@ -13,6 +13,7 @@
 //! - [`procstat`]: RSS and CPU of server processes from `/proc`.
 //! - [`report`]: the JSON report, the summary line, and merging reports of shards.
 //! - [`runner`]: the phases of a run and of a ramp.
+//! - [`upgrade`]: the WebSocket handshake, leaving no handshake buffer behind.
 
 pub mod config;
 pub mod connections;
@@ -21,3 +22,4 @@ pub mod procstat;
 pub mod publisher;
 pub mod report;
 pub mod runner;
+pub mod upgrade;
