@@ -39,16 +39,6 @@ async fn resolve(node: &str) -> anyhow::Result<Target> {
     })
 }
 
-/// Hands the memory the connect burst freed back to the OS. The generator's
-/// allocator (mimalloc) keeps freed pages for reuse, and what the dials in flight
-/// used (handshake buffers above all) would otherwise stay resident, counted against
-/// the connections held; a no-op for memory mimalloc did not allocate.
-fn release_free_memory() {
-    // SAFETY: mi_collect has no preconditions; it only frees memory mimalloc owns and
-    // no longer uses.
-    unsafe { libmimalloc_sys::mi_collect(true) };
-}
-
 /// Connections held open, and what connecting them measured.
 pub struct Session {
     pub plan: Plan,
@@ -163,7 +153,7 @@ impl Session {
             }
         }
         let wall_s = started.elapsed().as_secs_f64();
-        release_free_memory();
+        crate::memory::release();
         Ok(Self {
             plan,
             counters,
