@@ -4,22 +4,26 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use herald_shared::{ClientFrame, ServerFrame};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::timeout;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{WebSocketStream, client_async_with_config};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::hist::Recorder;
+use crate::upgrade::upgrade;
 
 /// Microseconds since the Unix epoch: the clock both publisher and clients stamp with.
 pub fn now_us() -> u64 {
@@ -102,21 +106,21 @@ pub struct Target {
     pub ws_base: String,
 }
 
-/// Where and as whom one connection dials.
-#[derive(Debug, Clone)]
-pub struct Dial {
-    /// Index of the connection within this process.
-    pub index: usize,
-    /// Index of its user in the plan.
-    pub user: usize,
-    /// Every node of the run; the connection starts on `nodes[first]` and, with
+/// What every connection of a run dials with, held once for all of them: a held
+/// connection keeps only its indices into it.
+#[derive(Debug)]
+pub struct DialPlan {
+    /// Every node of the run; a connection starts on `nodes[Dial::first]` and, with
     /// `reconnect`, moves on to the next one when closed.
-    pub nodes: Arc<Vec<Target>>,
-    pub first: usize,
-    pub source: Option<IpAddr>,
-    /// The client token (query parameter `token`).
-    pub token: String,
-    /// Group to subscribe to after `initial_state`.
+    pub nodes: Vec<Target>,
+    /// Local addresses to dial from.
+    pub sources: Vec<IpAddr>,
+    /// User ids, by the plan's user index.
+    pub users: Vec<String>,
+    /// The secret client tokens are signed with. Tokens are minted on each dial
+    /// rather than kept: one per connection would be held for the whole run.
+    pub jwt_secret: String,
+    /// Group to subscribe to after `initial_state` (and to put in the tokens).
     pub subscribe: Option<String>,
     pub timeout: Duration,
     /// Come back after a 1012 (drain) or 1013 (slow consumer) close, on the next
@@ -124,19 +128,63 @@ pub struct Dial {
     pub reconnect: bool,
 }
 
+/// Where and as whom one connection dials: indices into its [`DialPlan`], kept small
+/// because every held connection's task carries one.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    /// Index of the connection within this process.
+    pub index: u32,
+    /// Index of its user in the plan.
+    pub user: u32,
+    /// The node it dials first.
+    pub first: u32,
+    /// The local address it dials from, in `plan.sources`.
+    pub source: Option<u16>,
+    pub plan: Arc<DialPlan>,
+}
+
 impl Dial {
-    fn url(&self, node: usize, after: Option<i64>) -> String {
+    fn url(&self, node: usize, after: Option<i64>) -> Result<String, String> {
+        let plan = &self.plan;
+        let token = token(
+            &plan.jwt_secret,
+            &plan.users[self.user as usize],
+            plan.subscribe.as_deref().map(|g| vec![g]),
+        )
+        .map_err(|_| "token".to_owned())?;
         let mut url = format!(
-            "{}{}?token={}",
-            self.nodes[node].ws_base,
+            "{}{}?token={token}",
+            plan.nodes[node].ws_base,
             herald_shared::config::WS_PATH,
-            self.token
         );
         if let Some(a) = after {
             url += &format!("&after={a}");
         }
-        url
+        Ok(url)
     }
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groups: Option<Vec<&'a str>>,
+}
+
+/// An HS256 client token for `user`, valid one day.
+pub fn token(secret: &str, user: &str, groups: Option<Vec<&str>>) -> anyhow::Result<String> {
+    let exp = now_us() / 1_000_000 + 86_400;
+    let claims = Claims {
+        sub: user,
+        exp,
+        groups,
+    };
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?)
 }
 
 /// Why a read loop ended.
@@ -153,74 +201,62 @@ enum Ended {
 pub type Ready = Result<usize, String>;
 
 /// Small buffers: the bench holds tens of thousands of these.
+///
+/// The read buffer is what an idle connection keeps besides its task: tungstenite
+/// allocates `read_buffer_size`, reads at most that much per `read`, and grows the
+/// buffer to hold a larger frame (to twice the size, as `Vec` grows), never shrinking
+/// it. At 128 bytes an idle connection keeps 256 after the opening frames; a
+/// notification frame (about 160 bytes) takes two reads instead of one. It also
+/// zero-fills the buffer up to this size before every read, so a large one costs a
+/// memset per message.
 fn ws_config() -> WebSocketConfig {
-    // tungstenite zero-fills the read buffer up to this size before every read, so a
-    // large one costs a memset per message (7% of the generator's CPU at 4 KiB).
     WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(128)
         .write_buffer_size(0)
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(16 << 20))
 }
 
-/// Connects, reports readiness on `ready`, then reads until `stop` turns true,
-/// reconnecting when a node closes it and `dial.reconnect` is set.
+/// Connects, reports readiness on `ready`, then reads until `stop` is cancelled,
+/// reconnecting when a node closes it and `dial.plan.reconnect` is set.
+///
+/// This task's state is what every held connection keeps, and an async fn's state
+/// is as large as its largest await point: connecting is boxed, the connection is
+/// read in place (`read_loop` borrows it), and the rare steps (reconnecting,
+/// closing) are boxed too.
 pub async fn run(
     dial: Dial,
     counters: Arc<Counters>,
     gate: Arc<Semaphore>,
     ready: mpsc::UnboundedSender<Ready>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
-    let Ok(permit) = gate.acquire_owned().await else {
-        // The run closed the gate (its memory floor): this connection is never tried.
-        counters.error("not_dialed");
-        let _ = ready.send(Err("not_dialed".into()));
+    let Some((mut ws, newest)) = Box::pin(connect(&dial, &counters, gate, ready)).await else {
         return;
     };
-    let started = Instant::now();
-    let (ws, newest) = match timeout(dial.timeout, open(&dial, dial.first, None)).await {
-        Ok(Ok(opened)) => opened,
-        Ok(Err(cause)) => {
-            counters.error(cause.clone());
-            let _ = ready.send(Err(cause));
-            return;
-        }
-        Err(_) => {
-            counters.error("connect_timeout");
-            let _ = ready.send(Err("connect_timeout".into()));
-            return;
-        }
-    };
-    counters
-        .initial_state
-        .record(dial.index, started.elapsed().as_micros() as u64);
-    drop(permit);
-    counters.open.fetch_add(1, Ordering::Relaxed);
-    let _ = ready.send(Ok(dial.user));
     let mut seen = Seen {
         last_id: newest,
         ..Seen::default()
     };
-    let mut ws = ws;
-    let mut node = dial.first;
+    let mut node = dial.first as usize;
+    let mut stopped = std::pin::pin!(stop.cancelled());
     loop {
-        match read_loop(ws, &dial, &counters, &mut stop, &mut seen).await {
-            Ended::Closed(code @ (1012 | 1013)) if dial.reconnect => {
+        match read_loop(&mut ws, &dial, &counters, stopped.as_mut(), &mut seen).await {
+            Ended::Closed(code @ (1012 | 1013)) if dial.plan.reconnect => {
                 let closed = Instant::now();
                 // The newest id the client knows, from `initial_state` or live
                 // frames; a client that knows none asks for everything (after=0).
                 let after = seen.last_id.unwrap_or(0);
-                match reopen(&dial, &mut node, Some(after), &mut stop).await {
+                match Box::pin(reopen(&dial, &mut node, Some(after), &stop)).await {
                     Some(next) => {
                         counters.reconnects.fetch_add(1, Ordering::Relaxed);
                         counters
                             .reconnect_time
-                            .record(dial.index, closed.elapsed().as_micros() as u64);
+                            .record(dial.index as usize, closed.elapsed().as_micros() as u64);
                         ws = next;
                     }
                     None => {
-                        if !*stop.borrow() {
+                        if !stop.is_cancelled() {
                             counters.error(format!("reconnect_failed_after_{code}"));
                         }
                         break;
@@ -231,10 +267,46 @@ pub async fn run(
                 counters.error(format!("closed_{code}"));
                 break;
             }
-            Ended::Stopped | Ended::Failed => break,
+            Ended::Stopped => {
+                let _ = Box::pin(timeout(Duration::from_secs(2), ws.close(None))).await;
+                break;
+            }
+            Ended::Failed => break,
         }
     }
     counters.open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Opens the connection (at most `connect_concurrency` at a time), counts it open,
+/// and reports it ready or failed on `ready`.
+async fn connect(
+    dial: &Dial,
+    counters: &Counters,
+    gate: Arc<Semaphore>,
+    ready: mpsc::UnboundedSender<Ready>,
+) -> Option<(WebSocketStream<TcpStream>, Option<i64>)> {
+    let Ok(_permit) = gate.acquire_owned().await else {
+        // The run closed the gate (its memory floor): this connection is never tried.
+        counters.error("not_dialed");
+        let _ = ready.send(Err("not_dialed".into()));
+        return None;
+    };
+    let started = Instant::now();
+    match open(dial, dial.first as usize, None, dial.plan.timeout).await {
+        Ok(opened) => {
+            counters
+                .initial_state
+                .record(dial.index as usize, started.elapsed().as_micros() as u64);
+            counters.open.fetch_add(1, Ordering::Relaxed);
+            let _ = ready.send(Ok(dial.user as usize));
+            Some(opened)
+        }
+        Err(cause) => {
+            counters.error(cause.clone());
+            let _ = ready.send(Err(cause));
+            None
+        }
+    }
 }
 
 /// Dials the nodes after `node` in turn until one answers with `initial_state`
@@ -243,14 +315,14 @@ async fn reopen(
     dial: &Dial,
     node: &mut usize,
     after: Option<i64>,
-    stop: &mut watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Option<WebSocketStream<TcpStream>> {
-    let deadline = Instant::now() + dial.timeout;
+    let deadline = Instant::now() + dial.plan.timeout;
     let mut backoff = Duration::from_millis(50);
-    while Instant::now() < deadline && !*stop.borrow() {
-        *node = (*node + 1) % dial.nodes.len();
+    while Instant::now() < deadline && !stop.is_cancelled() {
+        *node = (*node + 1) % dial.plan.nodes.len();
         let left = deadline.saturating_duration_since(Instant::now());
-        if let Ok(Ok((ws, _))) = timeout(left, open(dial, *node, after)).await {
+        if let Ok((ws, _)) = open(dial, *node, after, left).await {
             return Some(ws);
         }
         tokio::time::sleep(backoff.min(left)).await;
@@ -262,27 +334,46 @@ async fn reopen(
 /// What one logical connection has received, across its reconnects.
 #[derive(Default)]
 struct Seen {
-    seqs: HashSet<u64>,
+    /// Boxed on first use: an idle connection's task then holds a pointer, not the
+    /// set's 48 bytes.
+    #[allow(clippy::box_collection)]
+    seqs: Option<Box<HashSet<u64>>>,
     /// Highest notification id received or in `initial_state`: the `after` of a
     /// reconnect.
     last_id: Option<i64>,
 }
 
-/// Dials `dial.nodes[node]` and reads up to `initial_state` (and `subscribed`, if
-/// asked to subscribe); also returns the newest notification id `initial_state` held.
+/// Dials `dial.plan.nodes[node]` and reads up to `initial_state` (and `subscribed`,
+/// if asked to subscribe) `within` a time limit; also returns the newest notification
+/// id `initial_state` held.
+///
+/// Boxed: the handshake's state is large, and an async fn's state is as large as its
+/// largest await point, so held inline it would stay in every idle connection's task.
 async fn open(
     dial: &Dial,
     node: usize,
     after: Option<i64>,
+    within: Duration,
 ) -> Result<(WebSocketStream<TcpStream>, Option<i64>), String> {
-    let addr = dial.nodes[node].addr;
+    match Box::pin(timeout(within, open_inline(dial, node, after))).await {
+        Ok(opened) => opened,
+        Err(_) => Err("connect_timeout".into()),
+    }
+}
+
+async fn open_inline(
+    dial: &Dial,
+    node: usize,
+    after: Option<i64>,
+) -> Result<(WebSocketStream<TcpStream>, Option<i64>), String> {
+    let addr = dial.plan.nodes[node].addr;
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
         TcpSocket::new_v6()
     }
     .map_err(|e| io_cause("socket", &e))?;
-    if let Some(src) = dial.source {
+    if let Some(src) = dial.source.map(|s| dial.plan.sources[s as usize]) {
         bind_no_port(&socket);
         socket
             .bind(SocketAddr::new(src, 0))
@@ -293,10 +384,10 @@ async fn open(
         .await
         .map_err(|e| io_cause("connect", &e))?;
     let _ = stream.set_nodelay(true);
-    let (mut ws, _) = client_async_with_config(dial.url(node, after), stream, Some(ws_config()))
+    let (mut ws, _) = upgrade(dial.url(node, after)?, stream, ws_config())
         .await
         .map_err(|e| ws_cause("handshake", e))?;
-    let mut subscribed = dial.subscribe.is_none();
+    let mut subscribed = dial.plan.subscribe.is_none();
     let mut initial = false;
     let mut newest = None;
     while !(initial && subscribed) {
@@ -305,7 +396,7 @@ async fn open(
                 Ok(ServerFrame::InitialState { notifications, .. }) => {
                     initial = true;
                     newest = notifications.iter().map(|n| n.id).max();
-                    if let Some(group) = &dial.subscribe {
+                    if let Some(group) = &dial.plan.subscribe {
                         let f = serde_json::to_string(&ClientFrame::Subscribe {
                             group: group.clone(),
                         })
@@ -354,20 +445,22 @@ pub fn bind_no_port(socket: &TcpSocket) {
 }
 
 async fn read_loop(
-    mut ws: WebSocketStream<TcpStream>,
+    ws: &mut WebSocketStream<TcpStream>,
     dial: &Dial,
     counters: &Counters,
-    stop: &mut watch::Receiver<bool>,
+    mut stopped: Pin<&mut WaitForCancellationFuture<'_>>,
     seen: &mut Seen,
 ) -> Ended {
     loop {
-        let msg = tokio::select! {
-            biased;
-            m = ws.next() => m,
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                let _ = timeout(Duration::from_secs(2), ws.close(None)).await;
-                return Ended::Stopped;
-            }
+        // Frames first while there are any, then the stop: by hand rather than with
+        // `select!`, whose state (in every held connection's task) is larger.
+        let msg = std::future::poll_fn(|cx| match ws.poll_next_unpin(cx) {
+            Poll::Ready(m) => Poll::Ready(Some(m)),
+            Poll::Pending => stopped.as_mut().poll(cx).map(|()| None),
+        })
+        .await;
+        let Some(msg) = msg else {
+            return Ended::Stopped;
         };
         match msg {
             Some(Ok(Message::Text(t))) => {
@@ -422,11 +515,11 @@ fn receive(dial: &Dial, counters: &Counters, seen: &mut Seen, now: u64, body: &s
         counters.error("foreign_message");
         return;
     };
-    if seen.seqs.insert(p.seq) {
+    if seen.seqs.get_or_insert_default().insert(p.seq) {
         counters.delivered.fetch_add(1, Ordering::Relaxed);
         counters
             .latency
-            .record(dial.index, now.saturating_sub(p.sent_us));
+            .record(dial.index as usize, now.saturating_sub(p.sent_us));
     } else {
         counters.duplicated.fetch_add(1, Ordering::Relaxed);
     }

@@ -112,8 +112,8 @@ pub struct Derived {
     pub generator_connect_cpu_s: Option<f64>,
     #[serde(default)]
     pub generator_run_cpu_s: Option<f64>,
-    /// Load generator RSS growth (all shards) from before connecting to connected,
-    /// per established connection.
+    /// Load generator RSS growth (all shards) from before dialing to connected, per
+    /// established connection: what holding a connection costs the generator.
     #[serde(default)]
     pub generator_rss_per_connection_bytes: Option<f64>,
 }
@@ -149,11 +149,11 @@ impl Report {
         let connect = |p: &ServerProc| Some(p.connected?.cpu_s - p.before?.cpu_s);
         let running = |p: &ServerProc| Some(p.after?.cpu_s - p.connected?.cpu_s);
         let sum = |f: &dyn Fn(&ServerProc) -> Option<f64>| total(&self.server, f);
-        let grown = |p: &ServerProc| {
+        let growth = |p: &ServerProc| {
             Some((p.connected?.rss_kib as f64 - p.before?.rss_kib as f64) * 1024.0)
         };
-        let rss = sum(&grown);
-        let generator_rss = total(&self.generator, &grown);
+        let rss = sum(&growth);
+        let generator_rss = total(&self.generator, &growth);
         let connect_cpu = sum(&connect);
         let run_cpu = sum(&running);
         let est = self.connections.established as f64;
@@ -213,9 +213,6 @@ impl Report {
         if let Some(r) = self.derived.rss_per_connection_bytes {
             s += &format!(" | server rss/conn={:.2}KiB", r / 1024.0);
         }
-        if let Some(r) = self.derived.generator_rss_per_connection_bytes {
-            s += &format!(" generator rss/conn={:.2}KiB", r / 1024.0);
-        }
         if let Some(c) = self.derived.cpu_ms_per_1000_deliveries {
             s += &format!(" cpu/1000 deliveries={c:.2}ms");
         }
@@ -241,6 +238,9 @@ impl Report {
                 fmt_us(b.latency_us.p99),
                 fmt_us(b.latency_us.max)
             );
+        }
+        if let Some(r) = self.derived.generator_rss_per_connection_bytes {
+            s += &format!(" | bench rss/conn={:.2}KiB", r / 1024.0);
         }
         if let Some(r) = &self.ramp {
             match r.best_rate {
@@ -442,7 +442,7 @@ mod tests {
         }
     }
 
-    fn shard(established: u64, accepted: u64, delivered: u64) -> Report {
+    fn broadcast_shard(established: u64, accepted: u64, delivered: u64) -> Report {
         Report {
             connections: ConnStats {
                 established,
@@ -463,15 +463,61 @@ mod tests {
         }
     }
 
+    fn shard(before_kib: u64, connected_kib: u64, established: u64) -> Report {
+        let at = |rss_kib| {
+            Some(crate::procstat::ProcSample {
+                rss_kib,
+                cpu_s: 0.0,
+            })
+        };
+        Report {
+            connections: ConnStats {
+                established,
+                ..Default::default()
+            },
+            generator: vec![ServerProc {
+                pid: 1,
+                before: at(before_kib),
+                connected: at(connected_kib),
+                after: None,
+            }],
+            ..Default::default()
+        }
+    }
+
     /// The one shard that published decides what every shard's connections expect:
     /// a connection that missed the event shows as lost, wherever it was.
     #[test]
     fn broadcasts_merge_against_every_connection() {
-        let m = merge(&[shard(3, 1, 3), shard(2, 0, 1)]).unwrap();
+        let m = merge(&[broadcast_shard(3, 1, 3), broadcast_shard(2, 0, 1)]).unwrap();
         let d = m.broadcast.unwrap().delivery;
         assert_eq!((d.expected, d.delivered, d.lost), (5, 4, 1));
         let none = merge(&[Report::default(), Report::default()]).unwrap();
         assert!(none.broadcast.is_none());
+    }
+
+    /// The generator's RSS per connection is every shard's growth over every shard's
+    /// connections, in the JSON and the summary line.
+    #[test]
+    fn generator_rss_merges_over_shards() {
+        let mut one = shard(10_000, 12_000, 1_000);
+        one.derive();
+        assert_eq!(
+            one.derived.generator_rss_per_connection_bytes,
+            Some(2.0 * 1024.0)
+        );
+        let m = merge(&[one, shard(10_000, 14_000, 1_000)]).unwrap();
+        assert_eq!(
+            m.derived.generator_rss_per_connection_bytes,
+            Some(3.0 * 1024.0)
+        );
+        assert!(
+            m.summary().contains(" bench rss/conn=3.00KiB"),
+            "{}",
+            m.summary()
+        );
+        let none = merge(&[shard(10_000, 12_000, 0)]).unwrap();
+        assert_eq!(none.derived.generator_rss_per_connection_bytes, None);
     }
 
     /// Steps add up across shards, take the worst p99, and the best rate is the last

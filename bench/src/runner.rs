@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Mode, Plan, RampArgs, RunArgs, Shard};
-use crate::connections::{self, Counters, Dial, Target};
+use crate::connections::{self, Counters, Dial, DialPlan, Target};
 use crate::hist::HistSummary;
 use crate::procstat::{self, ServerProc};
 use crate::publisher::{PublishStats, Publisher};
@@ -21,29 +21,6 @@ use crate::report::{ConnStats, Delivery, PhaseReport, RampResult, RampStep, Reco
 /// Sequence numbers of the `--also-broadcast` event start here, far above any of the
 /// main phase's, so a connection never takes one message for the other.
 const BROADCAST_SEQ: u64 = 1 << 40;
-
-#[derive(Serialize)]
-struct Claims<'a> {
-    sub: &'a str,
-    exp: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    groups: Option<Vec<&'a str>>,
-}
-
-/// An HS256 client token for `user`, valid one day.
-pub fn token(secret: &str, user: &str, groups: Option<Vec<&str>>) -> anyhow::Result<String> {
-    let exp = connections::now_us() / 1_000_000 + 86_400;
-    let claims = Claims {
-        sub: user,
-        exp,
-        groups,
-    };
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )?)
-}
 
 /// A node's socket address and `ws://host:port` prefix, from its base URL.
 async fn resolve(node: &str) -> anyhow::Result<Target> {
@@ -77,8 +54,10 @@ pub struct Session {
     pub server: Vec<ServerProc>,
     /// This process, sampled with the servers.
     pub generator: ServerProc,
-    stop: watch::Sender<bool>,
-    tasks: JoinSet<()>,
+    stop: CancellationToken,
+    /// The connection tasks: tracked, not joined one by one (a `JoinSet` entry is
+    /// one more allocation per held connection).
+    tasks: TaskTracker,
     quiet: bool,
 }
 
@@ -106,17 +85,20 @@ impl Session {
             "--also-broadcast is for the notify and event modes"
         );
         let dialed = args.nodes.len();
-        let nodes = Arc::new(nodes);
         let group = if args.mode == Mode::Broadcast {
             Some(args.group_name())
         } else {
             args.also_broadcast.clone()
         };
-        let tokens: Vec<String> = plan
-            .users
-            .iter()
-            .map(|u| token(&args.jwt_secret, &u.id, group.as_deref().map(|g| vec![g])))
-            .collect::<anyhow::Result<_>>()?;
+        let dial_plan = Arc::new(DialPlan {
+            nodes,
+            sources: args.sources.clone(),
+            users: plan.users.iter().map(|u| u.id.clone()).collect(),
+            jwt_secret: args.jwt_secret.clone(),
+            subscribe: group,
+            timeout: Duration::from_secs_f64(args.connect_timeout),
+            reconnect: args.reconnect,
+        });
 
         let server: Vec<ServerProc> = args
             .server_pids
@@ -128,17 +110,19 @@ impl Session {
             })
             .collect();
 
+        let counters = Arc::new(Counters::default());
+        let stop = CancellationToken::new();
+        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+        let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+        let tasks = TaskTracker::new();
+        // Sampled last before dialing, after the run's fixed allocations (the
+        // histograms above are several MB), so the growth is what connections hold.
         let me = std::process::id();
         let generator = ServerProc {
             pid: me,
             before: procstat::sample(me),
             ..Default::default()
         };
-        let counters = Arc::new(Counters::default());
-        let (stop, stop_rx) = watch::channel(false);
-        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
-        let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-        let mut tasks = JoinSet::new();
         let started = Instant::now();
         let floor_hit = Arc::new(AtomicBool::new(false));
         let floor = (args.min_available_mib > 0).then(|| {
@@ -158,23 +142,18 @@ impl Session {
                 tokio::time::sleep_until((started + p * index as u32).into()).await;
             }
             let dial = Dial {
-                index,
-                user,
-                nodes: nodes.clone(),
-                first: index % dialed,
-                source: (!args.sources.is_empty())
-                    .then(|| args.sources[index % args.sources.len()]),
-                token: tokens[user].clone(),
-                subscribe: group.clone(),
-                timeout: Duration::from_secs_f64(args.connect_timeout),
-                reconnect: args.reconnect,
+                index: index as u32,
+                user: user as u32,
+                first: (index % dialed) as u32,
+                source: (!args.sources.is_empty()).then(|| (index % args.sources.len()) as u16),
+                plan: dial_plan.clone(),
             };
             tasks.spawn(connections::run(
                 dial,
                 counters.clone(),
                 gate.clone(),
                 ready_tx.clone(),
-                stop_rx.clone(),
+                stop.clone(),
             ));
         }
         drop(ready_tx);
@@ -201,6 +180,7 @@ impl Session {
         if let Some(f) = floor {
             f.abort();
         }
+        crate::memory::release();
         Ok(Self {
             plan,
             counters,
@@ -240,23 +220,23 @@ impl Session {
     }
 
     /// Closes every connection and waits (bounded) for their tasks.
-    pub async fn stop(mut self) -> ConnStats {
+    pub async fn stop(self) -> ConnStats {
         let mut stats = self.stats.clone();
         stats.open_at_end = self.counters.open.load(Ordering::Relaxed);
-        let _ = self.stop.send(true);
-        let deadline = tokio::time::sleep(Duration::from_secs(10));
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                r = self.tasks.join_next() => if r.is_none() { break },
-                _ = &mut deadline => {
-                    if !self.quiet {
-                        eprintln!("herald-bench: {} connections did not close in time", self.tasks.len());
-                    }
-                    self.tasks.abort_all();
-                    break;
-                }
-            }
+        self.stop.cancel();
+        self.tasks.close();
+        // Each task ends by itself once stopped (closing is bounded by 2 s, a dial in
+        // flight by the connect timeout); one still running past this is dropped with
+        // the runtime.
+        if tokio::time::timeout(Duration::from_secs(10), self.tasks.wait())
+            .await
+            .is_err()
+            && !self.quiet
+        {
+            eprintln!(
+                "herald-bench: {} connections did not close in time",
+                self.tasks.len()
+            );
         }
         stats
     }

@@ -401,6 +401,7 @@ async fn binary_writes_and_merges_json() {
         );
         let line = String::from_utf8_lossy(&st.stdout);
         assert!(line.starts_with("herald-bench run"), "{line}");
+        assert!(line.contains(" | bench rss/conn="), "{line}");
         files.push(out);
     }
     let merged = dir.path().join("m.json");
@@ -422,4 +423,7 @@ async fn binary_writes_and_merges_json() {
     assert_eq!(m.delivery.expected, 20);
     assert_eq!(m.delivery.delivered, 20);
     assert_eq!(m.latency_us.count, 20);
+    assert_eq!(m.generator.len(), 2, "each shard's generator samples");
+    assert!(m.derived.generator_rss_per_connection_bytes.is_some());
+    assert!(String::from_utf8_lossy(&st.stdout).contains(" | bench rss/conn="));
 }
