@@ -94,6 +94,10 @@ impl Session {
     /// locals of its future, which then holds both the arguments and the locals (the
     /// transport twice) for as long as the connection lives. The block uses its
     /// captures in place.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold its arguments twice (see above)"
+    )]
     pub fn run<T: Transport>(mut self: Box<Self>, mut ws: T) -> impl Future<Output = ()> {
         async move {
             let end = self.serve(&mut ws).await;
@@ -107,6 +111,10 @@ impl Session {
 
     /// An `async` block for the same reason as [`Session::run`]: the idle loop below
     /// is what every idle connection's task holds.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold its arguments twice (see `run`)"
+    )]
     fn serve<'a, T: Transport>(&'a mut self, ws: &'a mut T) -> impl Future<Output = End> + 'a {
         async move {
             let expiry = self.node.config.queue_expiry();
