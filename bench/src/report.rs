@@ -89,6 +89,19 @@ pub struct Delivery {
     pub duplicated: u64,
 }
 
+impl Delivery {
+    /// What a phase counted: `expected` against the distinct messages `delivered`,
+    /// and the `duplicated` receptions; `lost` is what is missing.
+    pub fn counted(expected: u64, delivered: u64, duplicated: u64) -> Self {
+        Self {
+            expected,
+            delivered,
+            lost: expected.saturating_sub(delivered),
+            duplicated,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Reconnects {
     pub count: u64,

@@ -296,12 +296,11 @@ async fn phase_for(
     let delivered = c.delivered.load(Ordering::Relaxed) - del0;
     Phase {
         publish,
-        delivery: Delivery {
+        delivery: Delivery::counted(
             expected,
             delivered,
-            lost: expected.saturating_sub(delivered),
-            duplicated: c.duplicated.load(Ordering::Relaxed) - dup0,
-        },
+            c.duplicated.load(Ordering::Relaxed) - dup0,
+        ),
         latency: HistSummary::of(&c.latency.take()),
     }
 }
@@ -406,12 +405,11 @@ async fn broadcast_phase(args: &RunArgs, s: &Session, group: &str) -> (PhaseRepo
     };
     let report = PhaseReport {
         publish,
-        delivery: Delivery {
+        delivery: Delivery::counted(
             expected,
             delivered,
-            lost: expected.saturating_sub(delivered),
-            duplicated: c.duplicated.load(Ordering::Relaxed) - dup0,
-        },
+            c.duplicated.load(Ordering::Relaxed) - dup0,
+        ),
         latency_us: HistSummary::of(&c.latency.take()),
     };
     (report, publisher)

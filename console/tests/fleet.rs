@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::fleet::{Database, Fleet, REDIS, tag};
-use common::{ADMIN_TOKEN, tmux, until_pane};
+use common::{ADMIN_TOKEN, tmux, tmux_session, until_pane};
 use serde_json::Value;
 
 const NODES: usize = 52;
@@ -61,20 +61,7 @@ async fn fifty_two_nodes() {
 
     // Tall enough for every row: the fleet table has 16 rows of frame around it.
     let session = format!("herald-console-fleet-{}", std::process::id());
-    let cmd = format!("{console} {}; sleep 30", flags.join(" "));
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "160",
-        "-y",
-        "80",
-        "sh",
-        "-c",
-        &cmd,
-    ]);
+    tmux_session(&session, 160, 80, &format!("{console} {}", flags.join(" ")));
     let rows = |p: &str| p.lines().filter(|l| l.contains("● serving")).count();
     let pane = until_pane(&session, Duration::from_secs(30), |p| {
         rows(p) == NODES && p.contains(&format!("{NODES}/{NODES} nodes"))

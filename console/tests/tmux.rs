@@ -24,19 +24,7 @@ async fn binary_under_tmux() {
         env!("CARGO_BIN_EXE_herald-console"),
         n.admin_url()
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "120",
-        "-y",
-        "40",
-        "sh",
-        "-c",
-        &format!("{cmd}; sleep 30"),
-    ]);
+    tmux_session(&session, 120, 40, &cmd);
     let pane = until(&session, |p| {
         p.contains("tmux-node") && p.contains("serving")
     })
@@ -86,19 +74,7 @@ async fn no_flags_finds_this_hosts_node() {
         n.admin,
         env!("CARGO_BIN_EXE_herald-console"),
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "120",
-        "-y",
-        "40",
-        "sh",
-        "-c",
-        &format!("{cmd}; sleep 30"),
-    ]);
+    tmux_session(&session, 120, 40, &cmd);
     let pane = until(&session, |p| {
         p.contains("local-node") && p.contains("serving")
     })

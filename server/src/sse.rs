@@ -104,7 +104,7 @@ async fn open(
     }
     let (tx, rx) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
     let session = Session::new(node.clone(), ident, registration, after).run(SseStream::new(tx));
-    tokio::spawn(node.sessions.track_future(session));
+    node.sessions.spawn(session);
     let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await

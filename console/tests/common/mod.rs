@@ -235,6 +235,24 @@ pub fn tmux(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Starts a detached tmux session `width` × `height` running `sh -c "<cmd>; sleep 30"`
+/// (the pane stays to be read after the command ends).
+pub fn tmux_session(session: &str, width: u16, height: u16, cmd: &str) {
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        session,
+        "-x",
+        &width.to_string(),
+        "-y",
+        &height.to_string(),
+        "sh",
+        "-c",
+        &format!("{cmd}; sleep 30"),
+    ]);
+}
+
 /// Captures the pane of tmux `session` until `pred` holds (or `limit` passed);
 /// returns the last capture.
 pub async fn until_pane(session: &str, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
