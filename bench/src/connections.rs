@@ -1,6 +1,7 @@
-//! One task per WebSocket connection: dial from a chosen source address, wait for
-//! `initial_state`, then read every frame until told to stop, recording latency,
-//! duplicates and errors into the shared [`Counters`].
+//! One task per WebSocket connection: dial from a chosen source address (again, after
+//! a backoff, when the node refuses with "try again"), wait for `initial_state`, then
+//! read every frame until told to stop, recording latency, duplicates and errors into
+//! the shared [`Counters`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -73,7 +74,8 @@ struct LiveNotification<'a> {
 pub struct Counters {
     /// Publish-to-receive latency, µs.
     pub latency: Recorder,
-    /// Dial start to `initial_state`, µs.
+    /// First dial to `initial_state`, µs (refused attempts and their backoff
+    /// included).
     pub initial_state: Recorder,
     /// Messages received for the first time on their connection.
     pub delivered: AtomicU64,
@@ -86,6 +88,9 @@ pub struct Counters {
     pub reconnects: AtomicU64,
     /// Close received to `initial_state` on the next node, µs.
     pub reconnect_time: Recorder,
+    /// Initial dials that a node refused with "try again" ([`retryable`]) and that
+    /// were dialed again, on the same node, after a backoff.
+    pub connect_retries: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -277,8 +282,54 @@ pub async fn run(
     counters.open.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// The first wait before dialing a refused connection again; it doubles per refusal
+/// up to [`RETRY_MAX`], and each wait adds up to half of it again at random, so that
+/// connections refused in the same moment do not all come back in the same moment.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Whether an attempt that failed with `cause` (as [`open`] names it) was refused by a
+/// node that asks to be tried again, as `@herald/client` retries it: 1013 (try again
+/// later), 1011 and the `internal` error frame before it (the node could not load
+/// `initial_state`: its store pool timed out on an overloaded box), and a 503 to the
+/// upgrade (over capacity, over the bound on connections not yet sessions, or not
+/// serving yet).
+///
+/// Not retried: refusals that another attempt cannot change (401, 403, a 400 about
+/// the request, a bad frame, a 429 over the per-user cap, which only the run's own
+/// plan of users can cause), and transport failures
+/// (refused, reset, out of ports or files): those are the generator's own limits or a
+/// node that is gone, and retrying would hide them in a slower connect rate. Nor is
+/// `connect_timeout`: each attempt is given all the time left before the dial
+/// deadline, so a timeout means none is left; and cutting an attempt short to try
+/// again would throw away the work an overloaded node has already put into it.
+pub fn retryable(cause: &str) -> bool {
+    matches!(
+        cause,
+        "closed_1011" | "closed_1013" | "handshake_http_503" | "server_error_internal"
+    )
+}
+
+/// How long to wait before dialing again: `backoff` plus up to half of it at random.
+fn jittered(backoff: Duration, dial: u32, attempt: u32) -> Duration {
+    use std::hash::BuildHasher;
+    let r = std::hash::RandomState::new().hash_one((dial, attempt));
+    let half = backoff.as_micros() as u64 / 2;
+    backoff + Duration::from_micros(r % half.max(1))
+}
+
 /// Opens the connection (at most `connect_concurrency` at a time), counts it open,
 /// and reports it ready or failed on `ready`.
+///
+/// A refusal that asks to be tried again ([`retryable`]) is dialed again on the same
+/// node (its user was assigned there), with a growing, jittered backoff, within the
+/// dial timeout counted from the first attempt; time to `initial_state` is measured
+/// from the first attempt too. The permit is kept while backing off: the gate bounds
+/// the connections being set up, and one waiting to retry is still being set up
+/// (letting a fresh dial in would only add load to a node that is refusing).
+///
+/// The loop lives here, in the future `run` boxes and drops once connected, so a
+/// held connection's task is no larger for it.
 async fn connect(
     dial: &Dial,
     counters: &Counters,
@@ -292,7 +343,26 @@ async fn connect(
         return None;
     };
     let started = Instant::now();
-    match open(dial, dial.first as usize, None, dial.plan.timeout).await {
+    let deadline = started + dial.plan.timeout;
+    let mut backoff = RETRY_FIRST;
+    let mut attempt = 0u32;
+    let opened = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match open(dial, dial.first as usize, None, left).await {
+            Err(cause) if retryable(&cause) => {
+                let wait = jittered(backoff, dial.index, attempt);
+                if Instant::now() + wait >= deadline {
+                    break Err(cause);
+                }
+                counters.connect_retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(RETRY_MAX);
+                attempt += 1;
+            }
+            other => break other,
+        }
+    };
+    match opened {
         Ok(opened) => {
             counters
                 .initial_state
@@ -556,5 +626,48 @@ fn ws_cause(stage: &str, e: tokio_tungstenite::tungstenite::Error) -> String {
         Error::Protocol(_) => format!("{stage}_protocol"),
         Error::Capacity(_) => format!("{stage}_capacity"),
         _ => format!("{stage}_other"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only the refusals that ask to be tried again are retried.
+    #[test]
+    fn retries_only_try_again_refusals() {
+        for cause in [
+            "closed_1011",
+            "closed_1013",
+            "handshake_http_503",
+            "server_error_internal",
+        ] {
+            assert!(retryable(cause), "{cause}");
+        }
+        for cause in [
+            "handshake_http_401",
+            "handshake_http_403",
+            "handshake_http_400",
+            "handshake_http_429",
+            "server_error_forbidden",
+            "bad_frame",
+            "closed_1008",
+            "connect_refused",
+            "connect_addr_not_available",
+            "handshake_reset",
+            "eof_opening",
+            "connect_timeout",
+        ] {
+            assert!(!retryable(cause), "{cause}");
+        }
+    }
+
+    /// The wait is the backoff plus less than half of it again.
+    #[test]
+    fn jitter_stays_within_half_the_backoff() {
+        for attempt in 0..100 {
+            let w = jittered(RETRY_MAX, 7, attempt);
+            assert!(w >= RETRY_MAX && w < RETRY_MAX * 3 / 2, "{w:?}");
+        }
     }
 }

@@ -27,7 +27,7 @@ pub struct Report {
     #[serde(default)]
     pub listen_only: bool,
     pub connections: ConnStats,
-    /// Dial start to `initial_state`, µs.
+    /// First dial to `initial_state`, µs (refused attempts and their backoff included).
     pub initial_state_us: HistSummary,
     pub publish: PublishStats,
     pub delivery: Delivery,
@@ -72,6 +72,10 @@ pub struct ConnStats {
     pub rate_per_s: f64,
     /// Still open when the run stopped them.
     pub open_at_end: u64,
+    /// Refused initial dials (1011, 1013, 503: "try again") dialed again on the same
+    /// node; a connection refused three times counts three.
+    #[serde(default)]
+    pub retries: u64,
     /// Dialing stopped because MemAvailable fell below `--min-available-mib`.
     #[serde(default)]
     pub stopped_at_memory_floor: bool,
@@ -192,11 +196,12 @@ impl Report {
         let i = &self.initial_state_us;
         let errors: u64 = self.errors.values().sum();
         let mut s = format!(
-            "herald-bench {} shards={} conns={}/{} connect={:.0}/s init_p50={} init_p99={} | sent={} accepted={} rate={:.0}/s | delivered={}/{} lost={} dup={} | lat p50={} p90={} p99={} p999={} max={} | errors={}",
+            "herald-bench {} shards={} conns={}/{} retried={} connect={:.0}/s init_p50={} init_p99={} | sent={} accepted={} rate={:.0}/s | delivered={}/{} lost={} dup={} | lat p50={} p90={} p99={} p999={} max={} | errors={}",
             self.command,
             self.shards.len(),
             c.established,
             c.attempted,
+            c.retries,
             c.rate_per_s,
             fmt_us(i.p50),
             fmt_us(i.p99),
@@ -375,6 +380,7 @@ pub fn merge(reports: &[Report]) -> anyhow::Result<Report> {
         c.established += r.connections.established;
         c.failed += r.connections.failed;
         c.open_at_end += r.connections.open_at_end;
+        c.retries += r.connections.retries;
         c.stopped_at_memory_floor |= r.connections.stopped_at_memory_floor;
         c.wall_s = c.wall_s.max(r.connections.wall_s);
         let p = &mut out.publish;

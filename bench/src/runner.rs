@@ -196,6 +196,7 @@ impl Session {
                     0.0
                 },
                 open_at_end: 0,
+                retries: 0,
                 stopped_at_memory_floor: floor_hit.load(Ordering::Relaxed),
             },
             server,
@@ -223,6 +224,7 @@ impl Session {
     pub async fn stop(self) -> ConnStats {
         let mut stats = self.stats.clone();
         stats.open_at_end = self.counters.open.load(Ordering::Relaxed);
+        stats.retries = self.counters.connect_retries.load(Ordering::Relaxed);
         self.stop.cancel();
         self.tasks.close();
         // Each task ends by itself once stopped (closing is bounded by 2 s, a dial in

@@ -285,6 +285,51 @@ async fn merged_shards_sum_their_counts() {
     assert_eq!(m.latency_us.max, ra.latency_us.max.max(rb.latency_us.max));
 }
 
+/// A node that refuses upgrades with 503 (drained) and then serves again: every
+/// connection is dialed again on it after a backoff and gets in, each refusal counted
+/// as a retry, and time to `initial_state` runs from the first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_first_dials_are_retried_on_the_same_node() {
+    let node = Node::start().await;
+    node.drain(0).await;
+    let args = node.run_args(&[
+        "-c",
+        "10",
+        "--connect-timeout",
+        "20",
+        "--rate",
+        "100",
+        "--duration",
+        "0.1",
+    ]);
+    let undrain = async {
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        node.undrain().await;
+    };
+    let (rep, ()) = tokio::join!(runner::run(&args), undrain);
+    let rep = rep.unwrap();
+    assert_clean(&rep);
+    assert_eq!(rep.connections.established, 10);
+    assert_eq!(rep.connections.failed, 0);
+    // Refused at once, then at least every ~100 ms until the undrain at 800 ms.
+    assert!(
+        rep.connections.retries >= 10 * 3,
+        "{} retries",
+        rep.connections.retries
+    );
+    assert!(
+        rep.initial_state_us.p50 >= 700_000,
+        "from the first attempt: {:?}",
+        rep.initial_state_us
+    );
+    assert!(
+        rep.summary()
+            .contains(&format!("retried={} ", rep.connections.retries)),
+        "{}",
+        rep.summary()
+    );
+}
+
 /// Refused connections are counted by cause, not hidden.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connections_are_counted_by_cause() {
@@ -294,6 +339,7 @@ async fn refused_connections_are_counted_by_cause() {
     let rep = runner::run(&args).await.unwrap();
     assert_eq!(rep.connections.established, 0);
     assert_eq!(rep.connections.failed, 5);
+    assert_eq!(rep.connections.retries, 0, "a bad token is not retried");
     assert_eq!(
         rep.errors.get("handshake_http_401"),
         Some(&5),

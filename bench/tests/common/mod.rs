@@ -158,6 +158,17 @@ impl Node {
         assert_eq!(r.status().as_u16(), 202, "drain refused");
     }
 
+    /// `POST /admin/undrain`: serving again.
+    pub async fn undrain(&self) {
+        let r = reqwest::Client::new()
+            .post(format!("http://{}/admin/undrain", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "undrain refused");
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.public)
     }
