@@ -24,6 +24,12 @@
 # run goes on and reports with what it holds); below ABORT_MIB, or after DEADLINE
 # seconds, a watchdog ends the run (cleanup included).
 #
+# It runs a Redis of its own (OWN_REDIS=1) for the nodes, on REDIS_PORT, logging to
+# $OUT/redis.log: a shared Redis stopped in the middle of an earlier full run and left
+# no word of why. At the end of the notification phase it records INFO clients, stats
+# and memory (and whether it still answered) in $OUT/redis-end.txt, and the summary
+# says loudly if it was gone; at exit, how the process ended, in $OUT/redis-exit.txt.
+#
 # Not in all.sh: at full size it takes ~15 minutes and most of the box's memory.
 #
 # Settings: NODES (52), CONNECTIONS (1000000), SHARDS generator processes (NODES),
@@ -33,7 +39,8 @@
 # pool's 3 s acquire timeout; pool 1 and 64 timed out 5% of the openings at 52 nodes),
 # SOURCES (127.0.0.100-199), BASE_PORT (38000), BASE_ADMIN
 # (39000), HERALD_DB_POOL (2), MIN_AVAILABLE_MIB (1536), ABORT_MIB (768),
-# DEADLINE s (1140), TUNE (1).
+# DEADLINE s (1140), TUNE (1), OWN_REDIS (1; 0 uses the shared $REDIS_URL), REDIS_PORT
+# of the own Redis (6390).
 source "$(dirname "$0")/lib.sh"
 
 NODES=${NODES:-52}
@@ -50,6 +57,9 @@ MIN_AVAILABLE_MIB=${MIN_AVAILABLE_MIB:-1536}
 ABORT_MIB=${ABORT_MIB:-768}
 DEADLINE=${DEADLINE:-1140}
 TUNE=${TUNE:-1}
+OWN_REDIS=${OWN_REDIS:-1}
+REDIS_PORT=${REDIS_PORT:-6390}
+REDIS_PID=
 CONSOLE=$ROOT/target/release/herald-console
 
 per_node=$(( (CONNECTIONS + NODES - 1) / NODES ))
@@ -135,9 +145,71 @@ fi
 ) &
 EXTRA_PIDS+=($!)
 
+# --- Redis -----------------------------------------------------------------------
+
+# start_own_redis: a redis-server for this run only, on 127.0.0.1:$REDIS_PORT, in
+# memory only, logging to $OUT/redis.log; REDIS_URL points at it. Stopped by an exit
+# hook, which runs once the nodes are gone (so they deregister against a live Redis),
+# after recording whether it was still running.
+start_own_redis() {
+    port_free "$REDIS_PORT" || { log "port $REDIS_PORT (REDIS_PORT) is in use"; exit 1; }
+    # A few connections per node (commands, the pub/sub subscriber, presence), the
+    # console and redis-cli, and room to spare.
+    local maxclients=$((NODES * 8 + 100))
+    # The pub/sub output limit: a node's subscriber that falls behind while the two
+    # cores are overloaded (a broadcast queues a frame for every node at once) must
+    # not be cut off: Redis closing it makes that node resync every session from the
+    # store, which adds load exactly when there is none to spare. Redis's default
+    # (32mb 8mb 60) closes it; this bounds it at 256 MiB hard, 64 MiB for 60 s.
+    (
+        ulimit -Sn "$(ulimit -Hn)"
+        exec redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+            --logfile "$OUT/redis.log" --loglevel notice --maxclients "$maxclients" \
+            --client-output-buffer-limit "pubsub 256mb 64mb 60"
+    ) >/dev/null 2>&1 &
+    REDIS_PID=$!
+    on_exit stop_own_redis
+    REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+    for _ in $(seq 1 100); do
+        redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 && break
+        kill -0 "$REDIS_PID" 2>/dev/null || { log "redis-server exited at start; see $OUT/redis.log"; exit 1; }
+        sleep 0.1
+    done
+    log "own Redis: pid $REDIS_PID at $REDIS_URL (maxclients $maxclients), log $OUT/redis.log"
+}
+
+# Whether the own Redis process is running and answers a PING, as one line.
+redis_state() {
+    if [[ $OWN_REDIS == 1 ]] && ! kill -0 "$REDIS_PID" 2>/dev/null; then
+        echo "redis: DEAD (process $REDIS_PID gone)"
+    elif [[ $(timeout 5 redis-cli -u "$REDIS_URL" ping 2>/dev/null) == PONG ]]; then
+        echo "redis: answering"
+    else
+        echo "redis: NOT ANSWERING"
+    fi
+}
+
+# The exit hook: how the process ended (still running, or its exit status), then a
+# clean stop.
+stop_own_redis() {
+    {
+        date -u +%FT%TZ
+        redis_state
+        if kill -0 "$REDIS_PID" 2>/dev/null; then
+            timeout 5 redis-cli -u "$REDIS_URL" info server 2>/dev/null | grep -E '^(uptime_in_seconds|process_id):' || true
+        else
+            wait "$REDIS_PID" 2>/dev/null
+            echo "exit status: $? (128 + n: killed by signal n; 137 is SIGKILL, which the OOM killer sends)"
+            dmesg 2>/dev/null | grep -iE "(killed process|oom).*\b$REDIS_PID\b" || true
+        fi
+    } >"$OUT/redis-exit.txt" 2>&1
+    stop_pid "$REDIS_PID" 15
+}
+
 # --- the cluster -----------------------------------------------------------------
 
 use_postgres
+if [[ $OWN_REDIS == 1 ]]; then start_own_redis; fi
 use_redis
 start_nodes "$NODES" "$BASE_PORT" "$BASE_ADMIN" \
     HERALD_MAX_CONNECTIONS=$((per_node + 200)) HERALD_DB_POOL="$POOL"
@@ -165,9 +237,24 @@ mem_snapshot() {
     } >"$OUT/mem-$1.txt"
 }
 
+# Not fatal: a Redis that stopped mid-run must still leave a summary saying so.
 redis_stats() {
     { date +%s; redis-cli -u "$REDIS_URL" info commandstats; redis-cli -u "$REDIS_URL" info memory; } \
-        >"$OUT/redis-$1.txt"
+        >"$OUT/redis-$1.txt" 2>&1 || log "Redis did not answer INFO ($1): $(redis_state)"
+}
+
+# At the end of the notification phase, before anything is cleaned up: whether Redis
+# still answers, and its clients (a subscriber cut off?), stats (rejected
+# connections, evictions) and memory.
+redis_end() {
+    {
+        date +%s
+        redis_state
+        for section in clients stats memory; do
+            timeout 10 redis-cli -u "$REDIS_URL" info "$section" 2>&1 || true
+        done
+    } >"$OUT/redis-end.txt"
+    log "at the end of the run: $(sed -n 2p "$OUT/redis-end.txt")"
 }
 
 # --- the run ---------------------------------------------------------------------
@@ -211,11 +298,21 @@ redis-cli -u "$REDIS_URL" --latency --raw -i $((HOLD > 10 ? HOLD - 8 : 2)) \
 redis_stats held
 
 bench_shards_wait million || true
+redis_end
 for ((n = 0; n < NODES; n++)); do admin "$n" GET /admin/status >"$OUT/status-$n.json"; done
 
-python3 - "$OUT" "$HOLD" <<'PY' | tee "$OUT/summary.txt"
+python3 - "$OUT" "$HOLD" "$OWN_REDIS" <<'PY' | tee "$OUT/summary.txt"
 import json, os, sys
-out, hold = sys.argv[1], float(sys.argv[2])
+out, hold, own_redis = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"
+try:
+    redis_end = open(os.path.join(out, "redis-end.txt")).read().splitlines()[1]
+except (OSError, IndexError):
+    redis_end = "redis: state not recorded"
+if redis_end != "redis: answering":
+    print("!" * 78)
+    print(f"!!! {redis_end.upper()} AT THE END OF THE RUN: the figures below are not a clean run")
+    print(f"!!! see {out}/redis.log and {out}/redis-end.txt" if own_redis else f"!!! see {out}/redis-end.txt")
+    print("!" * 78)
 def kv(name):
     d = {}
     for l in open(os.path.join(out, name)):
@@ -227,6 +324,7 @@ c = rep["connections"]
 n = max(c["established"], 1)
 b, a = kv("mem-before.txt"), kv("mem-connected.txt")
 print(f'connections held {c["established"]} of {c["attempted"]}, failed {c["failed"]}, '
+      f'retried {c.get("retries", 0)} (refused dials tried again), '
       f'open at end {c["open_at_end"]}, connect {c["rate_per_s"]:.0f}/s over {c["wall_s"]:.0f} s'
       + (' (dialing stopped at the memory floor)' if c.get("stopped_at_memory_floor") else ''))
 print("errors:", rep["errors"] or "none")
@@ -266,9 +364,14 @@ def used_memory(name):
     for l in open(os.path.join(out, name)):
         if l.startswith("used_memory:"):
             return int(l.split(":")[1])
-grew = used_memory("redis-connected.txt") - used_memory("redis-before.txt")
-print(f'redis used_memory: {used_memory("redis-connected.txt") / 2**20:.0f} MiB with every connection, '
-      f'{grew / n:,.0f} B per connection (subscriptions, presence; other users of it included)')
+    return None
+others = "" if own_redis else "; other users of it included"
+before, connected = used_memory("redis-before.txt"), used_memory("redis-connected.txt")
+if before is None or connected is None:
+    print("redis used_memory: not measured (Redis did not answer INFO)")
+else:
+    print(f'redis used_memory: {connected / 2**20:.0f} MiB with every connection, '
+          f'{(connected - before) / n:,.0f} B per connection (subscriptions, presence{others})')
 s0, s1 = stats("redis-connected.txt"), stats("redis-held.txt")
 window = int(open(os.path.join(out, "redis-held.txt")).readline()) - int(open(os.path.join(out, "redis-connected.txt")).readline())
 rows = sorted(((s1[k][1] - s0.get(k, (0, 0))[1], s1[k][0] - s0.get(k, (0, 0))[0], k) for k in s1), reverse=True)
@@ -277,7 +380,8 @@ try:
     print(f"redis PING over the hold: max {hi} ms, avg {avg} ms ({samples} samples)")
 except (OSError, ValueError):
     print("redis PING over the hold: not measured")
-print(f"redis over {window} s of the hold (the whole server, other users included): " + ", ".join(
+print(f"redis over {window} s of the hold (the whole server{others}): " + ", ".join(
     f'{k} {calls} calls {usec / 1000:.0f} ms' for usec, calls, k in rows[:6] if calls))
+print(redis_end if redis_end == "redis: answering" else f"!!! {redis_end.upper()} AT THE END OF THE RUN !!!")
 PY
 log "results in $OUT"
