@@ -238,6 +238,35 @@ mem_snapshot() {
     } >"$OUT/mem-$1.txt"
 }
 
+# cpu_ticks <pid ...>: user + system clock ticks of those processes.
+cpu_ticks() {
+    local p t=0 f
+    for p in "$@"; do
+        # Fields 14 and 15 of /proc/<pid>/stat, counted after the command's parentheses.
+        f=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+        set -- $f
+        t=$((t + ${12} + ${13}))
+    done
+    echo "$t"
+}
+
+# cpu_snapshot <label>: what the box and each part of the run have used so far, in
+# clock ticks: over the idle hold, what holding the connections costs (pings, presence
+# rewrites, heartbeats) before a single notification.
+cpu_snapshot() {
+    {
+        echo "time_ms $(($(date +%s%N) / 1000000))"
+        echo "ticks_per_s $(getconf CLK_TCK)"
+        awk '$1 == "cpu" { print "box_busy", $2 + $3 + $4 + $7 + $8; print "box_all", $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat
+        echo "server $(cpu_ticks "${NODE_PID[@]}")"
+        # shellcheck disable=SC2046
+        echo "generator $(cpu_ticks $(generator_pids))"
+        # shellcheck disable=SC2046
+        echo "postgres $(cpu_ticks $(pgrep -u postgres))"
+        if [[ $OWN_REDIS == 1 ]]; then echo "redis $(cpu_ticks "$REDIS_PID")"; fi
+    } >"$OUT/cpu-$1.txt"
+}
+
 # Not fatal: a Redis that stopped mid-run must still leave a summary saying so.
 redis_stats() {
     { date +%s; redis-cli -u "$REDIS_URL" info commandstats; redis-cli -u "$REDIS_URL" info memory; } \
@@ -285,6 +314,7 @@ while (( $(find "$DATA/barrier" -name 'connected-*' | wc -l) < SHARDS )); do
 done
 sleep 3
 mem_snapshot connected
+cpu_snapshot connected
 redis_stats connected
 if [[ -x $CONSOLE ]]; then
     start=$(date +%s%N)
@@ -296,6 +326,7 @@ fi
 # presence rewrites and heartbeats of every node cost everyone else on it.
 redis-cli -u "$REDIS_URL" --latency --raw -i $((HOLD > 10 ? HOLD - 8 : 2)) \
     >"$OUT/redis-latency.txt" 2>/dev/null || true
+cpu_snapshot held
 redis_stats held
 
 bench_shards_wait million || true
@@ -337,6 +368,18 @@ print(f'memory per connection: server {per(a["server_rss"] - b["server_rss"])} (
       f'MemAvailable left {a["MemAvailable"] // 1024} MiB')
 print(f'totals: nodes {a["server_rss"] // 1024} MiB, generators {a["generator_rss"] // 1024} MiB, '
       f'Slab {b["Slab"] // 1024} -> {a["Slab"] // 1024} MiB, TCP sockets {a["tcp_sockets"]}')
+try:
+    c0, c1 = kv("cpu-connected.txt"), kv("cpu-held.txt")
+    secs = (c1["time_ms"] - c0["time_ms"]) / 1000
+    tick = c1["ticks_per_s"]
+    cores = lambda k: (c1[k] - c0[k]) / tick / secs
+    parts = [k for k in ("server", "generator", "postgres", "redis") if k in c1]
+    busy = (c1["box_busy"] - c0["box_busy"]) / max(c1["box_all"] - c0["box_all"], 1)
+    print(f'idle hold, {secs:.0f} s: the box {busy:.0%} busy; in cores: '
+          + ", ".join(f'{k} {cores(k):.2f}' for k in parts)
+          + f'; server + generator {(cores("server") + cores("generator")) * 1e6 / n:.2f} µs per connection per second')
+except (OSError, KeyError, ValueError) as e:
+    print("idle hold CPU: not measured:", e)
 d, l = rep["delivery"], rep["latency_us"]
 print(f'notify once: accepted {rep["publish"]["accepted"]} at {rep["publish"]["achieved_rate"]:.0f}/s, '
       f'delivered {d["delivered"]}/{d["expected"]} lost {d["lost"]} dup {d["duplicated"]}, '

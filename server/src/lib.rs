@@ -40,7 +40,8 @@
 //! - `api`: backend routes, health, errors. `upgrade`: the WebSocket handshake and connect seam.
 //! - `session`: one task per connection: opening frames, client commands, deliveries.
 //! - `sse`: the same connection as a Server-Sent Events stream. `demo`: the live page.
-//! - `publish`: store-then-broker, in per-user id order.
+//! - `publish`: store-then-broker, in per-user id order. `catch_up`: sessions' reads of
+//!   what they missed, one query for many. `combine`: the group-commit queue both share.
 //! - `broker`: the `Broker` trait; in-process and Redis brokers; Django interop.
 //! - `cluster`: cluster mode's Redis state: registry, presence, key names. `presence`: connections per user.
 //! - `hub`: local routing index. `outbox`: per-connection queue and slow-consumer policy.
@@ -60,8 +61,10 @@ pub(crate) mod api;
 pub(crate) mod auth;
 pub(crate) mod broker;
 pub(crate) mod bucket;
+pub(crate) mod catch_up;
 pub(crate) mod client_writes;
 pub(crate) mod cluster;
+pub(crate) mod combine;
 pub mod config;
 pub(crate) mod demo;
 pub(crate) mod heap;

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::broker::Broker;
+use crate::catch_up::CatchUps;
 use crate::client_writes::ClientWrites;
 use crate::cluster::Cluster;
 use crate::config::Config;
@@ -34,6 +35,9 @@ pub struct Node {
     pub broker: Arc<dyn Broker>,
     pub hub: Arc<Hub>,
     pub publisher: Arc<Publisher>,
+    /// Where sessions read what they missed from the store, together (resume at
+    /// connect, catch-up after a broker resync).
+    pub catch_ups: Arc<CatchUps>,
     /// The budget and store share of client writes (`mark_read`, `mark_all_read`).
     pub client_writes: ClientWrites,
     pub metrics: Arc<Metrics>,

@@ -21,6 +21,7 @@ use crate::auth::Auth;
 use crate::broker::{
     self, Broker, BrokerKey, MemoryBroker, NodeSide, RedisBroker, RedisClusterBroker, Trust,
 };
+use crate::catch_up::CatchUps;
 use crate::cluster::presence::RedisPresence;
 use crate::cluster::{Cluster, RedisConnection};
 use crate::config::{Config, default_node_id};
@@ -171,6 +172,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
     tracing::info!(node = %id, store = store.kind(), broker = broker.kind(), capacity, fd_limit, "node ready");
     let client_writes =
         crate::client_writes::ClientWrites::new(cfg.client_write_rate, store.write_slots());
+    let catch_ups = CatchUps::new(store.clone());
     Ok(Arc::new(Node {
         id,
         auth: Auth::new(&secrets, &cfg),
@@ -180,6 +182,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
         broker,
         hub,
         publisher,
+        catch_ups,
         client_writes,
         metrics,
         capacity: AtomicUsize::new(capacity),

@@ -3,16 +3,11 @@
 //! Backends mostly create notifications one at a time, each its own `POST`, from many
 //! workers at once. Stored one by one, each pays a transaction, a trip through the
 //! store's writer and a broker hand-off of its own, and the requests queue behind each
-//! other instead of sharing that work. So every publish joins a queue, and a *flusher*
-//! takes whatever has queued up at that moment as one group: one transaction, one
-//! multi-row insert, one broker pipeline ([`Publisher::notify`]), then each request is
-//! answered with its own stored notifications.
-//!
-//! There is no timer. A publish that finds fewer than [`Combiner::flushers`] flushers
-//! at work starts one, which takes the queue as it finds it, so an idle node stores a
-//! lone publish at once; under load the flushers are busy and what arrives meanwhile
-//! waits for the next group, which grows with the load. Group commit, as databases do
-//! it for their own log.
+//! other instead of sharing that work. So every publish joins the node's
+//! [`Combiner`](crate::combine::Combiner) queue, and a flusher takes whatever has
+//! queued up at that moment as one group: one transaction, one multi-row insert, one
+//! broker pipeline ([`Publisher::notify`]), then each request is answered with its own
+//! stored notifications. Group commit, as databases do it for their own log.
 //!
 //! What a group keeps of the single-publish rules:
 //! - a group is one transaction: it is stored whole or not at all, and its requests
@@ -24,14 +19,14 @@
 //! - a flusher runs on a task of its own: a caller that goes away cannot cancel a
 //!   commit or a fan-out half done.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use herald_shared::Notification;
 use herald_shared::api::NewNotification;
 use tokio::sync::oneshot;
 
 use super::Publisher;
+use crate::combine::Flusher;
 use crate::store::StoreError;
 
 /// Rows in one group at most: one request is never split, so a group may pass this
@@ -41,34 +36,9 @@ const GROUP_ROWS: usize = 1_000;
 type Reply = oneshot::Sender<Result<Vec<Notification>, StoreError>>;
 
 /// One waiting publish: its notifications and where its answer goes.
-struct Pending {
+pub(super) struct Pending {
     items: Vec<NewNotification>,
     reply: Reply,
-}
-
-/// The queue of waiting publishes and the flushers working on it.
-pub(super) struct Combiner {
-    state: Mutex<Queue>,
-    /// Groups in flight at most. SQLite writes one at a time, and a second group
-    /// there only waits for the writer; PostgreSQL takes several at once, on its
-    /// pooled connections, and concurrent groups overlap one's broker hand-off with
-    /// the next one's commit.
-    flushers: usize,
-}
-
-#[derive(Default)]
-struct Queue {
-    waiting: VecDeque<Pending>,
-    flushing: usize,
-}
-
-impl Combiner {
-    pub(super) fn new(flushers: usize) -> Self {
-        Self {
-            state: Mutex::default(),
-            flushers: flushers.max(1),
-        }
-    }
 }
 
 impl Publisher {
@@ -80,18 +50,9 @@ impl Publisher {
         items: Vec<NewNotification>,
     ) -> Result<Vec<Notification>, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let start_flusher = {
-            let mut q = self.combiner.state.lock().expect("combiner lock");
-            q.waiting.push_back(Pending { items, reply });
-            let start = q.flushing < self.combiner.flushers;
-            if start {
-                q.flushing += 1;
-            }
-            start
-        };
-        if start_flusher {
+        if let Some(flusher) = self.combiner.push(Pending { items, reply }) {
             let this = self.clone();
-            tokio::spawn(async move { this.flush().await });
+            tokio::spawn(async move { this.flush(flusher).await });
         }
         answer
             .await
@@ -99,31 +60,8 @@ impl Publisher {
     }
 
     /// One flusher: stores groups until the queue is empty.
-    async fn flush(self: Arc<Self>) {
-        let mut leaving = Leaving {
-            combiner: &self.combiner,
-            counted: true,
-        };
-        loop {
-            let group = {
-                let mut q = self.combiner.state.lock().expect("combiner lock");
-                let mut group = Vec::new();
-                let mut rows = 0;
-                while rows < GROUP_ROWS
-                    && let Some(p) = q.waiting.pop_front()
-                {
-                    rows += p.items.len();
-                    group.push(p);
-                }
-                if group.is_empty() {
-                    // Decided under the lock: a publish queued after this sees one
-                    // flusher fewer and starts its own.
-                    q.flushing -= 1;
-                    leaving.counted = false;
-                    return;
-                }
-                group
-            };
+    async fn flush(self: Arc<Self>, mut flusher: Flusher<Pending>) {
+        while let Some(group) = flusher.next_group(|p| p.items.len(), GROUP_ROWS) {
             self.store_group(group).await;
         }
     }
@@ -165,24 +103,6 @@ impl Publisher {
                     let _ = reply.send(self.notify(own).await);
                 }
             }
-        }
-    }
-}
-
-/// Counts a flusher out if it ends without doing so itself (a panic in a group):
-/// the queue must never wait for a flusher that is gone. Requests still queued
-/// then go with the next publish's flusher.
-struct Leaving<'a> {
-    combiner: &'a Combiner,
-    counted: bool,
-}
-
-impl Drop for Leaving<'_> {
-    fn drop(&mut self) {
-        if self.counted
-            && let Ok(mut q) = self.combiner.state.lock()
-        {
-            q.flushing -= 1;
         }
     }
 }

@@ -23,9 +23,10 @@ use tokio::sync::Mutex;
 
 mod combine;
 
-use combine::Combiner;
+use combine::Pending;
 
 use crate::broker::Broker;
+use crate::combine::Combiner;
 use crate::issued::IssuedIds;
 use crate::metrics::{BrokerOp, Metrics, Published};
 use crate::outbox::Delivery;
@@ -43,7 +44,7 @@ pub struct Publisher {
     metrics: Arc<Metrics>,
     order: Box<[Mutex<()>]>,
     hasher: std::hash::RandomState,
-    combiner: Combiner,
+    combiner: Arc<Combiner<Pending>>,
     /// The newest id the store is known to have issued: raised by every insert
     /// through this node, so a client resuming from an id this node stored, or a
     /// notification of this node's coming back from Redis, costs no query.
@@ -62,7 +63,7 @@ impl Publisher {
         // but client writes and reads need connections too.
         let flushers = (store.write_slots() / 4).clamp(1, 4);
         Self {
-            combiner: Combiner::new(flushers),
+            combiner: Arc::new(Combiner::new(flushers)),
             clustered,
             store,
             broker,

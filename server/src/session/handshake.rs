@@ -98,7 +98,7 @@ pub async fn opening(
     }];
     let mut replayed = 0;
     if let Some(after) = after {
-        let mut missed = node.store.after(user, after, MISSED_LIMIT + 1).await?;
+        let mut missed = node.catch_ups.after(user, after, MISSED_LIMIT + 1).await?;
         let fetched = missed.len();
         missed.truncate(within_budget(
             &missed,

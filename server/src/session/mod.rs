@@ -329,7 +329,7 @@ impl Session {
             let since = self.seam.newest();
             let mut page = match self
                 .node
-                .store
+                .catch_ups
                 .after(&self.ident.user, since, MISSED_LIMIT)
                 .await
             {

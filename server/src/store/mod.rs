@@ -103,6 +103,15 @@ pub struct UnreadSnapshot {
     pub newest_id: i64,
 }
 
+/// One user's part of [`Store::after_many`]: up to `limit` of `user`'s notifications
+/// with id greater than `after`, oldest first.
+#[derive(Debug, Clone, Copy)]
+pub struct AfterQuery<'a> {
+    pub user: &'a UserId,
+    pub after: i64,
+    pub limit: i64,
+}
+
 /// Durable notification state. Implementations must be safe to share across tasks.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -135,6 +144,27 @@ pub trait Store: Send + Sync + 'static {
         after: i64,
         limit: i64,
     ) -> Result<Vec<Notification>, StoreError>;
+
+    /// [`Self::after`] for several users in one round trip: hands each notification
+    /// to `row` with the index of its query, query by query in the order of
+    /// `queries`, each query's oldest first. Catch-up reads come in bursts (a broker
+    /// resync asks every session at once), and one query for hundreds of users costs
+    /// the store about what a few single reads do ([`crate::catch_up`]). Rows are
+    /// handed over as they are read, never all held at once: a burst of resumes may
+    /// ask for a thousand large notifications each. By default, one read after
+    /// another.
+    async fn after_many(
+        &self,
+        queries: &[AfterQuery<'_>],
+        row: &mut (dyn FnMut(usize, Notification) + Send),
+    ) -> Result<(), StoreError> {
+        for (i, q) in queries.iter().enumerate() {
+            for n in self.after(q.user, q.after, q.limit).await? {
+                row(i, n);
+            }
+        }
+        Ok(())
+    }
 
     /// A page of the user's notifications, newest first.
     async fn list(&self, user: &UserId, q: ListQuery) -> Result<Vec<Notification>, StoreError>;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use herald_shared::admin::AuditEntry;
 use herald_shared::api::NewNotification;
 use herald_shared::frames::RawJson;
@@ -17,8 +18,8 @@ use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, PgSslMode};
 
 use super::{
-    ListQuery, NewAudit, OrderGuard, Store, StoreError, UnreadSnapshot, format_time, now_ms,
-    order_key,
+    AfterQuery, ListQuery, NewAudit, OrderGuard, Store, StoreError, UnreadSnapshot, format_time,
+    now_ms, order_key,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -258,6 +259,38 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows(rs)
+    }
+
+    /// One query for every user: each query row's `after` and `limit` applied to its
+    /// own index range (`LATERAL`), tagged with the row's place, and streamed.
+    async fn after_many(
+        &self,
+        queries: &[AfterQuery<'_>],
+        row: &mut (dyn FnMut(usize, Notification) + Send),
+    ) -> Result<(), StoreError> {
+        let users: Vec<&str> = queries.iter().map(|q| q.user.as_str()).collect();
+        let afters: Vec<i64> = queries.iter().map(|q| q.after).collect();
+        let limits: Vec<i64> = queries.iter().map(|q| q.limit).collect();
+        let mut rows = sqlx::query(
+            "SELECT q.i, n.id, n.user_id, n.message::text AS message, n.created_at, n.read \
+             FROM unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS q(u, a, l, i) \
+             CROSS JOIN LATERAL (SELECT id, user_id, message, created_at, read FROM notifications \
+                 WHERE user_id = q.u AND id > q.a ORDER BY id ASC LIMIT q.l) n \
+             ORDER BY q.i, n.id",
+        )
+        .bind(&users)
+        .bind(&afters)
+        .bind(&limits)
+        .fetch(&self.pool);
+        while let Some(r) = rows.try_next().await? {
+            let i: i64 = r.try_get("i")?;
+            let i = usize::try_from(i - 1)
+                .ok()
+                .filter(|i| *i < queries.len())
+                .ok_or_else(|| StoreError::Db(format!("after_many: no query row {i}")))?;
+            row(i, row_to_notification(&r)?);
+        }
+        Ok(())
     }
 
     async fn list(&self, user: &UserId, q: ListQuery) -> Result<Vec<Notification>, StoreError> {

@@ -9,7 +9,7 @@ use herald_shared::admin::AuditEntry;
 use herald_shared::api::NewNotification;
 use herald_shared::{Notification, UserId};
 
-use super::{ListQuery, NewAudit, OrderGuard, Store, StoreError, UnreadSnapshot};
+use super::{AfterQuery, ListQuery, NewAudit, OrderGuard, Store, StoreError, UnreadSnapshot};
 use crate::metrics::{Metrics, StoreOp};
 
 pub struct Timed {
@@ -84,6 +84,15 @@ impl Store for Timed {
         limit: i64,
     ) -> Result<Vec<Notification>, StoreError> {
         self.time(StoreOp::After, self.inner.after(user, after, limit))
+            .await
+    }
+
+    async fn after_many(
+        &self,
+        queries: &[AfterQuery<'_>],
+        row: &mut (dyn FnMut(usize, Notification) + Send),
+    ) -> Result<(), StoreError> {
+        self.time(StoreOp::AfterMany, self.inner.after_many(queries, row))
             .await
     }
 

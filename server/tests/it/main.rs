@@ -9,6 +9,7 @@ mod common;
 mod admin;
 mod api;
 mod bad_input;
+mod catch_up;
 mod cluster;
 mod combine;
 mod commands;
