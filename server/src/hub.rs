@@ -206,6 +206,11 @@ impl Hub {
         r.users.get(user).map_or(0, |n| *n as usize)
     }
 
+    /// Users with an open connection on this node (presence's check of its hash).
+    pub fn users(&self) -> usize {
+        lock(&self.registry).users.len()
+    }
+
     /// Open connections per user on this node (presence's full sync).
     pub fn user_counts(&self) -> Vec<(UserId, u32)> {
         let r = lock(&self.registry);

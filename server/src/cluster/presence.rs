@@ -57,26 +57,37 @@ impl RedisPresence {
     }
 }
 
-/// How often the node rewrites its whole presence hash from the hub, so the counts
-/// heal after anything increments cannot fix (Redis restarted empty, a lost batch).
-const FULL_SYNC_EVERY: Duration = Duration::from_secs(10);
+/// How often the node checks its presence hash against the hub: `HLEN` (one O(1)
+/// command) against the hub's count of users. A hash Redis lost (a restart without
+/// persistence, an expiry while the node could not reach it) or one an increment
+/// batch failed to reach is rewritten at the next check.
+const CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// The longest the hash goes without a rewrite, for what a length cannot show: a
+/// failover to a replica that missed some increments of users it still has.
+const REWRITE_AT_LEAST_EVERY: Duration = Duration::from_secs(300);
 
 /// Fields per command of a rewrite: Redis serves other clients between two.
 const REWRITE_CHUNK: usize = 1000;
 
-/// When the first rewrite happens: at a random point of the first period, not at
+/// When the first check happens: at a random point of the first period, not at
 /// start. Nodes of a cluster usually start together; aligned, every node's rewrite
 /// (a command per [`REWRITE_CHUNK`] users) would land in the same moment of each
 /// period, and Redis would answer everyone else (subscribers, the brokers' probes)
 /// only after all of them.
-fn first_full_sync() -> tokio::time::Instant {
-    let offset = FULL_SYNC_EVERY.mul_f64(rand::rng().random_range(0.0..1.0));
+fn first_check() -> tokio::time::Instant {
+    let offset = CHECK_EVERY.mul_f64(rand::rng().random_range(0.0..1.0));
     tokio::time::Instant::now() + offset
 }
 
 /// Applies deltas in pipelined batches (a failed batch is retried with the next),
-/// and rewrites the whole hash from the hub every [`FULL_SYNC_EVERY`], from a random
-/// first moment ([`first_full_sync`]).
+/// deleting the fields that reach 0 so that the hash holds exactly the users the hub
+/// holds, and every [`CHECK_EVERY`] (from a random first moment, [`first_check`])
+/// rewrites the whole hash from the hub if it may be wrong: a batch or a rewrite
+/// failed since the last rewrite, its length differs from the hub's users, or
+/// [`REWRITE_AT_LEAST_EVERY`] has passed. A full rewrite of every node's users every
+/// few seconds was what holding a large cluster idle cost most, in the node and in
+/// Redis; a check costs one command.
 async fn writer(
     mut con: RedisConnection,
     hash: String,
@@ -85,8 +96,11 @@ async fn writer(
     mut rx: mpsc::UnboundedReceiver<(UserId, i64)>,
 ) {
     let mut pending: HashMap<UserId, i64> = HashMap::new();
-    let mut full_sync = tokio::time::interval_at(first_full_sync(), FULL_SYNC_EVERY);
-    full_sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check = tokio::time::interval_at(first_check(), CHECK_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Nothing is known of the hash until the first rewrite.
+    let mut suspect = true;
+    let mut rewritten = tokio::time::Instant::now();
     loop {
         tokio::select! {
             delta = rx.recv() => {
@@ -102,31 +116,80 @@ async fn writer(
                 if pending.is_empty() {
                     continue;
                 }
-                let mut pipe = redis::pipe();
-                for (user, delta) in &pending {
-                    pipe.cmd("HINCRBY").arg(&hash).arg(user.as_str()).arg(*delta).ignore();
-                }
-                pipe.cmd("PEXPIRE").arg(&hash).arg(registry::TTL.as_millis() as u64).ignore();
-                match pipe.query_async::<()>(&mut con).await {
+                match apply(&mut con, &hash, &pending).await {
                     Ok(()) => pending.clear(),
                     Err(e) => {
+                        suspect = true;
                         tracing::warn!(error = %e, "presence update failed; retrying");
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 }
             }
-            _ = full_sync.tick() => {
+            _ = check.tick() => {
+                let due = suspect
+                    || rewritten.elapsed() >= REWRITE_AT_LEAST_EVERY
+                    || (pending.is_empty()
+                        && rx.is_empty()
+                        && hash_len(&mut con, &hash).await != Some(hub.users()));
+                if !due {
+                    continue;
+                }
                 // The hub is the truth: what it holds now replaces the hash, and the
                 // deltas already queued are in it.
                 let counts = hub.user_counts();
                 while rx.try_recv().is_ok() {}
                 pending.clear();
-                if let Err(e) = rewrite(&mut con, &hash, &next, &counts).await {
-                    tracing::warn!(error = %e, "presence full sync failed; next in {FULL_SYNC_EVERY:?}");
+                match rewrite(&mut con, &hash, &next, &counts).await {
+                    Ok(()) => {
+                        suspect = false;
+                        rewritten = tokio::time::Instant::now();
+                    }
+                    Err(e) => {
+                        suspect = true;
+                        tracing::warn!(error = %e, "presence full sync failed; next in {CHECK_EVERY:?}");
+                    }
                 }
             }
         }
     }
+}
+
+/// Adds `deltas` to the hash in one pipeline, then deletes the fields that reached
+/// 0 (this task is the hash's only writer, so none can have moved in between).
+async fn apply(
+    con: &mut RedisConnection,
+    hash: &str,
+    deltas: &HashMap<UserId, i64>,
+) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    for (user, delta) in deltas {
+        pipe.cmd("HINCRBY").arg(hash).arg(user.as_str()).arg(*delta);
+    }
+    pipe.cmd("PEXPIRE")
+        .arg(hash)
+        .arg(registry::TTL.as_millis() as u64)
+        .ignore();
+    let counts: Vec<i64> = pipe.query_async(con).await?;
+    let gone: Vec<&str> = deltas
+        .keys()
+        .zip(&counts)
+        .filter(|(_, n)| **n <= 0)
+        .map(|(user, _)| user.as_str())
+        .collect();
+    if !gone.is_empty() {
+        redis::cmd("HDEL")
+            .arg(hash)
+            .arg(&gone)
+            .query_async::<()>(con)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The number of fields of `hash`; `None` if Redis did not answer (then the check
+/// finds it wrong, and the rewrite that follows tells whether Redis is back).
+async fn hash_len(con: &mut RedisConnection, hash: &str) -> Option<usize> {
+    redis::cmd("HLEN").arg(hash).query_async(con).await.ok()
 }
 
 /// Replaces `hash` with `counts` without holding Redis for long. The counts go into

@@ -465,6 +465,72 @@ async fn a_paused_redis_does_not_freeze_connects() {
     crate::cluster::receive_all(&mut clients[0].0, Vec::new(), &[live]).await;
 }
 
+/// PROTOCOL.md 7.7: a node's presence hash holds exactly its users (a count that
+/// drops to 0 is deleted), an idle node does not rewrite it (a check is one `HLEN`),
+/// and a hash changed behind the node's back is rewritten at the next check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_checked_not_rewritten_and_heals_what_it_finds_wrong() {
+    let redis = OwnRedis::start();
+    let c = Cluster::start_on_redis(1, &redis.url()).await;
+    until_ready(&c.nodes).await;
+    let node = &c.nodes[0];
+    let hash = format!("{{{}}}:presence:{}", c.prefix, node.node_id());
+    let mut con = redis_at(&redis.url()).await;
+    let (_a, _) = node.connect("pa").await;
+    let (_b, _) = node.connect("pb").await;
+    drop(node.connect("gone").await.0);
+    let fields = async |con: &mut redis::aio::MultiplexedConnection| -> Vec<(String, i64)> {
+        let mut f: Vec<(String, i64)> = redis::cmd("HGETALL")
+            .arg(&hash)
+            .query_async(con)
+            .await
+            .unwrap();
+        f.sort();
+        f
+    };
+    let want = vec![("pa".to_owned(), 1), ("pb".to_owned(), 1)];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while fields(&mut con).await != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hash never held exactly pa and pb: {:?}",
+            fields(&mut con).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The first check (within 10 s of start) rewrote the hash once; idle, the next
+    // ones only look at it.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let renames = calls(&mut con, "rename").await;
+    let checks = calls(&mut con, "hlen").await;
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    assert_eq!(
+        calls(&mut con, "rename").await,
+        renames,
+        "an idle node rewrote its hash"
+    );
+    assert!(
+        calls(&mut con, "hlen").await >= checks + 2,
+        "no checks in 21 s"
+    );
+    // Behind the node's back: a count gone. The next check rewrites it.
+    let _: () = redis::cmd("HDEL")
+        .arg(&hash)
+        .arg("pb")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while fields(&mut con).await != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hash was never healed: {:?}",
+            fields(&mut con).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// After Redis restarts empty, presence heals (the node rewrites its counts) and a
 /// catch-up replays only what is new, never what the client already had.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
