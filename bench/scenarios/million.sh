@@ -35,7 +35,7 @@
 # Settings: NODES (52), CONNECTIONS (1000000), SHARDS generator processes (NODES),
 # RATE notifications/s over all shards (5000: with a million connections held, a 2-core
 # box has no CPU left for more; at 20000 the full run's notification phase failed with
-# the box out of CPU), HOLD s idle after every shard is connected (20), SETTLE s for
+# the box out of CPU), HOLD s idle after every shard is connected (30), SETTLE s for
 # deliveries (60), CONNECT_CONCURRENCY dials in flight per generator (16: each node
 # then has 16 in flight against a pool of 2, within the pool's 3 s acquire timeout;
 # pool 1 and 64 timed out 5% of the openings at 52 nodes), SOURCES (127.0.0.100-199),
@@ -48,7 +48,7 @@ NODES=${NODES:-52}
 CONNECTIONS=${CONNECTIONS:-1000000}
 SHARDS=${SHARDS:-$NODES}
 RATE=${RATE:-5000}
-HOLD=${HOLD:-20}
+HOLD=${HOLD:-30}
 SETTLE=${SETTLE:-60}
 SOURCES=${SOURCES:-$(seq -s, -f '127.0.0.%g' 100 199)}
 BASE_PORT=${BASE_PORT:-38000}
@@ -316,17 +316,27 @@ sleep 3
 mem_snapshot connected
 cpu_snapshot connected
 redis_stats connected
-if [[ -x $CONSOLE ]]; then
+# herald-console status --json over the whole fleet, as ops would run it: once as
+# the last connections arrive (the box still busy with the connect burst), then twice
+# more over the hold, while Redis's latency is measured below.
+console_status() {
+    local start
     start=$(date +%s%N)
     "$CONSOLE" --redis "$REDIS_URL" --prefix "$REDIS_PREFIX" --token "$ADMIN_TOKEN" \
-        status --json >"$OUT/console-status.json" 2>"$OUT/console-status.err" || true
-    echo "$(( ($(date +%s%N) - start) / 1000000 ))" >"$OUT/console-status.ms"
+        status --json >"$OUT/console-status-$1.json" 2>"$OUT/console-status-$1.err" || true
+    echo "$(( ($(date +%s%N) - start) / 1000000 ))" >"$OUT/console-status-$1.ms"
+}
+if [[ -x $CONSOLE ]]; then
+    console_status 1
+    (sleep $((HOLD / 3)); console_status 2; sleep $((HOLD / 3)); console_status 3) &
+    console_pid=$!
 fi
 # Redis's own answer time over the rest of the hold (a PING every 10 ms): what the
 # presence rewrites and heartbeats of every node cost everyone else on it.
 redis-cli -u "$REDIS_URL" --latency --raw -i $((HOLD > 10 ? HOLD - 8 : 2)) \
     >"$OUT/redis-latency.txt" 2>/dev/null || true
 cpu_snapshot held
+if [[ -n ${console_pid:-} ]]; then wait "$console_pid" || true; fi
 redis_stats held
 
 bench_shards_wait million || true
@@ -389,13 +399,14 @@ if rep.get("broadcast"):
     print(f'broadcast: accepted {bc["publish"]["accepted"]}, delivered {d["delivered"]}/{d["expected"]} '
           f'lost {d["lost"]} dup {d["duplicated"]}, latency p50 {l["p50"] / 1000:.1f} ms '
           f'p99 {l["p99"] / 1000:.1f} ms max {l["max"] / 1000:.1f} ms')
-try:
-    ms = int(open(os.path.join(out, "console-status.ms")).read())
-    nodes = json.load(open(os.path.join(out, "console-status.json")))
-    up = sum(1 for x in nodes if x.get("status"))
-    print(f'herald-console status --json: {len(nodes)} nodes ({up} answered) in {ms} ms')
-except (OSError, ValueError) as e:
-    print("herald-console status --json: not measured:", e)
+for i, when in ((1, "as the last connections arrived"), (2, "during the hold"), (3, "later in the hold")):
+    try:
+        ms = int(open(os.path.join(out, f"console-status-{i}.ms")).read())
+        nodes = json.load(open(os.path.join(out, f"console-status-{i}.json")))
+        up = sum(1 for x in nodes if x.get("status"))
+        print(f'herald-console status --json {when}: {len(nodes)} nodes ({up} answered) in {ms} ms')
+    except (OSError, ValueError) as e:
+        print(f"herald-console status --json {when}: not measured:", e)
 def stats(name):
     s = {}
     for l in open(os.path.join(out, name)):
