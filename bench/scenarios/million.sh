@@ -41,8 +41,12 @@
 # pool 1 and 64 timed out 5% of the openings at 52 nodes), SOURCES (127.0.0.100-199),
 # BASE_PORT (38000), BASE_ADMIN (39000), HERALD_DB_POOL (2), MIN_AVAILABLE_MIB (1536),
 # ABORT_MIB (768), DEADLINE s (1140), TUNE (1), OWN_REDIS (1; 0 uses the shared
-# $REDIS_URL), REDIS_PORT of the own Redis (6390).
+# $REDIS_URL), REDIS_PORT of the own Redis (6390), WORKERS tokio worker threads per
+# node and generator process (1: over a hundred processes share two cores, and a
+# second worker per process only adds wake-ups of idle threads to steal work).
 source "$(dirname "$0")/lib.sh"
+
+export TOKIO_WORKER_THREADS=${WORKERS:-1}
 
 NODES=${NODES:-52}
 CONNECTIONS=${CONNECTIONS:-1000000}
