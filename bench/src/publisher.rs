@@ -162,6 +162,11 @@ impl Publisher {
                         } else {
                             "publish_request"
                         };
+                        // The kind is counted; the first few say what happened (a
+                        // connection closed under the request, a reset, ...).
+                        if FAILURES_TOLD.fetch_add(1, Ordering::Relaxed) < 5 {
+                            eprintln!("herald-bench: publish request failed ({k}): {}", causes(&e));
+                        }
                         *errors.lock().unwrap().entry(k.into()).or_default() += 1;
                         false
                     }
@@ -269,4 +274,48 @@ fn tally(stats: &mut PublishStats, r: Result<(u64, u64, bool), tokio::task::Join
 
 fn json_str(s: &str) -> String {
     serde_json::to_string(s).expect("string")
+}
+
+/// Failed publish requests told on stderr so far (at most five are).
+static FAILURES_TOLD: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// An error and its sources, `: `-joined: reqwest's own text names only the request.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::causes;
+
+    #[test]
+    fn causes_name_the_error_and_what_caused_it() {
+        #[derive(Debug)]
+        struct Wrap(std::io::Error);
+        impl std::fmt::Display for Wrap {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("request failed")
+            }
+        }
+        impl std::error::Error for Wrap {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Wrap(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection closed before message completed",
+        ));
+        assert_eq!(
+            causes(&e),
+            "request failed: connection closed before message completed"
+        );
+    }
 }
