@@ -412,6 +412,7 @@ async fn binary_writes_and_merges_json() {
     let dir = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_herald-bench");
     let mut files = Vec::new();
+    let mut told = String::new();
     for i in 0..2 {
         let out = dir.path().join(format!("s{i}.json"));
         let shard = format!("{i}/2");
@@ -448,6 +449,8 @@ async fn binary_writes_and_merges_json() {
         let line = String::from_utf8_lossy(&st.stdout);
         assert!(line.starts_with("herald-bench run"), "{line}");
         assert!(line.contains(" | bench rss/conn="), "{line}");
+        told.push_str(&line);
+        told.push_str(&String::from_utf8_lossy(&st.stderr));
         files.push(out);
     }
     let merged = dir.path().join("m.json");
@@ -466,7 +469,7 @@ async fn binary_writes_and_merges_json() {
     );
     let m: Report = serde_json::from_str(&std::fs::read_to_string(&merged).unwrap()).unwrap();
     assert_eq!(m.connections.established, 8);
-    assert_eq!(m.delivery.expected, 20);
+    assert_eq!(m.delivery.expected, 20, "what the shards said:\n{told}");
     assert_eq!(m.delivery.delivered, 20);
     assert_eq!(m.latency_us.count, 20);
     assert_eq!(m.generator.len(), 2, "each shard's generator samples");
