@@ -52,8 +52,7 @@ impl CatchUps {
     }
 
     /// Up to `limit` of `user`'s notifications with id greater than `after`, oldest
-    /// first ([`Store::after`]), read together with whatever other sessions are
-    /// waiting.
+    /// first, read together with whatever other sessions are waiting.
     pub async fn after(
         self: &Arc<Self>,
         user: &UserId,

@@ -103,8 +103,7 @@ pub struct UnreadSnapshot {
     pub newest_id: i64,
 }
 
-/// One user's part of [`Store::after_many`]: up to `limit` of `user`'s notifications
-/// with id greater than `after`, oldest first.
+/// One user's part of [`Store::after_many`].
 #[derive(Debug, Clone, Copy)]
 pub struct AfterQuery<'a> {
     pub user: &'a UserId,
@@ -137,34 +136,19 @@ pub trait Store: Send + Sync + 'static {
     /// The unread count and up to `limit` newest unread notifications.
     async fn unread(&self, user: &UserId, limit: i64) -> Result<UnreadSnapshot, StoreError>;
 
-    /// Up to `limit` notifications with id greater than `after`, oldest first.
-    async fn after(
-        &self,
-        user: &UserId,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<Notification>, StoreError>;
-
-    /// [`Self::after`] for several users in one round trip: hands each notification
-    /// to `row` with the index of its query, query by query in the order of
-    /// `queries`, each query's oldest first. Catch-up reads come in bursts (a broker
-    /// resync asks every session at once), and one query for hundreds of users costs
-    /// the store about what a few single reads do ([`crate::catch_up`]). Rows are
-    /// handed over as they are read, never all held at once: a burst of resumes may
-    /// ask for a thousand large notifications each. By default, one read after
-    /// another.
+    /// For each of `queries`, up to `limit` of its user's notifications with id
+    /// greater than `after`: hands each notification to `row` with the index of its
+    /// query, query by query in the order of `queries`, each query's oldest first.
+    /// Every read of what a session missed comes through here, in groups
+    /// ([`crate::catch_up`]): a broker resync asks every session at once, and one
+    /// query for hundreds of users costs the store about what a few single reads do.
+    /// Rows are handed over as they are read, never all held at once: a burst of
+    /// resumes may ask for a thousand large notifications each.
     async fn after_many(
         &self,
         queries: &[AfterQuery<'_>],
         row: &mut (dyn FnMut(usize, Notification) + Send),
-    ) -> Result<(), StoreError> {
-        for (i, q) in queries.iter().enumerate() {
-            for n in self.after(q.user, q.after, q.limit).await? {
-                row(i, n);
-            }
-        }
-        Ok(())
-    }
+    ) -> Result<(), StoreError>;
 
     /// A page of the user's notifications, newest first.
     async fn list(&self, user: &UserId, q: ListQuery) -> Result<Vec<Notification>, StoreError>;

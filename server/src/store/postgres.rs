@@ -243,24 +243,6 @@ impl Store for PgStore {
         })
     }
 
-    async fn after(
-        &self,
-        user: &UserId,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<Notification>, StoreError> {
-        let rs = sqlx::query(
-            "SELECT id, user_id, message::text AS message, created_at, read FROM notifications \
-             WHERE user_id = $1 AND id > $2 ORDER BY id ASC LIMIT $3",
-        )
-        .bind(user.as_str())
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows(rs)
-    }
-
     /// One query for every user: each query row's `after` and `limit` applied to its
     /// own index range (`LATERAL`), tagged with the row's place, and streamed.
     async fn after_many(

@@ -40,7 +40,9 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
-use super::{ListQuery, NewAudit, Store, StoreError, UnreadSnapshot, format_time, now_ms};
+use super::{
+    AfterQuery, ListQuery, NewAudit, Store, StoreError, UnreadSnapshot, format_time, now_ms,
+};
 use crate::tasks::Tasks;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -273,23 +275,29 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn after(
+    /// One read after another: SQLite answers in-process, so a round trip saves
+    /// nothing, and each user's page is held only until it is handed over.
+    async fn after_many(
         &self,
-        user: &UserId,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<Notification>, StoreError> {
-        let sql = format!(
-            "SELECT id, user_id, message, created_at, read FROM notifications \
-             WHERE user_id = ? AND id > ? ORDER BY id ASC LIMIT {}",
-            literal_limit(limit)
-        );
-        let rs = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(user.as_str())
-            .bind(after)
-            .fetch_all(&self.pool)
-            .await?;
-        rows(rs)
+        queries: &[AfterQuery<'_>],
+        row: &mut (dyn FnMut(usize, Notification) + Send),
+    ) -> Result<(), StoreError> {
+        for (i, q) in queries.iter().enumerate() {
+            let sql = format!(
+                "SELECT id, user_id, message, created_at, read FROM notifications \
+                 WHERE user_id = ? AND id > ? ORDER BY id ASC LIMIT {}",
+                literal_limit(q.limit)
+            );
+            let rs = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(q.user.as_str())
+                .bind(q.after)
+                .fetch_all(&self.pool)
+                .await?;
+            for n in rows(rs)? {
+                row(i, n);
+            }
+        }
+        Ok(())
     }
 
     async fn list(&self, user: &UserId, q: ListQuery) -> Result<Vec<Notification>, StoreError> {

@@ -77,16 +77,6 @@ impl Store for Timed {
             .await
     }
 
-    async fn after(
-        &self,
-        user: &UserId,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<Notification>, StoreError> {
-        self.time(StoreOp::After, self.inner.after(user, after, limit))
-            .await
-    }
-
     async fn after_many(
         &self,
         queries: &[AfterQuery<'_>],
