@@ -113,6 +113,20 @@ impl Drop for PgDb {
     }
 }
 
+/// A loopback address nothing listens on: bound to port 0, then released, for a
+/// process or server that must be told its port before it binds it.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The port of [`free_addr`].
+pub fn free_port() -> u16 {
+    free_addr().port()
+}
+
 pub fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now())

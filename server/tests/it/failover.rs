@@ -10,14 +10,6 @@ use crate::common::{self, ADMIN_TOKEN, API_KEY, Client, Db, JWT_SECRET, Storage}
 
 const BIN: &str = env!("CARGO_BIN_EXE_herald-server");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A `herald-server` process in cluster mode, killed on drop.
 struct Proc {
     child: Child,
@@ -26,7 +18,7 @@ struct Proc {
 
 impl Proc {
     fn spawn(db_url: &str, prefix: &str, id: &str) -> Self {
-        let (public, admin) = (free_port(), free_port());
+        let (public, admin) = (common::free_port(), common::free_port());
         let child = Command::new(BIN)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -585,13 +585,7 @@ async fn run_node_logging_to(log: &Path, env: &[(&str, &str)]) -> std::process::
     std::fs::write(sys.join("net/core/somaxconn"), "128\n").unwrap();
     let profile = dir.path().join("profile.conf");
     std::fs::write(&profile, "profile = short\nnet.core.somaxconn >= 4096\n").unwrap();
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (public, admin) = (free(), free());
+    let (public, admin) = (common::free_addr(), common::free_addr());
     let mut cmd = tokio::process::Command::new(BIN);
     for (k, _) in std::env::vars() {
         if k.starts_with("HERALD_") || k == "DATABASE_URL" || k == "REDIS_URL" || k == "NO_COLOR" {

@@ -31,14 +31,6 @@ struct ClusterTls {
     ca: PathBuf,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl RedisCluster {
     async fn start() -> Self {
         tokio::task::spawn_blocking(|| Self::start_blocking(None))
@@ -82,7 +74,7 @@ impl RedisCluster {
             ca: tls.as_ref().map(|t| t.ca.clone()),
         };
         for _ in 0..3 {
-            let (port, bus) = (free_port(), free_port());
+            let (port, bus) = (common::free_port(), common::free_port());
             let conf = c._dir.path().join(format!("nodes-{port}.conf"));
             let listen: Vec<String> = match &tls {
                 None => vec!["--port".into(), port.to_string()],

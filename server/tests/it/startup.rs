@@ -41,14 +41,6 @@ const OWN_VARS: &[&str] = &[
 // Helpers
 // ---------------------------------------------------------------------------------
 
-/// A loopback address nothing listens on (bound, then released).
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// The binary, run in `dir`, with no `HERALD_*`/`DATABASE_URL`/`REDIS_URL` inherited.
 fn bin(dir: &Path) -> Command {
     let mut c = Command::new(BIN);
@@ -122,7 +114,7 @@ fn collect(r: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Arc<Mutex<S
 impl Proc {
     /// Starts `cmd` with its listeners on fresh loopback ports (via the environment).
     fn spawn(mut cmd: Command) -> Self {
-        let (public, admin) = (free_addr(), free_addr());
+        let (public, admin) = (common::free_addr(), common::free_addr());
         cmd.env("HERALD_LISTEN", public.to_string())
             .env("HERALD_ADMIN_LISTEN", admin.to_string());
         let mut child = cmd.spawn().expect("herald-server starts");
@@ -1013,8 +1005,8 @@ async fn redis_url_without_secrets_refuses_naming_the_secret() {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = bin(dir.path());
         cmd.env("REDIS_URL", "redis://127.0.0.1:1/")
-            .env("HERALD_LISTEN", free_addr().to_string())
-            .env("HERALD_ADMIN_LISTEN", free_addr().to_string());
+            .env("HERALD_LISTEN", common::free_addr().to_string())
+            .env("HERALD_ADMIN_LISTEN", common::free_addr().to_string());
         for (k, v) in given {
             cmd.env(k, v);
         }
@@ -1050,7 +1042,7 @@ async fn redis_url_without_secrets_refuses_naming_the_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_store_at_start_is_retried() {
     let pg = PgDb::create().await;
-    let port = free_addr().port();
+    let port = common::free_addr().port();
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = bin(dir.path());
     cmd.env(
@@ -1217,7 +1209,7 @@ async fn a_silent_postgres_at_start_is_named_and_retried() {
 /// at once, not a timeout after the connection manager's own silent retries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_redis_at_start_is_named_with_the_reason() {
-    let addr = free_addr();
+    let addr = common::free_addr();
     a_failing_service_is_named("REDIS_URL", format!("redis://{addr}"), "Redis", "refused").await;
 }
 
@@ -1229,8 +1221,8 @@ async fn a_heartbeat_past_an_hour_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = bin(dir.path());
     cmd.env("HERALD_HEARTBEAT_S", "18446744073709551615")
-        .env("HERALD_LISTEN", free_addr().to_string())
-        .env("HERALD_ADMIN_LISTEN", free_addr().to_string());
+        .env("HERALD_LISTEN", common::free_addr().to_string())
+        .env("HERALD_ADMIN_LISTEN", common::free_addr().to_string());
     let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
         .await
         .expect("refused, not running")

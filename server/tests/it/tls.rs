@@ -35,14 +35,6 @@ fn run(cmd: &mut Command, install: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Certificates made by the openssl CLI: a CA (`ca.pem`), a server certificate it
 /// signed for 127.0.0.1 and localhost (`server.pem`, `server.key`), a client
 /// certificate it signed (`client.pem`, `client.key`), and an unrelated CA
@@ -134,7 +126,7 @@ impl TlsRedis {
     /// With `client_certs`, the server requires a client certificate its CA signed.
     pub fn start(certs: &Certs, client_certs: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = common::free_port();
         let child = Command::new("redis-server")
             .args(["--port", "0", "--tls-port", &port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -275,7 +267,7 @@ impl PgCluster {
             format!("local all all trust\n{hba}"),
         )
         .unwrap();
-        let port = free_port();
+        let port = common::free_port();
         let ssl = if certs.is_some() {
             "-c ssl=on -c ssl_cert_file=server.pem -c ssl_key_file=server.key"
         } else {
