@@ -119,13 +119,13 @@ impl Auth {
         }
         validation.set_required_spec_claims(&required);
         Self {
-            encoding: EncodingKey::from_secret(secrets.jwt_secret.as_bytes()),
-            decoding: DecodingKey::from_secret(secrets.jwt_secret.as_bytes()),
+            encoding: EncodingKey::from_secret(secrets.jwt_secret.expose().as_bytes()),
+            decoding: DecodingKey::from_secret(secrets.jwt_secret.expose().as_bytes()),
             validation,
             audience,
             issuer,
-            api_key: secrets.api_key.as_bytes().to_vec(),
-            admin_token: secrets.admin_token.as_bytes().to_vec(),
+            api_key: secrets.api_key.expose().as_bytes().to_vec(),
+            admin_token: secrets.admin_token.expose().as_bytes().to_vec(),
         }
     }
 

@@ -12,6 +12,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use herald_shared::config as names;
 
+use crate::secrets::Secret;
+
 /// `herald-server [OPTIONS] [COMMAND]`: with no command, serve.
 #[derive(Debug, Parser)]
 #[command(
@@ -48,6 +50,9 @@ pub enum Command {
 }
 
 /// Everything a node needs to know before it starts.
+///
+/// Its `Debug` form shows no secret: the keys and tokens, and the database and
+/// Redis URLs (which may carry a password), are [`Secret`]s.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Public listener: WebSockets, backend API, health.
@@ -63,12 +68,12 @@ pub struct Config {
     pub node_id: Option<String>,
 
     /// `sqlite://...` or `postgres://...` (default: SQLite in the data dir).
-    #[arg(long, env = names::DATABASE_URL)]
-    pub database_url: Option<String>,
+    #[arg(long, env = names::DATABASE_URL, hide_env_values = true)]
+    pub database_url: Option<Secret>,
 
     /// Redis for cluster mode; unset means the in-process broker (single node).
-    #[arg(long, env = names::REDIS_URL)]
-    pub redis_url: Option<String>,
+    #[arg(long, env = names::REDIS_URL, hide_env_values = true)]
+    pub redis_url: Option<Secret>,
 
     /// TLS files for a `rediss://` `REDIS_URL`: CA, client certificate and key.
     #[command(flatten)]
@@ -87,7 +92,7 @@ pub struct Config {
     /// without whose signature it drops what it reads there; the same on every
     /// node, at least 32 bytes. Unset: messages go unsigned (PROTOCOL.md 7.3).
     #[arg(long, env = "HERALD_BROKER_KEY", hide_env_values = true)]
-    pub broker_key: Option<String>,
+    pub broker_key: Option<Secret>,
 
     /// Public address announced in the registry (default: the bound listener).
     #[arg(long, env = "HERALD_ADVERTISE_PUBLIC")]
@@ -99,7 +104,7 @@ pub struct Config {
 
     /// HS256 secret for client tokens (generated on a single node when unset).
     #[arg(long, env = names::JWT_SECRET, hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
 
     /// The `aud` every client token must carry (unset: `aud` is not checked).
     #[arg(long, env = names::JWT_AUDIENCE)]
@@ -111,11 +116,11 @@ pub struct Config {
 
     /// Bearer key for the backend API (generated on a single node when unset).
     #[arg(long, env = names::API_KEY, hide_env_values = true)]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
 
     /// Bearer token for the admin API (generated on a single node when unset).
     #[arg(long, env = names::ADMIN_TOKEN, hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
 
     /// Where the embedded SQLite file and generated secrets live.
     #[arg(long, env = names::DATA_DIR, default_value = names::DEFAULT_DATA_DIR)]
@@ -329,9 +334,10 @@ impl Config {
 
     /// The store URL, defaulting to a SQLite file in the data dir.
     pub fn database_url(&self) -> String {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}/herald.db", self.data_dir.display()))
+        match &self.database_url {
+            Some(url) => url.expose().to_owned(),
+            None => format!("sqlite://{}/herald.db", self.data_dir.display()),
+        }
     }
 
     /// Whether the node serves the live page: unless told, only a single node does.
@@ -377,6 +383,52 @@ mod tests {
             err.contains("HERALD_LOG_FORMAT must be `text` or `json` (got \"xml\")"),
             "{err}"
         );
+    }
+
+    /// Every secret a config can hold, given as flags, is missing from its `Debug`
+    /// form (and so from the secrets resolved from it), while the rest still shows.
+    #[test]
+    fn debug_shows_no_secret() {
+        let secrets = [
+            "jwt-secret-4f9a2c7e-at-least-32-bytes-long",
+            "api-key-81b3d5",
+            "admin-token-c60e19",
+            "broker-key-7d24aa-at-least-32-bytes-long",
+            "db-password-5e8f01",
+            "redis-password-93c4b2",
+        ];
+        let db = format!("postgres://herald:{}@db.internal:5432/herald", secrets[4]);
+        let redis = format!("rediss://default:{}@redis.internal:6380", secrets[5]);
+        let cfg = Config::from_args([
+            "--jwt-secret",
+            secrets[0],
+            "--api-key",
+            secrets[1],
+            "--admin-token",
+            secrets[2],
+            "--broker-key",
+            secrets[3],
+            "--database-url",
+            &db,
+            "--redis-url",
+            &redis,
+            "--redis-prefix",
+            "visible-prefix",
+        ])
+        .unwrap();
+        let resolved = crate::secrets::resolve(&cfg).unwrap();
+        for shown in [
+            format!("{cfg:?}"),
+            format!("{cfg:#?}"),
+            format!("{resolved:?}"),
+        ] {
+            for secret in secrets {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            assert!(shown.contains("[redacted]"), "{shown}");
+        }
+        assert!(format!("{cfg:?}").contains("visible-prefix"));
+        assert_eq!(cfg.database_url(), db, "the value itself is intact");
     }
 
     #[test]

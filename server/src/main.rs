@@ -26,7 +26,8 @@ unsafe impl Sync for ConfString {}
 use anyhow::Context;
 use clap::Parser;
 use herald_server::config::{Cli, Command, Config};
-use herald_server::{logging, secrets};
+use herald_server::logging;
+use herald_server::secrets::{self, Secret};
 use herald_shared::{GroupName, UserId};
 use tokio::net::TcpListener;
 
@@ -108,9 +109,9 @@ fn show_secrets(cfg: &Config, resolved: &secrets::Resolved, path: &std::path::Pa
 /// What a first-time user needs to try the node at once. Secrets the operator gave
 /// are not repeated: only the generated ones are shown.
 fn print_banner(cfg: &Config, s: &secrets::Secrets, path: &std::path::Path) {
-    let given = |v: &Option<String>, name: &str, value: &str| match v.as_deref() {
+    let given = |v: &Option<Secret>, name: &str, value: &Secret| match v {
         Some(g) if !g.is_empty() => format!("${name}"),
-        _ => value.to_owned(),
+        _ => value.expose().to_owned(),
     };
     let api_shown = given(&cfg.api_key, "HERALD_API_KEY", &s.api_key);
     let admin_shown = given(&cfg.admin_token, "HERALD_ADMIN_TOKEN", &s.admin_token);

@@ -10,6 +10,7 @@
 //! in a journal or a CI log. Secrets the operator gave are never printed or logged.
 //! A secrets file that group or others can read is refused, with the `chmod` to run.
 
+use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -18,15 +19,58 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 
+/// A value that must not reach a log: a key, a token, or a URL that may carry a
+/// password. Its `Debug` form is `Secret([redacted])`, so a [`Config`] or
+/// [`Secrets`] formatted with `{:?}` (a panic message, a `dbg!`, a tracing field)
+/// shows none of them; the value is read with [`Secret::expose`], where it is used.
+///
+/// Its own type rather than `secrecy::SecretString`, which cannot be serialized
+/// (`secrets.json`) or compared (the tests), both of which Herald needs; the
+/// comparisons that guard access do not use `==` but compare the exposed bytes in
+/// constant time (`auth.rs`).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the value is empty (an unset environment variable given as `X=`).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
 /// The three secrets a node (and every node of a cluster) holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Secrets {
     /// Signs and verifies client tokens (HS256): `HERALD_JWT_SECRET`.
-    pub jwt_secret: String,
+    pub jwt_secret: Secret,
     /// The backend API's bearer key: `HERALD_API_KEY`.
-    pub api_key: String,
+    pub api_key: Secret,
     /// The admin plane's bearer token: `HERALD_ADMIN_TOKEN`.
-    pub admin_token: String,
+    pub admin_token: Secret,
 }
 
 /// Where the secrets came from, so start-up can print what the operator needs.
@@ -89,10 +133,10 @@ pub enum SecretsError {
 /// secrets are 48.
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
-fn random_token() -> String {
+fn random_token() -> Secret {
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Secret(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Resolves the secrets for `cfg`: given values, else the data dir's, else new ones
@@ -100,7 +144,7 @@ fn random_token() -> String {
 /// at start, so a tool calling this with the node's config gets the node's secrets.
 pub fn resolve(cfg: &Config) -> Result<Resolved, SecretsError> {
     let resolved = resolve_any(cfg)?;
-    let len = resolved.secrets.jwt_secret.len();
+    let len = resolved.secrets.jwt_secret.expose().len();
     if len < MIN_JWT_SECRET_BYTES {
         return Err(SecretsError::JwtSecretTooShort(len));
     }
@@ -221,13 +265,13 @@ mod tests {
 
     #[test]
     fn generated_once_then_reused() {
-        let dir = std::env::temp_dir().join(format!("herald-secrets-{}", random_token()));
+        let dir = std::env::temp_dir().join(format!("herald-secrets-{}", random_token().expose()));
         let c = cfg(&["--data-dir", dir.to_str().unwrap()]);
         let a = resolve(&c).unwrap();
         let b = resolve(&c).unwrap();
         assert_eq!(a.secrets, b.secrets);
         assert!(a.fresh && !b.fresh, "only the first call generated them");
-        assert_eq!(a.secrets.api_key.len(), 48);
+        assert_eq!(a.secrets.api_key.expose().len(), 48);
         assert_ne!(a.secrets.api_key, a.secrets.jwt_secret);
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -238,7 +282,7 @@ mod tests {
     #[test]
     fn a_secrets_file_readable_by_others_is_refused() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("herald-secrets-{}", random_token()));
+        let dir = std::env::temp_dir().join(format!("herald-secrets-{}", random_token().expose()));
         let c = cfg(&["--data-dir", dir.to_str().unwrap()]);
         let first = resolve(&c).unwrap();
         let path = dir.join("secrets.json");
@@ -269,7 +313,7 @@ mod tests {
     fn given_values_win() {
         let c = cfg(&["--jwt-secret", LONG, "--api-key", "a", "--admin-token", "t"]);
         let r = resolve(&c).unwrap();
-        assert_eq!(r.secrets.api_key, "a");
+        assert_eq!(r.secrets.api_key.expose(), "a");
         assert!(r.generated_in.is_none());
     }
 
@@ -290,7 +334,7 @@ mod tests {
             "{err}"
         );
         // Also when the other two come from the secrets file.
-        let dir = std::env::temp_dir().join(format!("herald-secrets-{}", random_token()));
+        let dir = std::env::temp_dir().join(format!("herald-secrets-{}", random_token().expose()));
         let c = cfg(&["--data-dir", dir.to_str().unwrap(), "--jwt-secret", short]);
         assert!(matches!(
             resolve(&c),

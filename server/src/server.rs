@@ -33,6 +33,7 @@ use crate::node::{Node, VERSION};
 use crate::outbox::CloseReason;
 use crate::presence::{LocalPresence, Presence};
 use crate::publish::Publisher;
+use crate::secrets::Secret;
 use crate::tasks::Tasks;
 use crate::tuning::{Host, Profile};
 use crate::{accept, admin, cluster, limits, secrets, store};
@@ -100,6 +101,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
                 None,
             ),
             Some(url) => {
+                let url = url.expose();
                 let trust = trust(&cfg, issued.clone(), metrics.clone())?;
                 let node_side = || NodeSide {
                     hub: hub.clone(),
@@ -206,7 +208,12 @@ fn trust(
     issued: Arc<IssuedIds>,
     metrics: Arc<Metrics>,
 ) -> Result<Trust, ServerError> {
-    let key = match cfg.broker_key.as_deref().filter(|k| !k.is_empty()) {
+    let key = match cfg
+        .broker_key
+        .as_ref()
+        .map(Secret::expose)
+        .filter(|k| !k.is_empty())
+    {
         Some(k) => Some(BrokerKey::new(k).map_err(ServerError::Config)?),
         None => {
             tracing::warn!(
@@ -237,7 +244,7 @@ fn log_tuning(profile: &Profile, host: &Host, capacity: usize) {
 /// Refuses an admin listener at `admin_addr` that is not loopback unless `cfg` has
 /// an admin token: the admin plane may face the network only behind one.
 pub fn check_admin_bind(cfg: &Config, admin_addr: std::net::SocketAddr) -> Result<(), ServerError> {
-    if !admin_addr.ip().is_loopback() && cfg.admin_token.as_deref().unwrap_or("").is_empty() {
+    if !admin_addr.ip().is_loopback() && cfg.admin_token.as_ref().is_none_or(Secret::is_empty) {
         return Err(ServerError::Config(format!(
             "admin listener {admin_addr} is not loopback: set HERALD_ADMIN_TOKEN to expose it"
         )));
