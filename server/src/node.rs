@@ -23,7 +23,7 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::publish::Publisher;
-use crate::store::Store;
+use crate::store::{Answers, Store};
 use crate::tasks::Tasks;
 use crate::tuning::{Host, Profile};
 
@@ -52,6 +52,8 @@ pub struct Node {
     pub started: Instant,
     /// Last result of the store health probe; readiness reads it without a query.
     pub store_up: AtomicBool,
+    /// When an operation on `store` last succeeded: what the probe goes by first.
+    pub store_answers: Arc<Answers>,
     /// Connections per user across the cluster (or this node alone).
     pub presence: Arc<dyn Presence>,
     /// Present exactly when the node is clustered: the one answer to "are we?".
@@ -108,17 +110,30 @@ impl Node {
 
     /// Probes the store every second, so readiness reflects it without a query per
     /// health check.
+    ///
+    /// The store is up when an operation succeeded within [`STORE_FRESH`]: a pool
+    /// kept busy by queries that complete is a healthy store, though a ping would
+    /// wait its turn behind them and could time out. Only when nothing succeeded
+    /// lately does the probe ping, and a ping that times out still counts as up if
+    /// other operations succeeded meanwhile (it was queued behind them). A store that
+    /// is stopped or does not answer is down within [`STORE_FRESH`] plus one period
+    /// plus [`PING_LIMIT`].
     pub fn spawn_store_probe(self: &Arc<Self>) {
         // Weak: the task must not keep the node alive; it ends with the node's tasks.
         let node = Arc::downgrade(self);
         self.tasks.spawn("store probe", async move {
             loop {
                 let Some(n) = node.upgrade() else { return };
-                let limit = Duration::from_secs(2);
-                let probe = match tokio::time::timeout(limit, n.store.ping()).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer within {limit:?}")),
+                let probe = if n.store_answers.within(STORE_FRESH) {
+                    Ok(())
+                } else {
+                    let asked = Instant::now();
+                    match tokio::time::timeout(PING_LIMIT, n.store.ping()).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) if n.store_answers.since(asked) => Ok(()),
+                        Err(_) => Err(format!("no answer within {PING_LIMIT:?}")),
+                    }
                 };
                 let up = probe.is_ok();
                 if n.store_up.swap(up, Ordering::Relaxed) != up {
@@ -138,3 +153,10 @@ impl Node {
         });
     }
 }
+
+/// How recent a successful store operation must be for the probe to count the
+/// store up without pinging it.
+const STORE_FRESH: Duration = Duration::from_secs(2);
+
+/// How long the probe's own ping may take, waiting for a pooled connection included.
+const PING_LIMIT: Duration = Duration::from_secs(2);

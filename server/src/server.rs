@@ -85,10 +85,12 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
             "REDIS_URL is set but the store is SQLite: run one node only, or use DATABASE_URL=postgres://..."
         );
     }
-    let store: Arc<dyn store::Store> = Arc::new(store::Timed::new(
+    let timed = store::Timed::new(
         store::connect(&cfg.database_url(), cfg.db_pool, &tasks).await?,
         metrics.clone(),
-    ));
+    );
+    let store_answers = timed.answers();
+    let store: Arc<dyn store::Store> = Arc::new(timed);
     let hub = Arc::new(Hub::new());
     let issued = Arc::new(IssuedIds::new(store.clone()));
     let id = cfg.node_id.clone().unwrap_or_else(default_node_id);
@@ -193,6 +195,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
         host,
         started: Instant::now(),
         store_up: AtomicBool::new(true),
+        store_answers,
         presence,
         cluster,
         auth_failure_audited_us: AtomicU64::new(0),

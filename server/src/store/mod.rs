@@ -24,7 +24,7 @@ use herald_shared::{Notification, UserId};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
-pub use timed::Timed;
+pub use timed::{Answers, Timed};
 
 /// What went wrong, in the terms callers branch on.
 #[derive(Debug, Clone, thiserror::Error)]

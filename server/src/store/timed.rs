@@ -1,8 +1,9 @@
-//! A `Store` that measures another: latency and failures per operation, in one place
-//! instead of at every call site.
+//! A `Store` that measures another: latency and failures per operation, and when an
+//! operation last succeeded ([`Answers`]), in one place instead of at every call site.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use herald_shared::admin::AuditEntry;
@@ -15,11 +16,21 @@ use crate::metrics::{Metrics, StoreOp};
 pub struct Timed {
     inner: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    answers: Arc<Answers>,
 }
 
 impl Timed {
     pub fn new(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
-        Self { inner, metrics }
+        Self {
+            inner,
+            metrics,
+            answers: Arc::new(Answers::new()),
+        }
+    }
+
+    /// When an operation through this store last succeeded, for the store probe.
+    pub fn answers(&self) -> Arc<Answers> {
+        self.answers.clone()
     }
 
     async fn time<T>(
@@ -27,13 +38,65 @@ impl Timed {
         op: StoreOp,
         f: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        timed(&self.metrics, op, f).await
+        timed(&self.metrics, &self.answers, op, f).await
     }
 }
 
-/// Runs one store operation, recording its latency and, if it fails, its error.
+/// When the store last answered an operation with success: the store probe's
+/// evidence that the store is up.
+///
+/// A probe query of its own waits for a pooled connection like any other query, so
+/// on a pool that legitimate load keeps busy it can time out while every query
+/// still completes, and readiness would take a busy, healthy node out of its load
+/// balancer. The queries that complete say the store is up better than the probe's
+/// own can; the probe only needs to ask when nothing has completed lately.
+pub struct Answers {
+    /// What `last_us` counts from.
+    epoch: Instant,
+    /// Microseconds from `epoch` to the end of the latest successful operation, plus
+    /// one; 0 until there is one.
+    last_us: AtomicU64,
+}
+
+impl Answers {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Records an operation that succeeded now.
+    fn record(&self) {
+        let us = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_us
+            .fetch_max(us.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// When the latest successful operation ended, if any has.
+    fn last(&self) -> Option<Instant> {
+        match self.last_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(self.epoch + Duration::from_micros(us - 1)),
+        }
+    }
+
+    /// Whether an operation succeeded within the last `window`.
+    pub fn within(&self, window: Duration) -> bool {
+        self.last().is_some_and(|t| t.elapsed() <= window)
+    }
+
+    /// Whether an operation succeeded at or after `since`.
+    pub fn since(&self, since: Instant) -> bool {
+        self.last().is_some_and(|t| t >= since)
+    }
+}
+
+/// Runs one store operation, recording its latency and, if it fails, its error, or
+/// else that the store answered.
 async fn timed<T>(
     metrics: &Metrics,
+    answers: &Answers,
     op: StoreOp,
     f: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
@@ -43,8 +106,11 @@ async fn timed<T>(
         .store_latency
         .get(op)
         .observe(started.elapsed().as_secs_f64());
-    if out.is_err() {
-        metrics.store_errors.get(op).inc();
+    match out {
+        Ok(_) => answers.record(),
+        Err(_) => {
+            metrics.store_errors.get(op).inc();
+        }
     }
     out
 }
@@ -111,6 +177,7 @@ impl Store for Timed {
             Box::new(TimedGuard {
                 inner,
                 metrics: self.metrics.clone(),
+                answers: self.answers.clone(),
             }) as Box<dyn OrderGuard>
         }))
     }
@@ -129,12 +196,19 @@ impl Store for Timed {
 struct TimedGuard {
     inner: Box<dyn OrderGuard>,
     metrics: Arc<Metrics>,
+    answers: Arc<Answers>,
 }
 
 #[async_trait]
 impl OrderGuard for TimedGuard {
     async fn insert(&mut self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {
-        timed(&self.metrics, StoreOp::Insert, self.inner.insert(items)).await
+        timed(
+            &self.metrics,
+            &self.answers,
+            StoreOp::Insert,
+            self.inner.insert(items),
+        )
+        .await
     }
 
     async fn release(self: Box<Self>) {

@@ -1108,6 +1108,100 @@ async fn health_endpoints_answer_200(db: Db) {
 // Store unreachable (PostgreSQL only: SQLite cannot be cut off)
 // ---------------------------------------------------------------------------------
 
+/// A node whose one pooled connection (`--db-pool 1`) is kept busy by queries that
+/// complete stays ready. Twelve clients list notifications without pause while the
+/// test holds a lock on the table in turns (0.19 s each), so each listing holds the
+/// connection about that long and eleven wait behind it: every listing completes
+/// within the pool's 3 s acquire timeout, but a ping of the store probe's own would
+/// wait its turn behind eleven of them, past its 2 s limit. The probe counts the
+/// listings that complete instead, and `/readyz` stays 200 throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_saturated_pool_stays_ready() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    const CLIENTS: usize = 12;
+    const HOLD: Duration = Duration::from_millis(190);
+    let s = Arc::new(common::start_with(Db::Postgres, &["--db-pool", "1"]).await);
+    let url = s
+        .storage
+        .pg
+        .as_ref()
+        .expect("a PostgreSQL database")
+        .url
+        .clone();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // The lock holder: the node's listings wait on it, then complete.
+    let holder = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            let mut turns = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let mut tx = conn.begin().await.unwrap();
+                sqlx::query("LOCK TABLE notifications IN ACCESS EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(HOLD).await;
+                tx.commit().await.unwrap();
+                turns += 1;
+            }
+            turns
+        })
+    };
+    let (answered, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (s, stop) = (s.clone(), stop.clone());
+            let (answered, refused) = (answered.clone(), refused.clone());
+            tokio::spawn(async move {
+                let path = format!("/api/v1/users/busy{i}/notifications");
+                while !stop.load(Ordering::Relaxed) {
+                    match get(&s, &path).await {
+                        (200, _) => answered.fetch_add(1, Ordering::Relaxed),
+                        (status, body) => {
+                            eprintln!("listing {i}: {status} {body}");
+                            refused.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+
+    // Several probe periods, with the pool saturated from the start.
+    let mut not_ready = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        let status = status_of(s.http("/readyz")).await;
+        if status != Some(200) {
+            not_ready.push((started.elapsed(), status));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let turns = holder.await.unwrap();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let (answered, refused) = (
+        answered.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    );
+    // The pool really was saturated by queries that complete: each listing waited
+    // for a turn of the lock, and they kept completing.
+    assert!(turns >= 20, "the lock was taken {turns} times");
+    assert!(answered >= 20, "{answered} listings answered");
+    assert_eq!(refused, 0, "listings refused ({answered} answered)");
+    assert!(
+        not_ready.is_empty(),
+        "/readyz was not 200 while queries completed: {not_ready:?}"
+    );
+}
+
 /// With its PostgreSQL cut off, the node answers POSTs with 503 JSON, `/readyz` turns
 /// 503 (and `/healthz` stays 200); once the database is back, `/readyz` is 200 again
 /// and the listing holds exactly what got 201: nothing half-written.

@@ -170,25 +170,25 @@ pub struct TestServer {
     handle: Option<JoinHandle<Result<(), herald_server::ServerError>>>,
 }
 
-/// Flags every test node gets; `extra` may override or add.
+/// Flags every test node gets; `extra` may override (a flag it gives replaces the
+/// default's, which clap would refuse to see twice) or add.
 pub fn config(storage: &Storage, extra: &[&str]) -> Config {
     let data_dir = storage.dir.path().display().to_string();
-    let mut args: Vec<String> = vec![
-        "--database-url".into(),
-        storage.url.clone(),
-        "--data-dir".into(),
-        data_dir,
-        "--jwt-secret".into(),
-        JWT_SECRET.into(),
-        "--api-key".into(),
-        API_KEY.into(),
-        "--admin-token".into(),
-        ADMIN_TOKEN.into(),
-        "--shutdown-drain-s".into(),
-        "1".into(),
-        "--db-pool".into(),
-        "4".into(),
+    let defaults = [
+        ("--database-url", storage.url.as_str()),
+        ("--data-dir", data_dir.as_str()),
+        ("--jwt-secret", JWT_SECRET),
+        ("--api-key", API_KEY),
+        ("--admin-token", ADMIN_TOKEN),
+        ("--shutdown-drain-s", "1"),
+        ("--db-pool", "4"),
     ];
+    let mut args: Vec<String> = Vec::new();
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag.to_owned(), value.to_owned()]);
+        }
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     Config::from_args(args).expect("test config parses")
 }
