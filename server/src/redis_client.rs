@@ -13,11 +13,13 @@
 //! the nodes it discovers are reached over TLS too, with the same files.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Args;
 use herald_shared::config as names;
 use redis::cluster::ClusterClientBuilder;
 use redis::{ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, TlsCertificates};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The TLS files for a `rediss://` `REDIS_URL` (all optional). Given with a plain
 /// `redis://` URL they are refused rather than ignored: the operator meant TLS.
@@ -127,6 +129,46 @@ impl RedisTls {
             client_tls,
             root_cert,
         }))
+    }
+}
+
+/// The host and port of `client`'s Redis when it is reached over TLS (`rediss://`),
+/// for [`speaks_plain_redis`].
+pub(crate) fn tls_addr(client: &redis::Client) -> Option<(String, u16)> {
+    match client.get_connection_info().addr() {
+        ConnectionAddr::TcpTls { host, port, .. } => Some((host.clone(), *port)),
+        _ => None,
+    }
+}
+
+/// How long [`speaks_plain_redis`] waits for the connection and for the answer.
+const PLAIN_CHECK_LIMIT: Duration = Duration::from_secs(1);
+
+/// Whether `host:port` answers a plain-text `PING` as Redis does: a RESP simple
+/// string or error line (`+PONG`, `-NOAUTH ...`).
+///
+/// A plain Redis behind a `rediss://` URL does not refuse the TLS handshake: it
+/// reads the ClientHello as the start of an inline command and waits for its end
+/// of line, so the handshake only times out, like a Redis that is down. Asked in
+/// plain text, it answers at once, and that tells the two apart. A TLS server takes
+/// the `PING` for a broken record and alerts or hangs up, which is not an answer.
+pub(crate) async fn speaks_plain_redis(host: &str, port: u16) -> bool {
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        stream.write_all(b"PING\r\n").await.ok()?;
+        let mut line = Vec::new();
+        let mut buf = [0u8; 256];
+        while !line.ends_with(b"\r\n") && line.len() < 4096 {
+            match stream.read(&mut buf).await.ok()? {
+                0 => break,
+                n => line.extend_from_slice(&buf[..n]),
+            }
+        }
+        Some(line)
+    };
+    match tokio::time::timeout(PLAIN_CHECK_LIMIT, ask).await {
+        Ok(Some(line)) => matches!(line.first(), Some(b'+' | b'-')) && line.ends_with(b"\r\n"),
+        _ => false,
     }
 }
 

@@ -6,8 +6,9 @@
 //! PostgreSQL until it comes up; a certificate that is not trusted, a client
 //! certificate the service refuses, or a service that answers TLS with something
 //! else will not fix itself, so start-up fails at once and says which service, and
-//! why. (A plain Redis behind `rediss://` says nothing at all: it waits for the end
-//! of a command line, so it can only be retried as silent.)
+//! why. (A plain Redis behind `rediss://` refuses nothing: it waits for the end of a
+//! command line. Start-up asks it in plain text instead:
+//! `redis_client::speaks_plain_redis`.)
 
 use std::error::Error;
 use std::io;

@@ -741,20 +741,51 @@ pub async fn connect_within<C, E: Display>(
 /// A TLS refusal ([`crate::tls::refusal`]: an untrusted certificate, a refused
 /// client certificate, no TLS on the port) ends it with the reason instead: it
 /// would not go away by waiting.
+///
+/// `tls_to` is the Redis that `connect` reaches over TLS, if it does. An attempt
+/// still unfinished after [`PLAIN_CHECK_AFTER`], or one that failed, may have met a
+/// plain Redis, which mostly keeps a TLS handshake waiting instead of refusing it;
+/// if that address answers a plain-text `PING`
+/// ([`crate::redis_client::speaks_plain_redis`]), start-up ends at once, as for any
+/// TLS refusal, instead of retrying it as unreachable.
 pub async fn connect_retrying<C, F: Future<Output = redis::RedisResult<C>>>(
     what: &str,
+    tls_to: Option<(String, u16)>,
     mut connect: impl FnMut() -> F,
 ) -> Result<C, String> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let mut refused = None;
-        let attempt = connect_within(async {
-            connect()
-                .await
-                .inspect_err(|e| refused = crate::tls::refusal(e))
-        })
-        .await;
-        if let Some(why) = refused {
+        let mut plain = None;
+        let attempt = {
+            let attempt = connect_within(async {
+                connect()
+                    .await
+                    .inspect_err(|e| refused = crate::tls::refusal(e))
+            });
+            match &tls_to {
+                None => attempt.await,
+                Some((host, port)) => tokio::select! {
+                    a = attempt => a,
+                    true = async {
+                        tokio::time::sleep(PLAIN_CHECK_AFTER).await;
+                        crate::redis_client::speaks_plain_redis(host, *port).await
+                    } => {
+                        plain = Some(plain_redis(host, *port));
+                        Err(String::new())
+                    }
+                },
+            }
+        };
+        if let (Err(_), true, Some((host, port))) = (&attempt, plain.is_none(), &tls_to) {
+            // A plain Redis may also have answered the ClientHello (a line feed in
+            // its random bytes ends the "command"), or the attempt may have given up
+            // first (a cluster client's own timeout).
+            if crate::redis_client::speaks_plain_redis(host, *port).await {
+                plain = Some(plain_redis(host, *port));
+            }
+        }
+        if let Some(why) = plain.or(refused) {
             return Err(format!(
                 "TLS with {what} failed: {why} (check the rediss:// host and port, \
                  HERALD_REDIS_CA_FILE, HERALD_REDIS_CERT_FILE and HERALD_REDIS_KEY_FILE)"
@@ -769,6 +800,17 @@ pub async fn connect_retrying<C, F: Future<Output = redis::RedisResult<C>>>(
         }
     }
 }
+
+/// Why TLS with a plain Redis failed.
+fn plain_redis(host: &str, port: u16) -> String {
+    format!("{host}:{port} answers plain-text Redis commands: it has no TLS")
+}
+
+/// How long a TLS connection attempt at start-up may go unfinished before the
+/// address is asked, in plain text, whether it is a Redis without TLS. A TLS
+/// handshake that works is done well within it, so a TLS Redis is not asked (it
+/// would log the plain-text `PING` as a failed handshake).
+const PLAIN_CHECK_AFTER: Duration = Duration::from_secs(1);
 
 #[async_trait]
 impl<T: Transport> Broker for T {

@@ -51,7 +51,8 @@ impl RedisBroker {
         // retries a failed connect by itself, in silence, so a refused or silent
         // Redis would show only as a timeout, and late.
         let plain = AsyncConnectionConfig::new().set_connection_timeout(None);
-        let publisher = pubsub::connect_retrying("Redis", || async {
+        let tls_to = crate::redis_client::tls_addr(&client);
+        let publisher = pubsub::connect_retrying("Redis", tls_to, || async {
             client
                 .get_multiplexed_async_connection_with_config(&plain)
                 .await?;

@@ -161,7 +161,8 @@ impl RedisClusterBroker {
             ),
             _ => None,
         };
-        let publisher = pubsub::connect_retrying("Redis Cluster", || async {
+        let tls_to = probe.as_ref().and_then(crate::redis_client::tls_addr);
+        let publisher = pubsub::connect_retrying("Redis Cluster", tls_to, || async {
             let Some(probe) = &probe else {
                 return client.get_async_connection().await;
             };

@@ -384,9 +384,7 @@ async fn nodes_deliver_through_a_tls_redis() {
 
 /// Start-up fails at once, naming Redis and TLS, when the certificate is not
 /// trusted (an unrelated CA file, or the system's CAs), and TLS files with a plain
-/// `redis://` URL are refused. (A plain Redis behind a `rediss://` URL cannot be
-/// told from a silent one: it waits for the end of a line that never comes, so
-/// start-up retries it as unreachable.)
+/// `redis://` URL are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_redis_certificate_is_refused() {
     let certs = Certs::make();
@@ -408,6 +406,37 @@ async fn an_untrusted_redis_certificate_is_refused() {
     files_plain.extend(["--redis-ca-file", &other]);
     let e = start_fails(&storage, &files_plain).await.to_string();
     assert!(e.contains("must be rediss://"), "{e}");
+}
+
+/// A plain Redis (the one on 6379) behind a `rediss://` URL, or a `rediss+cluster://`
+/// one, ends start-up within a few seconds, saying that it has no TLS, instead of
+/// being retried as a Redis that does not answer: it keeps the handshake waiting
+/// for the end of a command line, and answers a plain-text `PING`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_redis_behind_rediss_is_refused_at_once() {
+    let storage = Storage::new(common::Db::Sqlite).await;
+    let prefix = prefix();
+    for (url, what) in [
+        ("rediss://127.0.0.1:6379", "Redis"),
+        ("rediss+cluster://127.0.0.1:6379", "Redis Cluster"),
+    ] {
+        let started = Instant::now();
+        let e = start_fails(&storage, &redis_args(url, &prefix, "n"))
+            .await
+            .to_string();
+        let took = started.elapsed();
+        assert!(
+            e.contains(&format!("TLS with {what} failed"))
+                && e.contains("127.0.0.1:6379 answers plain-text Redis commands: it has no TLS")
+                && e.contains("check the rediss:// host and port"),
+            "{url}: {e}"
+        );
+        // Before the first attempt's own 5 s limit: nothing was retried.
+        assert!(
+            took < Duration::from_secs(4),
+            "{url}: refused after {took:?}"
+        );
+    }
 }
 
 /// A Redis that requires client certificates (`tls-auth-clients yes`): a node with
