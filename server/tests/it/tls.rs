@@ -516,6 +516,83 @@ async fn postgres_verify_full_with_a_root_certificate() {
     node.stop().await.unwrap();
 }
 
+/// `sslrootcert` is trusted besides the system's CAs, not instead of them: sqlx
+/// starts its root store from the system's and adds the file (README, TLS to
+/// PostgreSQL). Setting `SSL_CERT_FILE` to the `sslrootcert` file makes that file the
+/// only trust. The system's store is stood in for by `SSL_CERT_FILE` itself
+/// (rustls-native-certs reads it instead of the platform's), in a `herald-server`
+/// process of its own, so neither the host's store nor this process's environment
+/// changes: with the server's CA as the "system" CA and an unrelated `sslrootcert`
+/// the node starts; with `SSL_CERT_FILE` the unrelated file too, it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sslrootcert_adds_to_the_system_cas() {
+    const BIN: &str = env!("CARGO_BIN_EXE_herald-server");
+    let certs = Certs::make();
+    let pg = tokio::task::block_in_place(|| PgCluster::start(Some(&certs)));
+    let url = pg.url(&format!(
+        "?sslmode=verify-full&sslrootcert={}",
+        certs.arg("other-ca.pem")
+    ));
+    // Whether a node whose system CAs are `system` starts (its /readyz is 200), or
+    // else what it said when it stopped.
+    let start = |system: String| {
+        let url = url.clone();
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let public = common::free_addr();
+            let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
+            let mut child = Command::new(BIN)
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("SSL_CERT_FILE", system)
+                .env("DATABASE_URL", url)
+                .env("HERALD_DATA_DIR", dir.path())
+                .env("HERALD_LISTEN", public.to_string())
+                .env("HERALD_ADMIN_LISTEN", common::free_addr().to_string())
+                .env("HERALD_JWT_SECRET", common::JWT_SECRET)
+                .env("HERALD_API_KEY", common::API_KEY)
+                .env("HERALD_ADMIN_TOKEN", common::ADMIN_TOKEN)
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .expect("herald-server starts");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let outcome = loop {
+                if child.try_wait().unwrap().is_some() {
+                    break Err(std::fs::read_to_string(dir.path().join("stderr")).unwrap());
+                }
+                let ready = common::api()
+                    .get(format!("http://{public}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                if ready {
+                    break Ok(());
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "neither ready nor stopped in 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let _ = child.kill();
+            let _ = child.wait();
+            outcome
+        }
+    };
+    start(certs.arg("ca.pem"))
+        .await
+        .expect("a server certificate from a system CA passes, whatever sslrootcert says");
+    let refused = start(certs.arg("other-ca.pem"))
+        .await
+        .expect_err("with SSL_CERT_FILE the sslrootcert file, only that CA is trusted");
+    assert!(
+        refused.contains("PostgreSQL TLS (sslmode=verify-full)")
+            && refused.contains("UnknownIssuer"),
+        "{refused}"
+    );
+}
+
 /// `sslmode=require` against a PostgreSQL without TLS fails start-up at once,
 /// naming PostgreSQL and TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
