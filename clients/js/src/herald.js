@@ -49,8 +49,9 @@
  */
 
 /**
- * Constructor of a WHATWG-style WebSocket (the browser's, Node 22's global, or `ws`).
- * @typedef {new (url: string) => any} WebSocketCtor
+ * Constructor of a WHATWG-style WebSocket (the browser's, Node 22's global, or `ws`),
+ * called with the subprotocols that carry the token (`wsProtocols`).
+ * @typedef {new (url: string, protocols: string[]) => any} WebSocketCtor
  */
 
 /**
@@ -192,6 +193,31 @@ export const DEFAULTS = Object.freeze({
   /** consecutive "server reachable, WebSocket upgrade failed" attempts before SSE */
   fallbackAfter: 2,
 });
+
+/** The WebSocket subprotocol of Herald clients; the node answers with it (2). */
+export const SUBPROTOCOL = 'herald';
+
+/**
+ * What a JWT is made of (base64url and dots). Every one of these characters is valid
+ * in a WebSocket subprotocol name, so a JWT can ride in `Sec-WebSocket-Protocol`; a
+ * string with others is no JWT the node would accept anyway.
+ */
+const JWT_RE = /^[A-Za-z0-9_.-]+$/;
+
+/**
+ * The subprotocols a WebSocket offers to carry `token`: `herald` and `bearer.<jwt>`
+ * (PROTOCOL.md 2). The token goes in a header, not in the URL, because proxies write
+ * URLs into their logs (nginx's error log, on every request it fails to proxy) and a
+ * browser's WebSocket can set no other header. The node answers `herald`, which a
+ * browser requires: it fails a connection whose 101 picks none of the offered
+ * protocols.
+ * @param {string} token
+ * @returns {string[]}
+ */
+export function wsProtocols(token) {
+  if (!JWT_RE.test(token)) throw new TypeError('the token is not a JWT: it has characters other than A-Z a-z 0-9 _ - .');
+  return [SUBPROTOCOL, `bearer.${token}`];
+}
 
 /** Group names as the node checks them (section 1). */
 const GROUP_RE = /^[A-Za-z0-9_.-]{1,100}$/;
@@ -641,6 +667,9 @@ export class HeraldClient {
     if (!options || (typeof options.token !== 'string' && typeof options.token !== 'function')) {
       throw new TypeError('HeraldClient: options.token must be a string or a function returning one');
     }
+    if (typeof options.token === 'string' && !JWT_RE.test(options.token)) {
+      throw new TypeError('HeraldClient: options.token is not a JWT: it has characters other than A-Z a-z 0-9 _ - .');
+    }
     const loc = /** @type {any} */ (globalThis).location;
     const url = options.url ?? (loc && loc.origin);
     if (!url) throw new TypeError('HeraldClient: options.url is required outside a browser page');
@@ -967,6 +996,7 @@ export class HeraldClient {
       throw new HeraldError('token_provider', `the token provider failed: ${describe(err)}`, { cause: err });
     }
     if (typeof t !== 'string' || t === '') throw new HeraldError('token_provider', 'the token provider returned no token');
+    if (!JWT_RE.test(t)) throw new HeraldError('token_provider', 'the token provider returned no JWT: it has characters other than A-Z a-z 0-9 _ - .');
     this.token = t;
     this.needFreshToken = false;
     return t;
@@ -1021,13 +1051,13 @@ export class HeraldClient {
    */
   openWebSocket(conn, token) {
     const Ctor = /** @type {WebSocketCtor} */ (this.wsCtor());
-    const url = endpointUrl(this.opts.url, 'ws', '/ws/notifications/', { token, after: conn.sentAfter });
+    const url = endpointUrl(this.opts.url, 'ws', '/ws/notifications/', { after: conn.sentAfter });
     let ws;
     try {
-      ws = new Ctor(url);
+      ws = new Ctor(url, wsProtocols(token));
     } catch (err) {
       // A malformed URL or a blocked port: a browser throws synchronously.
-      this.fatal(new HeraldError('bad_url', `cannot open ${redact(url)}: ${describe(err)}`, { fatal: true, cause: err }));
+      this.fatal(new HeraldError('bad_url', `cannot open ${url}: ${describe(err)}`, { fatal: true, cause: err }));
       return;
     }
     conn.ws = ws;
@@ -1117,8 +1147,11 @@ export class HeraldClient {
   async diagnose(fetchFn, conn) {
     try {
       const token = typeof this.opts.token === 'string' ? this.opts.token : this.token;
-      const url = endpointUrl(this.opts.url, 'http', '/ws/notifications/', { token, after: conn.sentAfter });
-      const res = await fetchFn(url, { method: 'GET', cache: 'no-store', credentials: 'omit' });
+      const url = endpointUrl(this.opts.url, 'http', '/ws/notifications/', { after: conn.sentAfter });
+      // `fetch` cannot send Sec-WebSocket-Protocol; Authorization keeps the token out
+      // of the URL all the same.
+      const headers = token ? { authorization: `Bearer ${token}` } : {};
+      const res = await fetchFn(url, { method: 'GET', headers, cache: 'no-store', credentials: 'omit' });
       /** @type {Refusal} */
       const refusal = { status: res.status, retryAfter: res.headers?.get?.('retry-after') ?? null };
       if (res.status === 400) {
@@ -1855,10 +1888,6 @@ function statusCode(status) {
   return status === 400 ? 'bad_request' : status === 401 ? 'unauthorized' : status === 403 ? 'forbidden' : status === 503 ? 'unavailable' : `http_${status}`;
 }
 
-/** Removes the token from a URL before it goes into an error message. @param {string} url */
-function redact(url) {
-  return url.replace(/([?&]token=)[^&]*/, '$1…');
-}
 
 /**
  * @param {string} code

@@ -37,8 +37,8 @@ test('connects with the token, goes open on initial_state, delivers it ascending
   assert.equal(FakeWebSocket.all.length, 1);
   const ws = last();
   assert.equal(`${ws.url.origin}${ws.url.pathname}`, 'ws://herald.test:8000/ws/notifications/');
-  assert.equal(ws.token, 'tok');
-  assert.equal(ws.after, null, 'no resume point yet: no after');
+  assert.deepEqual(ws.protocols, ['herald', 'bearer.tok'], 'the token rides in Sec-WebSocket-Protocol');
+  assert.equal(ws.url.search, '', 'no token (and no after yet) in the URL, which proxies log');
   assert.equal(c.state, 'connecting');
   ws.accept({ initial: [note(9), note(7), note(3)], unread: 57 });
   assert.equal(c.state, 'open');
@@ -427,8 +427,10 @@ test('browser-style failure before open: a diagnostic GET tells 401 (refresh) fr
   useFakeTimers(t);
   const statuses = [401, 403];
   const requests = [];
-  const fetch = async (url) => {
+  const inits = [];
+  const fetch = async (url, init) => {
     requests.push(new URL(url));
+    inits.push(init);
     return new Response('{"error":"x"}', { status: statuses.shift() });
   };
   let calls = 0;
@@ -440,7 +442,8 @@ test('browser-style failure before open: a diagnostic GET tells 401 (refresh) fr
   await flush();
   assert.equal(requests[0].protocol, 'http:');
   assert.equal(requests[0].pathname, '/ws/notifications/');
-  assert.equal(requests[0].searchParams.get('token'), 'tok1');
+  assert.equal(requests[0].searchParams.get('token'), null, 'not in the URL');
+  assert.equal(inits[0].headers.authorization, 'Bearer tok1', 'fetch cannot set Sec-WebSocket-Protocol');
   await advance(250);
   assert.equal(calls, 2, '401: a new token was requested');
   assert.equal(last().token, 'tok2');
@@ -514,5 +517,15 @@ test('any other 400 to an attempt with after is not a reset', async (t) => {
   await advance(60_000);
   await flush();
   assert.equal(last().after, '5', 'the resume point is kept');
+  c.close();
+});
+
+test('a token that is not a JWT is refused before it is sent: at construction, or from the provider', async (t) => {
+  assert.throws(() => makeClient({ token: 'not a jwt' }), /options\.token is not a JWT/);
+  const { c, log } = await connected(t, { token: async () => 'bad token, with spaces' });
+  assert.equal(FakeWebSocket.all.length, 0, 'no attempt with it');
+  assert.equal(log.error[0].code, 'token_provider');
+  assert.match(log.error[0].message, /no JWT/);
+  assert.equal(c.state, 'reconnecting', 'a provider may do better next time');
   c.close();
 });

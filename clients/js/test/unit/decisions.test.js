@@ -1,7 +1,7 @@
 // Pure decision logic: backoff, close codes (PROTOCOL.md 3.10), refusal statuses (3.1).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { backoffDelay, decideClose, decideStatus, parseRetryAfter, endpointUrl, jwtExpiry, DEFAULTS } from '../../src/herald.js';
+import { backoffDelay, decideClose, decideStatus, parseRetryAfter, endpointUrl, jwtExpiry, wsProtocols, SUBPROTOCOL, DEFAULTS } from '../../src/herald.js';
 
 test('backoff: full jitter stays within [0, min(max, initial * 2^attempt))', () => {
   const opts = { initialMs: 100, maxMs: 5000 };
@@ -89,7 +89,7 @@ test('Retry-After parses seconds and HTTP dates', () => {
 });
 
 test('endpoint URLs follow the base scheme family, keep a path prefix, drop empty params', () => {
-  assert.equal(endpointUrl('http://h:8000', 'ws', '/ws/notifications/', { token: 't', after: null }), 'ws://h:8000/ws/notifications/?token=t');
+  assert.equal(endpointUrl('http://h:8000', 'ws', '/ws/notifications/', { after: null }), 'ws://h:8000/ws/notifications/');
   assert.equal(endpointUrl('https://h/herald/', 'ws', '/ws/notifications/', { after: 0 }), 'wss://h/herald/ws/notifications/?after=0');
   assert.equal(endpointUrl('wss://h', 'http', '/sse/notifications/', { groups: '' }), 'https://h/sse/notifications/?groups=');
   assert.equal(endpointUrl('ws://h/', 'http', '/sse/notifications/', { groups: 'a,b' }), 'http://h/sse/notifications/?groups=a%2Cb');
@@ -100,4 +100,10 @@ test('jwtExpiry reads exp without verifying, null for non-JWTs', () => {
   assert.equal(jwtExpiry(`${b64({ alg: 'HS256' })}.${b64({ sub: '42', exp: 1700000000 })}.sig`), 1700000000000);
   assert.equal(jwtExpiry('not-a-jwt'), null);
   assert.equal(jwtExpiry(`${b64({})}.${b64({ sub: '42' })}.sig`), null);
+});
+
+test('wsProtocols: the token as bearer.<jwt> beside herald; no JWT, no offer', () => {
+  assert.equal(SUBPROTOCOL, 'herald');
+  assert.deepEqual(wsProtocols('aB0_-.x.y'), ['herald', 'bearer.aB0_-.x.y']);
+  for (const bad of ['', 'a b', 'a,b', 'a=', 'a/b', 'é']) assert.throws(() => wsProtocols(bad), TypeError, JSON.stringify(bad));
 });
