@@ -105,7 +105,17 @@ async fn prepare(
     // A draining node says so before it looks at the upgrade headers, so a plain
     // GET (a browser client's diagnostic after a refused upgrade) reads the 503.
     check_serving(node)?;
-    let ws = ws.map_err(|r| ApiError::Other(r.status(), r.body_text()))?;
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(r) => {
+            // A browser's WebSocket hides a refused upgrade's status, so its client
+            // asks again with a plain GET: it learns the user's 429 here, without a
+            // place being taken, where it would otherwise read this 400/426 as an
+            // upgrade that a proxy broke.
+            check_user_room(node, &ident)?;
+            return Err(ApiError::Other(r.status(), r.body_text()));
+        }
+    };
     // Picked whenever offered, whatever carried the token (`herald` alone, with the
     // token in the query, is a valid offer too).
     let ws = ws.protocols([SUBPROTOCOL]);
@@ -190,13 +200,28 @@ pub(crate) async fn admit(node: &Arc<Node>, ident: &Identity) -> Result<Registra
         .await
         .map_err(|full| match full {
             Full::Node => ApiError::Unavailable("node at connection capacity".into(), 1),
-            Full::User => ApiError::TooMany(format!(
-                "user {} has {} connections to this node, the most allowed; close one first",
-                ident.user, node.config.max_connections_per_user
-            )),
+            Full::User => too_many(node, ident),
         })?;
     node.metrics.connections_accepted.inc();
     Ok(registration)
+}
+
+/// The 429 [`admit`] would answer `ident` now, without taking a place (the count can
+/// change before an upgrade, which [`admit`] checks under the registry's lock).
+fn check_user_room(node: &Node, ident: &Identity) -> Result<(), ApiError> {
+    let most = node.config.max_connections_per_user as usize;
+    if node.hub.user_connections(&ident.user) >= most {
+        return Err(too_many(node, ident));
+    }
+    Ok(())
+}
+
+/// The per-user refusal: what the node answers, and why retrying soon does not help.
+fn too_many(node: &Node, ident: &Identity) -> ApiError {
+    ApiError::TooMany(format!(
+        "user {} has {} connections to this node, the most allowed; close one first",
+        ident.user, node.config.max_connections_per_user
+    ))
 }
 
 /// 503 with `Retry-After: 5` unless the node is serving.
