@@ -79,7 +79,7 @@ export interface HeraldOptions {
 export interface Decision {
   action: 'reconnect' | 'refresh' | 'fatal';
   /** 'backoff' grows the attempt counter; 'drain' is a short jitter; a number is ms. */
-  delay: 'backoff' | 'drain' | 'immediate' | number;
+  delay: 'backoff' | 'drain' | 'limit' | 'immediate' | number;
   code: string;
   /** Node reachable and token accepted, but the WebSocket upgrade failed. */
   upgradeFailed?: boolean;
@@ -171,7 +171,7 @@ export declare const SUBPROTOCOL: 'herald';
  * Throws a TypeError when the token has characters no JWT has.
  */
 export declare function wsProtocols(token: string): string[];
-/** An HTTP refusal of an attempt; `error` is the node's text, read for a 400. */
+/** An HTTP refusal of an attempt; `error` is the node's text, read for a 400 or a 429. */
 export interface Refusal {
   status: number;
   retryAfter: string | null;

@@ -91,10 +91,11 @@
  * - `refresh`: get a new token from the provider, then connect again after `delay`.
  * - `fatal`: stop; the client goes to state 'closed'.
  * `delay` is 'backoff' (grow the attempt counter), 'drain' (short jitter, counter kept),
- * 'immediate', or a number of milliseconds (Retry-After).
+ * 'limit' (the slow schedule of a per-user refusal: between half of and the whole
+ * backoff cap, counter kept), 'immediate', or a number of milliseconds (Retry-After).
  * @typedef {object} Decision
  * @property {'reconnect' | 'refresh' | 'fatal'} action
- * @property {'backoff' | 'drain' | 'immediate' | number} delay
+ * @property {'backoff' | 'drain' | 'limit' | 'immediate' | number} delay
  * @property {string} code      machine-readable cause, also used for HeraldError.code
  * @property {boolean} [upgradeFailed] the server was reachable and accepted the token,
  *   but the WebSocket upgrade itself failed (400/405/426): counts towards SSE fallback.
@@ -304,6 +305,9 @@ export function parseRetryAfter(value, now = Date.now()) {
  * - 401: the token is missing, expired or invalid: get a new one. Backoff still applies,
  *   so a provider that keeps returning bad tokens does not cause a tight loop.
  * - 403: the Origin (or a group) is not allowed; retrying cannot fix that: fatal.
+ * - 429: the user holds the most connections the node allows (3.1). It lasts until one
+ *   of them closes, which the node cannot predict (no Retry-After): the slow 'limit'
+ *   schedule, not the backoff that would repeat the refusal within seconds.
  * - 503 (and any status with Retry-After): wait what the node asked for.
  * - 400/405/426: the node was reached and accepted the token (it checks the token
  *   before the upgrade), so the upgrade itself failed: a proxy that strips the
@@ -318,6 +322,7 @@ export function decideStatus(status, retryAfter = null) {
   if (status === 401) return { action: 'refresh', delay: 'backoff', code: 'unauthorized' };
   if (status === 403) return { action: 'fatal', delay: 'immediate', code: 'forbidden' };
   const ra = parseRetryAfter(retryAfter);
+  if (status === 429) return { action: 'reconnect', delay: ra ?? 'limit', code: 'too_many_connections' };
   if (status === 503 || ra != null) {
     return { action: 'reconnect', delay: ra ?? 'backoff', code: status === 503 ? 'unavailable' : `http_${status}` };
   }
@@ -1087,12 +1092,12 @@ export class HeraldClient {
         const refusal = { status: res.statusCode, retryAfter: Array.isArray(ra) ? ra[0] : (ra ?? null) };
         conn.http = refusal;
         // terminate() aborts the handshake; ws then emits 'close' (1006), handled above.
-        if (res.statusCode !== 400 || typeof res.on !== 'function') {
+        if (!READ_BODY.includes(res.statusCode) || typeof res.on !== 'function') {
           res.resume?.();
           ws.terminate();
           return;
         }
-        // A 400's reason matters (see `resumeRefused`): read its small body first.
+        // A 400's or 429's reason matters (see READ_BODY): read its small body first.
         let body = '';
         res.setEncoding?.('utf8');
         res.on('data', (/** @type {string} */ chunk) => {
@@ -1154,7 +1159,7 @@ export class HeraldClient {
       const res = await fetchFn(url, { method: 'GET', headers, cache: 'no-store', credentials: 'omit' });
       /** @type {Refusal} */
       const refusal = { status: res.status, retryAfter: res.headers?.get?.('retry-after') ?? null };
-      if (res.status === 400) {
+      if (READ_BODY.includes(res.status)) {
         refusal.error = errorText(await res.text().catch(() => ''));
       } else {
         try {
@@ -1730,6 +1735,13 @@ export class HeraldClient {
       return;
     }
     if (decision.action === 'refresh') this.needFreshToken = true;
+    if (decision.code === 'too_many_connections') {
+      // Not a failure the client can fix, nor one that passes in seconds: the app
+      // decides what the user sees (too many tabs or devices), and may close().
+      const why = http?.error || 'the user holds the most connections the node allows';
+      this.emit('error', new HeraldError('too_many_connections', why, { status: 429 }));
+      if (this._state === 'closed') return; // a listener closed the client
+    }
     let delay;
     if (conn.kind === 'sse' && decision.delay === 'drain' && conn.sseRetryMs !== null) {
       // The node sends a jittered retry: before a 1012 on SSE; it already spread the herd.
@@ -1751,6 +1763,10 @@ export class HeraldClient {
     const r = this.opts.random;
     if (kind === 'immediate') return 0;
     if (kind === 'drain') return Math.floor(r() * this.opts.drainJitterMs);
+    if (kind === 'limit') {
+      const cap = this.opts.backoff.maxMs;
+      return Math.floor(cap / 2 + r() * (cap / 2));
+    }
     if (typeof kind === 'number') return kind + Math.floor(r() * this.opts.drainJitterMs);
     return backoffDelay(this.attempt++, this.opts.backoff, r);
   }
@@ -1865,6 +1881,12 @@ function safeJson(text) {
 function describe(err) {
   return err instanceof Error ? err.message : String(err);
 }
+
+/**
+ * Refusals whose `error` text the client reads: a 400's tells a resume point the store
+ * never issued from a bad request (`resumeRefused`), a 429's is what the app shows.
+ */
+const READ_BODY = [400, 429];
 
 /** The `error` text of a node's JSON error body. @param {string} body @returns {string} */
 function errorText(body) {

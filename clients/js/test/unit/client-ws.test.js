@@ -529,3 +529,29 @@ test('a token that is not a JWT is refused before it is sent: at construction, o
   assert.equal(c.state, 'reconnecting', 'a provider may do better next time');
   c.close();
 });
+
+test('429 at connect: a too_many_connections error (not fatal) and the slow schedule, not the backoff', async (t) => {
+  useFakeTimers(t);
+  const why = 'user 42 has 2 connections to this node, the most allowed; close one first';
+  const fetch = async () => new Response(JSON.stringify({ error: why }), { status: 429 });
+  const c = makeClient({ fetch, transport: 'websocket', backoff: { initialMs: 100, maxMs: 8000 } });
+  const log = record(c);
+  c.connect();
+  await flush();
+  for (let i = 0; i < 3; i++) {
+    last().failBeforeOpen();
+    await flush();
+    const e = log.error.at(-1);
+    assert.deepEqual([e.code, e.fatal, e.status, e.message], ['too_many_connections', false, 429, why]);
+    const d = log.disconnect.at(-1);
+    assert.deepEqual([d.status, d.willReconnect], [429, true]);
+    assert.equal(d.delayMs, 6000, 'half the cap plus random 0.5 of the other half, every time');
+    await advance(5999);
+    assert.equal(FakeWebSocket.all.length, i + 1, 'not sooner');
+    await advance(1);
+    assert.equal(FakeWebSocket.all.length, i + 2);
+  }
+  assert.equal(c.state, 'reconnecting');
+  assert.equal(log.error.length, 3);
+  c.close();
+});

@@ -63,6 +63,12 @@ test('statuses: 401 refreshes, 403 is fatal', () => {
   assert.deepEqual([decideStatus(403).action, decideStatus(403).code], ['fatal', 'forbidden']);
 });
 
+test('statuses: 429 is the per-user limit, on the slow schedule unless Retry-After says', () => {
+  assert.deepEqual(decideStatus(429), { action: 'reconnect', delay: 'limit', code: 'too_many_connections' });
+  assert.equal(decideStatus(429, '7').delay, 7000);
+  assert.equal(decideStatus(429).upgradeFailed, undefined, 'not an upgrade a proxy broke');
+});
+
 test('statuses: 503 honours Retry-After in seconds', () => {
   assert.deepEqual(decideStatus(503, '5'), { action: 'reconnect', delay: 5000, code: 'unavailable' });
   assert.equal(decideStatus(503, '1').delay, 1000);
