@@ -290,11 +290,7 @@ fn subprotocol_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
         .map_err(|_| ApiError::Unauthorized(AuthError::Malformed.to_string()))
 }
 
-fn identify(
-    node: &Node,
-    headers: &HeaderMap,
-    token: Option<&str>,
-) -> Result<Identity, AuthError> {
+fn identify(node: &Node, headers: &HeaderMap, token: Option<&str>) -> Result<Identity, AuthError> {
     let token = token
         .filter(|t| !t.is_empty())
         .or_else(|| crate::auth::bearer(headers))

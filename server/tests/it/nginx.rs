@@ -726,7 +726,13 @@ async fn the_error_log_holds_no_subprotocol_token() {
     );
     let (ws, _) = tokio_tungstenite::connect_async(req)
         .await
-        .unwrap_or_else(|e| panic!("a {}-byte token through nginx: {e}\n{}", big.len(), ng.logs()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "a {}-byte token through nginx: {e}\n{}",
+                big.len(),
+                ng.logs()
+            )
+        });
     let mut c = Client { ws };
     assert!(matches!(c.frame().await, ServerFrame::Welcome { .. }));
     drop(c);
