@@ -1,6 +1,7 @@
 //! `GET /ws/notifications/`: everything decided before a socket exists.
 //!
-//! Origin (403), token (401), `after` (400, also beyond the newest issued id), node
+//! Origin (403), token (401, from the `bearer.<jwt>` subprotocol, the query or the
+//! `Authorization` header), `after` (400, also beyond the newest issued id), node
 //! state and capacity (503 with `Retry-After`), the user's connections on this node
 //! (429), then the connect seam: the connection joins its user's group
 //! *before* the 101 response goes out, so every notification published after the
@@ -44,6 +45,18 @@ const WRITE_BUFFER: usize = 8 * 1024;
 /// under a higher `HERALD_MAX_MESSAGE_BYTES` than today's is such a frame.
 const MAX_WRITE_BUFFER: usize = usize::MAX;
 
+/// The WebSocket subprotocol of Herald's clients, which the node answers with whenever
+/// a client offers it. A browser fails a connection whose 101 picks none of the
+/// protocols it offered, so a client that sends its token as [`BEARER_PREFIX`]
+/// offers this one beside it, for the node to pick.
+pub(crate) const SUBPROTOCOL: &str = "herald";
+/// A subprotocol `bearer.<jwt>` carries the client token in `Sec-WebSocket-Protocol`,
+/// the one request header a browser's WebSocket can set. A token in the URL is
+/// written by proxies wherever they log the request line (nginx's error log does,
+/// and no configuration removes it); a header is not. A JWT's characters (base64url
+/// and `.`) are all valid in a subprotocol name.
+const BEARER_PREFIX: &str = "bearer.";
+
 #[derive(Debug, Deserialize)]
 pub struct UpgradeParams {
     token: Option<String>,
@@ -80,17 +93,32 @@ async fn prepare(
 ) -> Result<Response, ApiError> {
     check_origin(node, headers)?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let (ident, after) = identify_client(
-        node,
-        headers,
-        params.token.as_deref(),
-        params.after.as_deref(),
-    )?;
+    // The subprotocol's token comes first, then the query's: a page that offers the
+    // subprotocol chose it to keep the token out of the URL, so a query token beside
+    // it is a leftover, not the page's choice. An empty one is absent, as an empty
+    // `token=` is.
+    let token = subprotocol_token(headers)?
+        .filter(|t| !t.is_empty())
+        .or(params.token.as_deref());
+    let (ident, after) = identify_client(node, headers, token, params.after.as_deref())?;
     check_after(node, after).await?;
     // A draining node says so before it looks at the upgrade headers, so a plain
     // GET (a browser client's diagnostic after a refused upgrade) reads the 503.
     check_serving(node)?;
-    let ws = ws.map_err(|r| ApiError::Other(r.status(), r.body_text()))?;
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(r) => {
+            // A browser's WebSocket hides a refused upgrade's status, so its client
+            // asks again with a plain GET: it learns the user's 429 here, without a
+            // place being taken, where it would otherwise read this 400/426 as an
+            // upgrade that a proxy broke.
+            check_user_room(node, &ident)?;
+            return Err(ApiError::Other(r.status(), r.body_text()));
+        }
+    };
+    // Picked whenever offered, whatever carried the token (`herald` alone, with the
+    // token in the query, is a valid offer too).
+    let ws = ws.protocols([SUBPROTOCOL]);
     let registration = admit(node, &ident).await?;
     let cfg = &node.config;
     let tracker = node.sessions.clone();
@@ -114,6 +142,9 @@ async fn prepare(
 
 /// The token (401), then `after` (400): checked after `Origin` (403) and the
 /// query string (400), in the contract's order, for every client connection.
+/// `token` is the one the request carries outside its headers (a WebSocket's
+/// subprotocol or query, an SSE stream's query); when it is absent or empty, the
+/// `Authorization: Bearer` header's is read.
 pub(crate) fn identify_client(
     node: &Node,
     headers: &HeaderMap,
@@ -169,13 +200,28 @@ pub(crate) async fn admit(node: &Arc<Node>, ident: &Identity) -> Result<Registra
         .await
         .map_err(|full| match full {
             Full::Node => ApiError::Unavailable("node at connection capacity".into(), 1),
-            Full::User => ApiError::TooMany(format!(
-                "user {} has {} connections to this node, the most allowed; close one first",
-                ident.user, node.config.max_connections_per_user
-            )),
+            Full::User => too_many(node, ident),
         })?;
     node.metrics.connections_accepted.inc();
     Ok(registration)
+}
+
+/// The 429 [`admit`] would answer `ident` now, without taking a place (the count can
+/// change before an upgrade, which [`admit`] checks under the registry's lock).
+fn check_user_room(node: &Node, ident: &Identity) -> Result<(), ApiError> {
+    let most = node.config.max_connections_per_user as usize;
+    if node.hub.user_connections(&ident.user) >= most {
+        return Err(too_many(node, ident));
+    }
+    Ok(())
+}
+
+/// The per-user refusal: what the node answers, and why retrying soon does not help.
+fn too_many(node: &Node, ident: &Identity) -> ApiError {
+    ApiError::TooMany(format!(
+        "user {} has {} connections to this node, the most allowed; close one first",
+        ident.user, node.config.max_connections_per_user
+    ))
 }
 
 /// 503 with `Retry-After: 5` unless the node is serving.
@@ -209,12 +255,43 @@ pub(crate) fn check_origin(node: &Node, headers: &HeaderMap) -> Result<(), ApiEr
     }
 }
 
-fn identify(
-    node: &Node,
-    headers: &HeaderMap,
-    query_token: Option<&str>,
-) -> Result<Identity, AuthError> {
-    let token = query_token
+/// The token of a `bearer.<jwt>` subprotocol in `Sec-WebSocket-Protocol` (split at
+/// commas over every such header, as the 101 answer's choice is). Two of them, or
+/// one without [`SUBPROTOCOL`] beside it, is a 400: the node could not say which
+/// token it read, or a browser would fail the connection after the node accepted
+/// it, since the 101 could pick none of the protocols it offered.
+fn subprotocol_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let offered = || {
+        headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+    };
+    let mut bearers = offered().filter(|p| p.starts_with(BEARER_PREFIX.as_bytes()));
+    let Some(bearer) = bearers.next() else {
+        return Ok(None);
+    };
+    if bearers.next().is_some() {
+        return Err(ApiError::BadRequest(format!(
+            "Sec-WebSocket-Protocol offers more than one {BEARER_PREFIX}<jwt>; offer one token"
+        )));
+    }
+    if !offered().any(|p| p == SUBPROTOCOL.as_bytes()) {
+        return Err(ApiError::BadRequest(format!(
+            "Sec-WebSocket-Protocol offers {BEARER_PREFIX}<jwt> without {SUBPROTOCOL}; \
+             offer both (\"{SUBPROTOCOL}, {BEARER_PREFIX}<jwt>\"), so the node has one to answer with"
+        )));
+    }
+    // Header values are visible ASCII or obs-text; a JWT is ASCII, so a token that
+    // is not UTF-8 is not one.
+    std::str::from_utf8(&bearer[BEARER_PREFIX.len()..])
+        .map(Some)
+        .map_err(|_| ApiError::Unauthorized(AuthError::Malformed.to_string()))
+}
+
+fn identify(node: &Node, headers: &HeaderMap, token: Option<&str>) -> Result<Identity, AuthError> {
+    let token = token
         .filter(|t| !t.is_empty())
         .or_else(|| crate::auth::bearer(headers))
         .ok_or(AuthError::Missing)?;

@@ -33,8 +33,11 @@ export interface EventTargetLike {
   removeEventListener?(type: string, fn: (ev: any) => void): void;
 }
 
-/** A WHATWG-style WebSocket constructor: the browser's, Node 22's global, or `ws`. */
-export type WebSocketCtor = new (url: string) => any;
+/**
+ * A WHATWG-style WebSocket constructor: the browser's, Node 22's global, or `ws`. It
+ * is given the subprotocols that carry the token (`wsProtocols`).
+ */
+export type WebSocketCtor = new (url: string, protocols: string[]) => any;
 export type FetchLike = (input: string, init?: any) => Promise<any>;
 
 export interface HeraldOptions {
@@ -76,7 +79,7 @@ export interface HeraldOptions {
 export interface Decision {
   action: 'reconnect' | 'refresh' | 'fatal';
   /** 'backoff' grows the attempt counter; 'drain' is a short jitter; a number is ms. */
-  delay: 'backoff' | 'drain' | 'immediate' | number;
+  delay: 'backoff' | 'drain' | 'limit' | 'immediate' | number;
   code: string;
   /** Node reachable and token accepted, but the WebSocket upgrade failed. */
   upgradeFailed?: boolean;
@@ -161,7 +164,14 @@ export declare function backoffDelay(attempt: number, opts?: BackoffOptions, ran
 export declare function decideClose(code: number, reason?: string): Decision;
 /** The upgrade/stream refusal statuses of PROTOCOL.md 3.1. */
 export declare function decideStatus(status: number, retryAfter?: string | null): Decision;
-/** An HTTP refusal of an attempt; `error` is the node's text, read for a 400. */
+/** The WebSocket subprotocol of Herald clients, which the node answers with. */
+export declare const SUBPROTOCOL: 'herald';
+/**
+ * The subprotocols that carry a token on a WebSocket: `['herald', 'bearer.<jwt>']`.
+ * Throws a TypeError when the token has characters no JWT has.
+ */
+export declare function wsProtocols(token: string): string[];
+/** An HTTP refusal of an attempt; `error` is the node's text, read for a 400 or a 429. */
 export interface Refusal {
   status: number;
   retryAfter: string | null;

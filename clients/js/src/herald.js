@@ -49,8 +49,9 @@
  */
 
 /**
- * Constructor of a WHATWG-style WebSocket (the browser's, Node 22's global, or `ws`).
- * @typedef {new (url: string) => any} WebSocketCtor
+ * Constructor of a WHATWG-style WebSocket (the browser's, Node 22's global, or `ws`),
+ * called with the subprotocols that carry the token (`wsProtocols`).
+ * @typedef {new (url: string, protocols: string[]) => any} WebSocketCtor
  */
 
 /**
@@ -90,10 +91,11 @@
  * - `refresh`: get a new token from the provider, then connect again after `delay`.
  * - `fatal`: stop; the client goes to state 'closed'.
  * `delay` is 'backoff' (grow the attempt counter), 'drain' (short jitter, counter kept),
- * 'immediate', or a number of milliseconds (Retry-After).
+ * 'limit' (the slow schedule of a per-user refusal: between half of and the whole
+ * backoff cap, counter kept), 'immediate', or a number of milliseconds (Retry-After).
  * @typedef {object} Decision
  * @property {'reconnect' | 'refresh' | 'fatal'} action
- * @property {'backoff' | 'drain' | 'immediate' | number} delay
+ * @property {'backoff' | 'drain' | 'limit' | 'immediate' | number} delay
  * @property {string} code      machine-readable cause, also used for HeraldError.code
  * @property {boolean} [upgradeFailed] the server was reachable and accepted the token,
  *   but the WebSocket upgrade itself failed (400/405/426): counts towards SSE fallback.
@@ -193,6 +195,31 @@ export const DEFAULTS = Object.freeze({
   fallbackAfter: 2,
 });
 
+/** The WebSocket subprotocol of Herald clients; the node answers with it (2). */
+export const SUBPROTOCOL = 'herald';
+
+/**
+ * What a JWT is made of (base64url and dots). Every one of these characters is valid
+ * in a WebSocket subprotocol name, so a JWT can ride in `Sec-WebSocket-Protocol`; a
+ * string with others is no JWT the node would accept anyway.
+ */
+const JWT_RE = /^[A-Za-z0-9_.-]+$/;
+
+/**
+ * The subprotocols a WebSocket offers to carry `token`: `herald` and `bearer.<jwt>`
+ * (PROTOCOL.md 2). The token goes in a header, not in the URL, because proxies write
+ * URLs into their logs (nginx's error log, on every request it fails to proxy) and a
+ * browser's WebSocket can set no other header. The node answers `herald`, which a
+ * browser requires: it fails a connection whose 101 picks none of the offered
+ * protocols.
+ * @param {string} token
+ * @returns {string[]}
+ */
+export function wsProtocols(token) {
+  if (!JWT_RE.test(token)) throw new TypeError('the token is not a JWT: it has characters other than A-Z a-z 0-9 _ - .');
+  return [SUBPROTOCOL, `bearer.${token}`];
+}
+
 /** Group names as the node checks them (section 1). */
 const GROUP_RE = /^[A-Za-z0-9_.-]{1,100}$/;
 /** mark_read refuses more ids than this (3.5 [ext]); we refuse before sending. */
@@ -278,6 +305,9 @@ export function parseRetryAfter(value, now = Date.now()) {
  * - 401: the token is missing, expired or invalid: get a new one. Backoff still applies,
  *   so a provider that keeps returning bad tokens does not cause a tight loop.
  * - 403: the Origin (or a group) is not allowed; retrying cannot fix that: fatal.
+ * - 429: the user holds the most connections the node allows (3.1). It lasts until one
+ *   of them closes, which the node cannot predict (no Retry-After): the slow 'limit'
+ *   schedule, not the backoff that would repeat the refusal within seconds.
  * - 503 (and any status with Retry-After): wait what the node asked for.
  * - 400/405/426: the node was reached and accepted the token (it checks the token
  *   before the upgrade), so the upgrade itself failed: a proxy that strips the
@@ -292,6 +322,7 @@ export function decideStatus(status, retryAfter = null) {
   if (status === 401) return { action: 'refresh', delay: 'backoff', code: 'unauthorized' };
   if (status === 403) return { action: 'fatal', delay: 'immediate', code: 'forbidden' };
   const ra = parseRetryAfter(retryAfter);
+  if (status === 429) return { action: 'reconnect', delay: ra ?? 'limit', code: 'too_many_connections' };
   if (status === 503 || ra != null) {
     return { action: 'reconnect', delay: ra ?? 'backoff', code: status === 503 ? 'unavailable' : `http_${status}` };
   }
@@ -641,6 +672,9 @@ export class HeraldClient {
     if (!options || (typeof options.token !== 'string' && typeof options.token !== 'function')) {
       throw new TypeError('HeraldClient: options.token must be a string or a function returning one');
     }
+    if (typeof options.token === 'string' && !JWT_RE.test(options.token)) {
+      throw new TypeError('HeraldClient: options.token is not a JWT: it has characters other than A-Z a-z 0-9 _ - .');
+    }
     const loc = /** @type {any} */ (globalThis).location;
     const url = options.url ?? (loc && loc.origin);
     if (!url) throw new TypeError('HeraldClient: options.url is required outside a browser page');
@@ -967,6 +1001,7 @@ export class HeraldClient {
       throw new HeraldError('token_provider', `the token provider failed: ${describe(err)}`, { cause: err });
     }
     if (typeof t !== 'string' || t === '') throw new HeraldError('token_provider', 'the token provider returned no token');
+    if (!JWT_RE.test(t)) throw new HeraldError('token_provider', 'the token provider returned no JWT: it has characters other than A-Z a-z 0-9 _ - .');
     this.token = t;
     this.needFreshToken = false;
     return t;
@@ -1021,13 +1056,13 @@ export class HeraldClient {
    */
   openWebSocket(conn, token) {
     const Ctor = /** @type {WebSocketCtor} */ (this.wsCtor());
-    const url = endpointUrl(this.opts.url, 'ws', '/ws/notifications/', { token, after: conn.sentAfter });
+    const url = endpointUrl(this.opts.url, 'ws', '/ws/notifications/', { after: conn.sentAfter });
     let ws;
     try {
-      ws = new Ctor(url);
+      ws = new Ctor(url, wsProtocols(token));
     } catch (err) {
       // A malformed URL or a blocked port: a browser throws synchronously.
-      this.fatal(new HeraldError('bad_url', `cannot open ${redact(url)}: ${describe(err)}`, { fatal: true, cause: err }));
+      this.fatal(new HeraldError('bad_url', `cannot open ${url}: ${describe(err)}`, { fatal: true, cause: err }));
       return;
     }
     conn.ws = ws;
@@ -1057,12 +1092,12 @@ export class HeraldClient {
         const refusal = { status: res.statusCode, retryAfter: Array.isArray(ra) ? ra[0] : (ra ?? null) };
         conn.http = refusal;
         // terminate() aborts the handshake; ws then emits 'close' (1006), handled above.
-        if (res.statusCode !== 400 || typeof res.on !== 'function') {
+        if (!READ_BODY.includes(res.statusCode) || typeof res.on !== 'function') {
           res.resume?.();
           ws.terminate();
           return;
         }
-        // A 400's reason matters (see `resumeRefused`): read its small body first.
+        // A 400's or 429's reason matters (see READ_BODY): read its small body first.
         let body = '';
         res.setEncoding?.('utf8');
         res.on('data', (/** @type {string} */ chunk) => {
@@ -1117,11 +1152,14 @@ export class HeraldClient {
   async diagnose(fetchFn, conn) {
     try {
       const token = typeof this.opts.token === 'string' ? this.opts.token : this.token;
-      const url = endpointUrl(this.opts.url, 'http', '/ws/notifications/', { token, after: conn.sentAfter });
-      const res = await fetchFn(url, { method: 'GET', cache: 'no-store', credentials: 'omit' });
+      const url = endpointUrl(this.opts.url, 'http', '/ws/notifications/', { after: conn.sentAfter });
+      // `fetch` cannot send Sec-WebSocket-Protocol; Authorization keeps the token out
+      // of the URL all the same.
+      const headers = token ? { authorization: `Bearer ${token}` } : {};
+      const res = await fetchFn(url, { method: 'GET', headers, cache: 'no-store', credentials: 'omit' });
       /** @type {Refusal} */
       const refusal = { status: res.status, retryAfter: res.headers?.get?.('retry-after') ?? null };
-      if (res.status === 400) {
+      if (READ_BODY.includes(res.status)) {
         refusal.error = errorText(await res.text().catch(() => ''));
       } else {
         try {
@@ -1697,6 +1735,13 @@ export class HeraldClient {
       return;
     }
     if (decision.action === 'refresh') this.needFreshToken = true;
+    if (decision.code === 'too_many_connections') {
+      // Not a failure the client can fix, nor one that passes in seconds: the app
+      // decides what the user sees (too many tabs or devices), and may close().
+      const why = http?.error || 'the user holds the most connections the node allows';
+      this.emit('error', new HeraldError('too_many_connections', why, { status: 429 }));
+      if (this._state === 'closed') return; // a listener closed the client
+    }
     let delay;
     if (conn.kind === 'sse' && decision.delay === 'drain' && conn.sseRetryMs !== null) {
       // The node sends a jittered retry: before a 1012 on SSE; it already spread the herd.
@@ -1718,6 +1763,10 @@ export class HeraldClient {
     const r = this.opts.random;
     if (kind === 'immediate') return 0;
     if (kind === 'drain') return Math.floor(r() * this.opts.drainJitterMs);
+    if (kind === 'limit') {
+      const cap = this.opts.backoff.maxMs;
+      return Math.floor(cap / 2 + r() * (cap / 2));
+    }
     if (typeof kind === 'number') return kind + Math.floor(r() * this.opts.drainJitterMs);
     return backoffDelay(this.attempt++, this.opts.backoff, r);
   }
@@ -1833,6 +1882,12 @@ function describe(err) {
   return err instanceof Error ? err.message : String(err);
 }
 
+/**
+ * Refusals whose `error` text the client reads: a 400's tells a resume point the store
+ * never issued from a bad request (`resumeRefused`), a 429's is what the app shows.
+ */
+const READ_BODY = [400, 429];
+
 /** The `error` text of a node's JSON error body. @param {string} body @returns {string} */
 function errorText(body) {
   const j = safeJson(body);
@@ -1855,10 +1910,6 @@ function statusCode(status) {
   return status === 400 ? 'bad_request' : status === 401 ? 'unauthorized' : status === 403 ? 'forbidden' : status === 503 ? 'unavailable' : `http_${status}`;
 }
 
-/** Removes the token from a URL before it goes into an error message. @param {string} url */
-function redact(url) {
-  return url.replace(/([?&]token=)[^&]*/, '$1…');
-}
 
 /**
  * @param {string} code

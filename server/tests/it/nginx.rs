@@ -18,9 +18,10 @@ use futures_util::StreamExt;
 use herald_shared::ServerFrame;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::cluster::{Cluster, until_ready};
-use crate::common::{self, ADMIN_TOKEN, API_KEY, Client, FRAME_TIMEOUT, TestServer};
+use crate::common::{self, ADMIN_TOKEN, API_KEY, Client, Db, FRAME_TIMEOUT, TestServer};
 
 const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/nginx/herald.conf");
 
@@ -658,6 +659,104 @@ async fn the_access_log_records_no_token() {
     assert!(
         log.contains("\"GET /ws/notifications/ HTTP/1.1\" 101"),
         "{log}"
+    );
+}
+
+/// A valid token for `user` of the most bytes the node reads (8192), padded with a
+/// claim the node ignores.
+fn largest_token(user: &str) -> String {
+    let sign = |pad: usize| {
+        let claims = json!({"sub": user, "exp": 4_000_000_000u64, "pad": "x".repeat(pad)});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(common::JWT_SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    // Base64 makes 4 bytes of 3: each padding byte adds about 4/3 of a byte.
+    (5_000..7_000)
+        .rev()
+        .map(sign)
+        .find(|t| t.len() <= 8192)
+        .filter(|t| t.len() > 8188)
+        .expect("a token of 8189 to 8192 bytes")
+}
+
+/// nginx's error log writes the request line of a request it could not proxy, query
+/// string and all, and no setting removes it: with a node down, a client whose token
+/// rides in the URL (`?token=`) leaves it in the log. A client that offers it as the
+/// WebSocket subprotocol (`herald, bearer.<jwt>`, which nginx passes to the node and
+/// whose `herald` answer it passes back) leaves the same error line without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_error_log_holds_no_subprotocol_token() {
+    let node = common::start(Db::Sqlite).await;
+    let ng = Nginx::start(std::slice::from_ref(&node)).await;
+    let in_header = node.token("in-header", &[], 3600);
+    let in_url = node.token("in-url", &[], 3600);
+    let offer = format!("herald, bearer.{in_header}");
+
+    let mut req = ng.ws_url("").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", offer.parse().unwrap());
+    let (ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .unwrap_or_else(|e| panic!("upgrade through nginx refused: {e}\n{}", ng.logs()));
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.as_bytes()),
+        Some(&b"herald"[..])
+    );
+    let mut c = Client { ws };
+    match c.frame().await {
+        ServerFrame::Welcome { user, .. } => assert_eq!(user, "in-header"),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    drop(c);
+    // The largest token the node reads fits in nginx's header buffers.
+    let big = largest_token("big");
+    let mut req = ng.ws_url("").into_client_request().unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("herald, bearer.{big}").parse().unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "a {}-byte token through nginx: {e}\n{}",
+                big.len(),
+                ng.logs()
+            )
+        });
+    let mut c = Client { ws };
+    assert!(matches!(c.frame().await, ServerFrame::Welcome { .. }));
+    drop(c);
+
+    node.stop().await.expect("the node stops");
+    let (code, _, _) = common::refused(&ng.ws_url(""), &[("sec-websocket-protocol", &offer)]).await;
+    assert_eq!(code, 502, "{}", ng.logs());
+    let (code, _, _) = common::refused(&ng.ws_url(&format!("?token={in_url}")), &[]).await;
+    assert_eq!(code, 502, "{}", ng.logs());
+
+    // nginx writes the error line as it answers, but the file may lag the answer.
+    let subprotocol_line = "request: \"GET /ws/notifications/ HTTP/1.1\"";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = ng.read("error.log");
+        if log.contains(subprotocol_line) && log.contains(&in_url) {
+            break log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no error line for both failed upgrades:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        !log.contains(&in_header),
+        "the subprotocol's token is in the error log:\n{log}"
     );
 }
 

@@ -616,8 +616,8 @@ async fn streams_are_sessions_for_the_listener() {
 
 /// One user may hold at most `HERALD_MAX_CONNECTIONS_PER_USER` connections on a
 /// node, sockets and streams counted together: one more is refused with 429 and a
-/// JSON reason on either transport, while other users still connect, and a closed
-/// connection frees its place.
+/// JSON reason on either transport (and to a plain GET of the upgrade URL), while
+/// other users still connect, and a closed connection frees its place.
 #[tokio::test]
 async fn one_user_is_capped_across_sockets_and_streams() {
     let s = start_with(Db::Sqlite, &["--max-connections-per-user", "3"]).await;
@@ -646,6 +646,21 @@ async fn one_user_is_capped_across_sockets_and_streams() {
             .await,
         2.0
     );
+
+    // A plain GET of the upgrade URL (a browser client's diagnostic, its WebSocket
+    // hides the status) reads the same 429, and takes no place; another user's reads
+    // the 400 of a request that is not an upgrade.
+    let plain = |token: String| {
+        common::api()
+            .get(s.http(&format!("/ws/notifications/?token={token}")))
+            .send()
+    };
+    let r = plain(token.clone()).await.unwrap();
+    assert_eq!(r.status(), 429);
+    let diagnosed: Value = r.json().await.unwrap();
+    assert_eq!(diagnosed["error"], body["error"]);
+    let r = plain(s.token("43", &[], 600)).await.unwrap();
+    assert_eq!(r.status(), 400, "{:?}", r.text().await);
 
     // Another user is not affected.
     let (_other, _) = s.connect("43").await;

@@ -1,5 +1,6 @@
 //! Contract §2, client tokens at the edge: the algorithm, `nbf`, `aud` and `iss`,
-//! the size limit, where the token is read from, and the JWT secret's length.
+//! the size limit, where the token is read from (the `bearer.<jwt>` WebSocket
+//! subprotocol, the query, the `Authorization` header) and the JWT secret's length.
 
 use base64::Engine;
 use herald_shared::ServerFrame;
@@ -219,6 +220,184 @@ async fn the_query_token_wins_over_the_header() {
     );
     // An empty query parameter is no token: the header's is read.
     upgrade_with(&s, "?token=", Some(&good))
+        .await
+        .expect("header read");
+}
+
+/// The `Sec-WebSocket-Protocol` value a browser sends for
+/// `new WebSocket(url, ["herald", "bearer." + token])`.
+fn offer(token: &str) -> String {
+    format!("herald, bearer.{token}")
+}
+
+/// Upgrades with `query` and `protocols` in `Sec-WebSocket-Protocol` (and `header`
+/// in `Authorization: Bearer`); returns the client and the subprotocol the 101
+/// picked, or the refusal's status and error text.
+async fn upgrade_offering(
+    s: &common::TestServer,
+    query: &str,
+    protocols: &str,
+    header: Option<&str>,
+) -> Result<(Client, Option<String>), (u16, String)> {
+    let mut headers = vec![("sec-websocket-protocol", protocols.to_owned())];
+    if let Some(t) = header {
+        headers.push(("authorization", format!("Bearer {t}")));
+    }
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        s.ws_url(query),
+    )
+    .unwrap();
+    for (k, v) in &headers {
+        req.headers_mut().insert(*k, v.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, resp)) => {
+            let picked = resp
+                .headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.to_str().unwrap().to_owned());
+            Ok((Client { ws }, picked))
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            let body: Value = serde_json::from_slice(r.body().as_deref().unwrap_or_default())
+                .unwrap_or(Value::Null);
+            Err((
+                r.status().as_u16(),
+                body["error"].as_str().unwrap_or_default().to_owned(),
+            ))
+        }
+        Err(e) => panic!("{protocols}: {e}"),
+    }
+}
+
+/// A browser page's way to keep its token out of the URL: the token as the
+/// subprotocol `bearer.<jwt>` beside `herald`. The node reads it and answers
+/// `herald` (a browser fails a 101 that picks none of the offered protocols), in
+/// either order of the offer; `herald` alone, with the token elsewhere, is answered
+/// too, and an upgrade that offers nothing gets no protocol, as before.
+#[tokio::test]
+async fn the_subprotocol_carries_the_token() {
+    let s = start(Db::Sqlite).await;
+    let token = s.token("42", &[], 60);
+    for protocols in [offer(&token), format!("bearer.{token},herald")] {
+        let (mut c, picked) = upgrade_offering(&s, "", &protocols, None)
+            .await
+            .unwrap_or_else(|e| panic!("{protocols}: {e:?}"));
+        assert_eq!(picked.as_deref(), Some("herald"), "{protocols}");
+        match c.frame().await {
+            ServerFrame::Welcome { user, .. } => assert_eq!(user, "42"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let (_, picked) = upgrade_offering(&s, &format!("?token={token}"), "herald", None)
+        .await
+        .expect("herald alone, token in the query");
+    assert_eq!(picked.as_deref(), Some("herald"));
+    let (_, picked) = upgrade_offering(&s, "", "herald", Some(&token))
+        .await
+        .expect("herald alone, token in the header");
+    assert_eq!(picked.as_deref(), Some("herald"));
+    let (ws, resp) = tokio_tungstenite::connect_async(s.ws_url(&format!("?token={token}")))
+        .await
+        .unwrap();
+    assert!(resp.headers().get("sec-websocket-protocol").is_none());
+    drop(ws);
+}
+
+/// A token offered as the subprotocol is refused with the same 401 and error text as
+/// the same token in the query, on an upgrade and on a plain GET (which answers the
+/// refusal a browser's WebSocket hides).
+#[tokio::test]
+async fn subprotocol_tokens_are_refused_as_query_tokens_are() {
+    let s = start(Db::Sqlite).await;
+    let now = now_unix();
+    let huge = format!("{}.{}.x", "a".repeat(5_000), "b".repeat(5_000));
+    let bad = [
+        "not-a-jwt".to_owned(),
+        hs256(json!({"sub": "42", "exp": now - 1})),
+        hs256(json!({"sub": "42", "exp": now + 60, "nbf": now + 30})),
+        hs256(json!({"sub": "no spaces", "exp": now + 60})),
+        forged("none", &json!({"sub": "42", "exp": now + 60})),
+        format!("{}x", s.token("42", &[], 60)),
+        huge,
+    ];
+    for token in &bad {
+        let (code, error) = upgrade_refusal(&s, token).await;
+        assert_eq!(code, 401, "{token}: {error}");
+        let refusal = upgrade_offering(&s, "", &offer(token), None)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{token} accepted"));
+        assert_eq!(refusal, (code, error.clone()), "{token}");
+        let plain = common::api()
+            .get(s.http("/ws/notifications/"))
+            .header("sec-websocket-protocol", offer(token))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(plain.status(), 401, "{token}");
+        let body: Value = plain.json().await.unwrap();
+        assert_eq!(body["error"], error, "{token}");
+    }
+}
+
+/// An offer the node cannot answer honestly is a 400 naming the fix: two tokens
+/// (which one would it read?), or a token without `herald` (the 101 could pick none
+/// of the offered protocols, and a browser would fail the connection anyway).
+#[tokio::test]
+async fn subprotocol_offers_without_one_answer_are_refused() {
+    let s = start(Db::Sqlite).await;
+    let token = s.token("42", &[], 60);
+    let (code, error) = upgrade_offering(&s, "", &format!("bearer.{token}"), None)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(
+        (code, error.as_str()),
+        (
+            400,
+            "Sec-WebSocket-Protocol offers bearer.<jwt> without herald; offer both \
+             (\"herald, bearer.<jwt>\"), so the node has one to answer with"
+        )
+    );
+    let two = format!("herald, bearer.{token}, bearer.{token}");
+    assert_eq!(
+        upgrade_offering(&s, "", &two, None).await.err(),
+        Some((
+            400,
+            "Sec-WebSocket-Protocol offers more than one bearer.<jwt>; offer one token".into()
+        ))
+    );
+}
+
+/// Where the node reads the token from, when a request carries several: the
+/// subprotocol first, then a non-empty query parameter, then the `Authorization`
+/// header. Only the first present is read, even when it is refused.
+#[tokio::test]
+async fn the_subprotocol_token_comes_first() {
+    let s = start(Db::Sqlite).await;
+    let good = s.token("42", &[], 60);
+    let query_good = format!("?token={good}");
+    upgrade_offering(&s, "?token=not.a.token", &offer(&good), Some("not.a.token"))
+        .await
+        .expect("subprotocol read, query and header ignored");
+    assert_eq!(
+        upgrade_offering(&s, &query_good, &offer("not.a.token"), None)
+            .await
+            .err(),
+        Some((401, "malformed token".into()))
+    );
+    assert_eq!(
+        upgrade_offering(&s, "", &offer("not.a.token"), Some(&good))
+            .await
+            .err(),
+        Some((401, "malformed token".into()))
+    );
+    // An empty `bearer.` is no token, as an empty `token=` is: the next one is read.
+    upgrade_offering(&s, &query_good, "herald, bearer.", None)
+        .await
+        .expect("query read");
+    upgrade_offering(&s, "", "herald, bearer.", Some(&good))
         .await
         .expect("header read");
 }

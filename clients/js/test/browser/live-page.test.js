@@ -4,7 +4,8 @@
 // published continuously while the cluster goes through a rolling restart (drain A,
 // restart A, drain B, restart B); each tab moves from node to node and, at the end,
 // its list `#notifications` holds every id published to its user exactly once, in id
-// order, and `#unread` shows the right count. A screenshot of the WebSocket tab goes
+// order, and `#unread` shows the right count. The WebSocket tab's sockets carry the
+// token in their subprotocol, not their URL. A screenshot of the WebSocket tab goes
 // to test/output/live-page.png (and of the SSE tab to live-page-sse.png).
 
 import assert from 'node:assert/strict';
@@ -45,6 +46,10 @@ e2e('live page: a rolling restart of a two-node cluster behind nginx', { timeout
     tab.page = await context.newPage();
     tab.page.on('console', (m) => tab.log.push(`[${m.type()}] ${m.text()}`));
     tab.page.on('pageerror', (e) => tab.log.push(`[pageerror] ${e.stack || e}`));
+    // Every WebSocket the page opens: the token rides in its subprotocol, never in its
+    // URL (and Chromium fails a socket whose 101 does not answer `herald`).
+    tab.sockets = [];
+    tab.page.on('websocket', (ws) => tab.sockets.push(ws.url()));
     tab.page.on('requestfailed', (r) =>
       tab.log.push(`[requestfailed] ${r.url().replace(/token=[^&]+/, 'token=…')} ${r.failure()?.errorText}`),
     );
@@ -147,6 +152,10 @@ e2e('live page: a rolling restart of a two-node cluster behind nginx', { timeout
       what: async () => `${tab.user}: #unread ${want.length - 1} after mark read (is ${await tab.page.textContent('#unread')})`,
     });
     assert.equal(await tab.page.getAttribute(`#notifications [data-id="${want.at(-1)}"]`, 'class'), '', 'no longer unread');
+    if (tab.transport === 'websocket') {
+      assert.ok(tab.sockets.length >= 2, `${tab.user}: a socket per node: ${tab.sockets.length}`);
+      for (const url of tab.sockets) assert.ok(!url.includes('token='), `${tab.user}: no token in ${url}`);
+    }
     const errors = tab.log.filter((l) => l.startsWith('[pageerror]'));
     assert.deepEqual(errors, [], `${tab.user}: no uncaught error on the page`);
   }

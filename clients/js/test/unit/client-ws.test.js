@@ -37,8 +37,8 @@ test('connects with the token, goes open on initial_state, delivers it ascending
   assert.equal(FakeWebSocket.all.length, 1);
   const ws = last();
   assert.equal(`${ws.url.origin}${ws.url.pathname}`, 'ws://herald.test:8000/ws/notifications/');
-  assert.equal(ws.token, 'tok');
-  assert.equal(ws.after, null, 'no resume point yet: no after');
+  assert.deepEqual(ws.protocols, ['herald', 'bearer.tok'], 'the token rides in Sec-WebSocket-Protocol');
+  assert.equal(ws.url.search, '', 'no token (and no after yet) in the URL, which proxies log');
   assert.equal(c.state, 'connecting');
   ws.accept({ initial: [note(9), note(7), note(3)], unread: 57 });
   assert.equal(c.state, 'open');
@@ -427,8 +427,10 @@ test('browser-style failure before open: a diagnostic GET tells 401 (refresh) fr
   useFakeTimers(t);
   const statuses = [401, 403];
   const requests = [];
-  const fetch = async (url) => {
+  const inits = [];
+  const fetch = async (url, init) => {
     requests.push(new URL(url));
+    inits.push(init);
     return new Response('{"error":"x"}', { status: statuses.shift() });
   };
   let calls = 0;
@@ -440,7 +442,8 @@ test('browser-style failure before open: a diagnostic GET tells 401 (refresh) fr
   await flush();
   assert.equal(requests[0].protocol, 'http:');
   assert.equal(requests[0].pathname, '/ws/notifications/');
-  assert.equal(requests[0].searchParams.get('token'), 'tok1');
+  assert.equal(requests[0].searchParams.get('token'), null, 'not in the URL');
+  assert.equal(inits[0].headers.authorization, 'Bearer tok1', 'fetch cannot set Sec-WebSocket-Protocol');
   await advance(250);
   assert.equal(calls, 2, '401: a new token was requested');
   assert.equal(last().token, 'tok2');
@@ -514,5 +517,41 @@ test('any other 400 to an attempt with after is not a reset', async (t) => {
   await advance(60_000);
   await flush();
   assert.equal(last().after, '5', 'the resume point is kept');
+  c.close();
+});
+
+test('a token that is not a JWT is refused before it is sent: at construction, or from the provider', async (t) => {
+  assert.throws(() => makeClient({ token: 'not a jwt' }), /options\.token is not a JWT/);
+  const { c, log } = await connected(t, { token: async () => 'bad token, with spaces' });
+  assert.equal(FakeWebSocket.all.length, 0, 'no attempt with it');
+  assert.equal(log.error[0].code, 'token_provider');
+  assert.match(log.error[0].message, /no JWT/);
+  assert.equal(c.state, 'reconnecting', 'a provider may do better next time');
+  c.close();
+});
+
+test('429 at connect: a too_many_connections error (not fatal) and the slow schedule, not the backoff', async (t) => {
+  useFakeTimers(t);
+  const why = 'user 42 has 2 connections to this node, the most allowed; close one first';
+  const fetch = async () => new Response(JSON.stringify({ error: why }), { status: 429 });
+  const c = makeClient({ fetch, transport: 'websocket', backoff: { initialMs: 100, maxMs: 8000 } });
+  const log = record(c);
+  c.connect();
+  await flush();
+  for (let i = 0; i < 3; i++) {
+    last().failBeforeOpen();
+    await flush();
+    const e = log.error.at(-1);
+    assert.deepEqual([e.code, e.fatal, e.status, e.message], ['too_many_connections', false, 429, why]);
+    const d = log.disconnect.at(-1);
+    assert.deepEqual([d.status, d.willReconnect], [429, true]);
+    assert.equal(d.delayMs, 6000, 'half the cap plus random 0.5 of the other half, every time');
+    await advance(5999);
+    assert.equal(FakeWebSocket.all.length, i + 1, 'not sooner');
+    await advance(1);
+    assert.equal(FakeWebSocket.all.length, i + 2);
+  }
+  assert.equal(c.state, 'reconnecting');
+  assert.equal(log.error.length, 3);
   c.close();
 });

@@ -1,7 +1,7 @@
 // Pure decision logic: backoff, close codes (PROTOCOL.md 3.10), refusal statuses (3.1).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { backoffDelay, decideClose, decideStatus, parseRetryAfter, endpointUrl, jwtExpiry, DEFAULTS } from '../../src/herald.js';
+import { backoffDelay, decideClose, decideStatus, parseRetryAfter, endpointUrl, jwtExpiry, wsProtocols, SUBPROTOCOL, DEFAULTS } from '../../src/herald.js';
 
 test('backoff: full jitter stays within [0, min(max, initial * 2^attempt))', () => {
   const opts = { initialMs: 100, maxMs: 5000 };
@@ -63,6 +63,12 @@ test('statuses: 401 refreshes, 403 is fatal', () => {
   assert.deepEqual([decideStatus(403).action, decideStatus(403).code], ['fatal', 'forbidden']);
 });
 
+test('statuses: 429 is the per-user limit, on the slow schedule unless Retry-After says', () => {
+  assert.deepEqual(decideStatus(429), { action: 'reconnect', delay: 'limit', code: 'too_many_connections' });
+  assert.equal(decideStatus(429, '7').delay, 7000);
+  assert.equal(decideStatus(429).upgradeFailed, undefined, 'not an upgrade a proxy broke');
+});
+
 test('statuses: 503 honours Retry-After in seconds', () => {
   assert.deepEqual(decideStatus(503, '5'), { action: 'reconnect', delay: 5000, code: 'unavailable' });
   assert.equal(decideStatus(503, '1').delay, 1000);
@@ -89,7 +95,7 @@ test('Retry-After parses seconds and HTTP dates', () => {
 });
 
 test('endpoint URLs follow the base scheme family, keep a path prefix, drop empty params', () => {
-  assert.equal(endpointUrl('http://h:8000', 'ws', '/ws/notifications/', { token: 't', after: null }), 'ws://h:8000/ws/notifications/?token=t');
+  assert.equal(endpointUrl('http://h:8000', 'ws', '/ws/notifications/', { after: null }), 'ws://h:8000/ws/notifications/');
   assert.equal(endpointUrl('https://h/herald/', 'ws', '/ws/notifications/', { after: 0 }), 'wss://h/herald/ws/notifications/?after=0');
   assert.equal(endpointUrl('wss://h', 'http', '/sse/notifications/', { groups: '' }), 'https://h/sse/notifications/?groups=');
   assert.equal(endpointUrl('ws://h/', 'http', '/sse/notifications/', { groups: 'a,b' }), 'http://h/sse/notifications/?groups=a%2Cb');
@@ -100,4 +106,10 @@ test('jwtExpiry reads exp without verifying, null for non-JWTs', () => {
   assert.equal(jwtExpiry(`${b64({ alg: 'HS256' })}.${b64({ sub: '42', exp: 1700000000 })}.sig`), 1700000000000);
   assert.equal(jwtExpiry('not-a-jwt'), null);
   assert.equal(jwtExpiry(`${b64({})}.${b64({ sub: '42' })}.sig`), null);
+});
+
+test('wsProtocols: the token as bearer.<jwt> beside herald; no JWT, no offer', () => {
+  assert.equal(SUBPROTOCOL, 'herald');
+  assert.deepEqual(wsProtocols('aB0_-.x.y'), ['herald', 'bearer.aB0_-.x.y']);
+  for (const bad of ['', 'a b', 'a,b', 'a=', 'a/b', 'é']) assert.throws(() => wsProtocols(bad), TypeError, JSON.stringify(bad));
 });

@@ -9,8 +9,10 @@ export class FakeWebSocket {
   static reset() {
     FakeWebSocket.all = [];
   }
-  constructor(url) {
+  constructor(url, protocols) {
     this.url = new URL(url);
+    /** the subprotocols offered, as a browser would send them */
+    this.protocols = protocols;
     this.readyState = 0;
     this.sent = [];
     this.closedByClient = null;
@@ -60,8 +62,13 @@ export class FakeWebSocket {
   get after() {
     return this.url.searchParams.get('after');
   }
+  /** The token the attempt offered as the subprotocol `bearer.<jwt>`, beside `herald`. */
   get token() {
-    return this.url.searchParams.get('token');
+    const [herald, bearer, ...rest] = this.protocols ?? [];
+    if (herald !== 'herald' || !bearer?.startsWith('bearer.') || rest.length) {
+      throw new Error(`unexpected subprotocols ${JSON.stringify(this.protocols)}`);
+    }
+    return bearer.slice('bearer.'.length);
   }
   sentOf(type) {
     return this.sent.filter((f) => f.type === type);
