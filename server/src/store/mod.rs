@@ -160,8 +160,9 @@ pub trait Store: Send + Sync + 'static {
     /// Marks every notification of `user` read; returns the unread count (0).
     async fn mark_all_read(&self, user: &UserId) -> Result<i64, StoreError>;
 
-    /// Takes the cluster-wide publish order lock of `users` (see [`crate::publish`]),
-    /// held until the guard is released or dropped. `None` where the store cannot
+    /// The cluster-wide publish order lock of `users` (see [`crate::publish`]): a
+    /// guard whose first insert takes the lock, before it draws any id, and holds it
+    /// until the guard is released or dropped. `None` where the store cannot
     /// be shared by several nodes (SQLite), so the in-process lock is enough.
     async fn order_lock(
         &self,
@@ -178,12 +179,13 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
-/// A held publish-order lock, with the connection that holds it: inserts made
-/// under the lock go through the guard. `release` unlocks; dropping the guard
+/// A publish-order lock, with the connection that holds it: inserts made under the
+/// lock go through the guard, and the first one takes it (in the same round trip). `release` unlocks; dropping the guard
 /// without it frees the lock too (the store closes the holding connection).
 #[async_trait]
 pub trait OrderGuard: Send {
-    /// Stores `items` like [`Store::insert`], under the held lock.
+    /// Stores `items` like [`Store::insert`], under the lock: the first insert
+    /// waits for it before drawing an id.
     async fn insert(&mut self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError>;
 
     async fn release(self: Box<Self>);

@@ -89,24 +89,34 @@ fn tls_refusal(e: &sqlx::Error, opts: &PgConnectOptions) -> Option<StoreError> {
 /// Inserts `items` in one statement (one transaction) on `conn`. Rows are inserted,
 /// and ids drawn from the identity sequence, in array order, so sorted ids line up
 /// with `items`.
+///
+/// With `lock` (sorted, deduplicated order keys), the same statement first takes
+/// those session advisory locks: a one-time filter (an uncorrelated subquery, which
+/// PostgreSQL runs once, before the first row) waits for every lock before any row
+/// reaches the insert, so no id is drawn before the lock is held. One round trip
+/// instead of a lock query and an insert.
 async fn insert_on(
     conn: &mut sqlx::PgConnection,
     items: &[NewNotification],
+    lock: Option<&[i64]>,
 ) -> Result<Vec<Notification>, StoreError> {
     let created = now_ms();
     let users: Vec<&str> = items.iter().map(|i| i.user.as_str()).collect();
     let messages: Vec<&str> = items.iter().map(|i| i.message.get()).collect();
-    let mut ids: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO notifications (user_id, message, created_at) \
-         SELECT u, m::json, $3 FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS t(u, m, o) \
-         ORDER BY o RETURNING id",
-    )
-    .bind(&users)
-    .bind(&messages)
-    .bind(created)
-    .fetch_all(&mut *conn)
-    .await?;
+    let query = match lock {
+        None => sqlx::query_scalar(INSERT)
+            .bind(&users)
+            .bind(&messages)
+            .bind(created),
+        Some(keys) => sqlx::query_scalar(LOCK_AND_INSERT)
+            .bind(&users)
+            .bind(&messages)
+            .bind(created)
+            .bind(keys),
+    };
+    let mut ids: Vec<i64> = query.fetch_all(&mut *conn).await?;
     ids.sort_unstable();
+    let created_at = format_time(created);
     Ok(items
         .iter()
         .zip(ids)
@@ -114,31 +124,55 @@ async fn insert_on(
             id,
             user: item.user.to_string(),
             message: RawJson(item.message.clone()),
-            created_at: format_time(created),
+            created_at: created_at.clone(),
             read: false,
         })
         .collect())
 }
 
+const INSERT: &str = "INSERT INTO notifications (user_id, message, created_at) \
+     SELECT u, m::json, $3 FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS t(u, m, o) \
+     ORDER BY o RETURNING id";
+
+/// [`INSERT`] behind the order locks of `$4` (see [`insert_on`]); the keys come
+/// sorted, and `unnest` keeps their order, so every node takes locks in one order.
+const LOCK_AND_INSERT: &str = "INSERT INTO notifications (user_id, message, created_at) \
+     SELECT u, m::json, $3 FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS t(u, m, o) \
+     WHERE (SELECT count(*) FROM (SELECT pg_advisory_lock(k) FROM unnest($4::bigint[]) AS k) AS l) >= 0 \
+     ORDER BY o RETURNING id";
+
 /// Session advisory locks on one pooled connection, which also runs the insert: a
 /// publish needs one connection, not two (two per publish starve the pool under a
-/// burst: every connection holds a lock and waits for a second one).
+/// burst: every connection holds a lock and waits for a second one). The locks are
+/// taken by the insert's own statement ([`insert_on`]), held until `release`.
 ///
 /// Released with `pg_advisory_unlock_all()` before the connection goes back to the
 /// pool. A guard dropped without `release` (an error, a cancelled task) closes its
 /// connection instead, which frees the locks on the server: a lock can never leak
 /// into the pool.
-struct PgOrderGuard(Option<sqlx::pool::PoolConnection<sqlx::Postgres>>);
+struct PgOrderGuard {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    /// The order keys, sorted and deduplicated.
+    keys: Vec<i64>,
+    /// Whether an insert has asked for the locks: the next one then needs none.
+    locked: bool,
+}
 
 #[async_trait]
 impl OrderGuard for PgOrderGuard {
     async fn insert(&mut self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {
-        let conn = self.0.as_mut().expect("held until release");
-        insert_on(conn, items).await
+        let conn = self.conn.as_mut().expect("held until release");
+        let lock = (!self.locked).then_some(self.keys.as_slice());
+        self.locked = true;
+        insert_on(conn, items, lock).await
     }
 
     async fn release(mut self: Box<Self>) {
-        let mut conn = self.0.take().expect("released once");
+        let mut conn = self.conn.take().expect("released once");
+        if !self.locked {
+            drop(conn);
+            return;
+        }
         match sqlx::query("SELECT pg_advisory_unlock_all()")
             .execute(&mut *conn)
             .await
@@ -154,7 +188,7 @@ impl OrderGuard for PgOrderGuard {
 
 impl Drop for PgOrderGuard {
     fn drop(&mut self) {
-        if let Some(conn) = self.0.take() {
+        if let Some(conn) = self.conn.take() {
             drop(conn.detach());
         }
     }
@@ -205,7 +239,7 @@ impl Store for PgStore {
 
     async fn insert(&self, items: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        insert_on(&mut conn, items).await
+        insert_on(&mut conn, items, None).await
     }
 
     async fn unread(&self, user: &UserId, limit: i64) -> Result<UnreadSnapshot, StoreError> {
@@ -323,14 +357,13 @@ impl Store for PgStore {
         // One order for every node: two publishers can never wait on each other.
         keys.sort_unstable();
         keys.dedup();
-        let mut conn = self.pool.acquire().await?;
-        let mut guard = PgOrderGuard(None);
-        sqlx::query("SELECT pg_advisory_lock(k) FROM unnest($1::bigint[]) AS k")
-            .bind(&keys)
-            .execute(&mut *conn)
-            .await?;
-        guard.0 = Some(conn);
-        Ok(Some(Box::new(guard)))
+        // The locks are taken by the insert's statement: one round trip fewer.
+        let conn = self.pool.acquire().await?;
+        Ok(Some(Box::new(PgOrderGuard {
+            conn: Some(conn),
+            keys,
+            locked: false,
+        })))
     }
 
     async fn audit(&self, e: &NewAudit) -> Result<(), StoreError> {
