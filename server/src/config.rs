@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use herald_shared::config as names;
 
-use crate::secrets::Secret;
+use crate::secret::Secret;
 
 /// `herald-server [OPTIONS] [COMMAND]`: with no command, serve.
 #[derive(Debug, Parser)]

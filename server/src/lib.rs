@@ -83,6 +83,7 @@ pub(crate) mod publish;
 pub(crate) mod redis_client;
 pub(crate) mod registration;
 pub(crate) mod routes;
+pub mod secret;
 pub mod secrets;
 pub(crate) mod server;
 pub(crate) mod session;

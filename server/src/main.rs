@@ -27,7 +27,8 @@ use anyhow::Context;
 use clap::Parser;
 use herald_server::config::{Cli, Command, Config};
 use herald_server::logging;
-use herald_server::secrets::{self, Secret};
+use herald_server::secret::Secret;
+use herald_server::secrets;
 use herald_shared::{GroupName, UserId};
 use tokio::net::TcpListener;
 

@@ -10,7 +10,6 @@
 //! in a journal or a CI log. Secrets the operator gave are never printed or logged.
 //! A secrets file that group or others can read is refused, with the `chmod` to run.
 
-use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -18,49 +17,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-
-/// A value that must not reach a log: a key, a token, or a URL that may carry a
-/// password. Its `Debug` form is `Secret([redacted])`, so a [`Config`] or
-/// [`Secrets`] formatted with `{:?}` (a panic message, a `dbg!`, a tracing field)
-/// shows none of them; the value is read with [`Secret::expose`], where it is used.
-///
-/// Its own type rather than `secrecy::SecretString`, which cannot be serialized
-/// (`secrets.json`) or compared (the tests), both of which Herald needs; the
-/// comparisons that guard access do not use `==` but compare the exposed bytes in
-/// constant time (`auth.rs`).
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The value itself, for the one place that uses it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether the value is empty (an unset environment variable given as `X=`).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
-
-impl From<String> for Secret {
-    fn from(s: String) -> Self {
-        Self(s)
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(s: &str) -> Self {
-        Self(s.to_owned())
-    }
-}
+use crate::secret::Secret;
 
 /// The three secrets a node (and every node of a cluster) holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -136,7 +93,7 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 fn random_token() -> Secret {
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
-    Secret(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Secret::from(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 /// Resolves the secrets for `cfg`: given values, else the data dir's, else new ones

@@ -33,7 +33,7 @@ use crate::node::{Node, VERSION};
 use crate::outbox::CloseReason;
 use crate::presence::{LocalPresence, Presence};
 use crate::publish::Publisher;
-use crate::secrets::Secret;
+use crate::secret::Secret;
 use crate::tasks::Tasks;
 use crate::tuning::{Host, Profile};
 use crate::{accept, admin, cluster, limits, secrets, store};
