@@ -62,11 +62,10 @@ drive() {
 # --- Herald: one node, PostgreSQL + Redis.
 use_postgres
 use_redis
-start_node 0 "$PORT" "$ADMIN_PORT"
-wait_ready 0
-drive herald "$(node_urls 0)" "$START_HERALD" "$START_SINGLE_HERALD" --server-pid "${NODE_PID[0]}"
+start_nodes 1 "$PORT" "$ADMIN_PORT"
+drive herald "$(node_urls 0)" "$START_HERALD" "$START_SINGLE_HERALD" "${SERVER_PIDS[@]}"
 stop_pid "${NODE_PID[0]}"
-NODE_PID=()
+NODE_PID=() SERVER_PIDS=()
 
 # --- The baseline: its own database and Redis prefix, dropped when it stops.
 BASELINE_DB=herald_bench_baseline_$$

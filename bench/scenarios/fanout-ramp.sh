@@ -38,13 +38,12 @@ ADMIN_PORT=${ADMIN_PORT:-19020}
 scenario_init fanout-ramp
 build_release
 [[ $STORE == postgres ]] && use_postgres
-start_node 0 "$PORT" "$ADMIN_PORT" HERALD_MAX_CONNECTIONS=$((CONNECTIONS + 100))
-wait_ready 0
+start_nodes 1 "$PORT" "$ADMIN_PORT" HERALD_MAX_CONNECTIONS=$((CONNECTIONS + 100))
 
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-900} bench_shards ramp "$SHARDS" ramp \
     --node "$(node_urls 0)" --jwt-secret "$SECRET" --api-key "$API_KEY" \
     -c "$CONNECTIONS" --source "$SOURCES" --mode "$MODE" --batch "$BATCH" \
     --start-rate "$START" --factor "$FACTOR" --max-rate "$MAX" --duration "$STEP" --warmup "$WARMUP" \
-    --settle 3 --hold 2 --publish-concurrency "$CONCURRENCY" --server-pid "${NODE_PID[0]}"
+    --settle 3 --hold 2 --publish-concurrency "$CONCURRENCY" "${SERVER_PIDS[@]}"
 print_ramp_steps "$OUT/ramp.json" | tee "$OUT/steps.txt"
 log "results in $OUT"

@@ -28,8 +28,7 @@ ADMIN_PORT=${ADMIN_PORT:-19040}
 
 scenario_init generator-memory
 build_release
-start_node 0 "$PORT" "$ADMIN_PORT" HERALD_MAX_CONNECTIONS=$((CONNECTIONS + 500))
-wait_ready 0
+start_nodes 1 "$PORT" "$ADMIN_PORT" HERALD_MAX_CONNECTIONS=$((CONNECTIONS + 500))
 for ((r = 0; r < ROUNDS; r++)); do
     for spec in "$@"; do
         label=${spec%%=*} bin=${spec#*=}

@@ -21,14 +21,13 @@ ADMIN_PORT=${ADMIN_PORT:-19000}
 
 scenario_init idle-hold
 build_release
-start_node 0 "$PORT" "$ADMIN_PORT" HERALD_MAX_CONNECTIONS=$((CONNECTIONS + 100))
-wait_ready 0
+start_nodes 1 "$PORT" "$ADMIN_PORT" HERALD_MAX_CONNECTIONS=$((CONNECTIONS + 100))
 admin 0 GET /admin/status >"$OUT/status-before.json"
 
 BENCH_TIMEOUT=$((120 + HOLD + CONNECTIONS / 200)) bench_shards idle "$SHARDS" run \
     --node "$(node_urls 0)" --jwt-secret "$SECRET" --api-key "$API_KEY" \
     -c "$CONNECTIONS" --source "$SOURCES" --rate 0 --hold "$HOLD" \
     --connect-concurrency "${CONNECT_CONCURRENCY:-512}" --connect-timeout 60 \
-    --server-pid "${NODE_PID[0]}"
+    "${SERVER_PIDS[@]}"
 admin 0 GET /admin/status >"$OUT/status-after.json"
 log "results in $OUT"

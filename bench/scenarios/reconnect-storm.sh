@@ -26,11 +26,7 @@ scenario_init reconnect-storm
 build_release
 use_postgres
 use_redis
-for n in 0 1; do
-    start_node "$n" $((BASE_PORT + n)) $((BASE_ADMIN + n)) HERALD_MAX_CONNECTIONS=$((CONNECTIONS + 100))
-done
-wait_ready 0
-wait_ready 1
+start_nodes 2 "$BASE_PORT" "$BASE_ADMIN" HERALD_MAX_CONNECTIONS=$((CONNECTIONS + 100))
 
 # Drain node 0 once it holds every connection, while the publisher runs.
 (
