@@ -27,10 +27,27 @@ function messageText(message) {
   return message && typeof message === 'object' && typeof message.text === 'string' ? message.text : JSON.stringify(message);
 }
 
+/** Shows the token form, with `error` (a token that could not be used) when given. */
+function showForm(error = '') {
+  $('token-form').hidden = false;
+  $('app').hidden = true;
+  const err = $('token-error');
+  err.textContent = error;
+  err.hidden = !error;
+}
+
 function start(token, transport) {
+  let client;
+  try {
+    // Refuses a token it cannot send (a character outside a JWT's): say so in the
+    // form rather than leave an empty page behind.
+    client = new HeraldClient({ url: location.origin, token, transport });
+  } catch (e) {
+    showForm(`This token cannot be used: ${e instanceof Error ? e.message : e}`);
+    return;
+  }
   $('token-form').hidden = true;
   $('app').hidden = false;
-  const client = new HeraldClient({ url: location.origin, token, transport });
   /** Every notification of the session, by id: the list shows each exactly once. */
   const items = new Map();
   const list = $('notifications');
@@ -110,17 +127,16 @@ function start(token, transport) {
   /** @type {any} */ (window).herald = client;
 }
 
+$('token-form').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const value = /** @type {HTMLTextAreaElement} */ ($('token-input')).value.trim();
+  if (!value) return;
+  const sse = /** @type {HTMLInputElement} */ ($('sse-input')).checked;
+  start(value, sse ? 'sse' : 'auto');
+});
 const { token, transport } = readFragment();
 if (token) {
   start(token, transport);
 } else {
-  const form = /** @type {HTMLFormElement} */ ($('token-form'));
-  form.hidden = false;
-  form.addEventListener('submit', (ev) => {
-    ev.preventDefault();
-    const value = /** @type {HTMLTextAreaElement} */ ($('token-input')).value.trim();
-    if (!value) return;
-    const sse = /** @type {HTMLInputElement} */ ($('sse-input')).checked;
-    start(value, sse ? 'sse' : 'auto');
-  });
+  showForm();
 }
