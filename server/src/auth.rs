@@ -57,7 +57,9 @@ impl Identity {
 /// Why a client token was refused; the text is what the client reads in the 401 body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("missing token: pass ?token=<jwt> or Authorization: Bearer <jwt>")]
+    #[error(
+        "missing token: pass ?token=<jwt>, Authorization: Bearer <jwt>, or on a WebSocket the subprotocols herald and bearer.<jwt>"
+    )]
     Missing,
     #[error("malformed token")]
     Malformed,
