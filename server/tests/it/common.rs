@@ -193,6 +193,38 @@ pub fn config(storage: &Storage, extra: &[&str]) -> Config {
     Config::from_args(args).expect("test config parses")
 }
 
+/// Waits for a `herald-server` process started by a test: `Ok` once `/readyz` at
+/// `public` answers 200, `Err` with its exit status if it stops first (`exited`
+/// polls the child: std's and tokio's `try_wait` alike). Fails the test after
+/// `limit`, with `detail()` (its log, say) in the message.
+pub async fn ready_or_exited(
+    public: SocketAddr,
+    mut exited: impl FnMut() -> Option<std::process::ExitStatus>,
+    limit: Duration,
+    detail: impl Fn() -> String,
+) -> Result<(), std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = exited() {
+            return Err(status);
+        }
+        let ready = api()
+            .get(format!("http://{public}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ready {
+            return Ok(());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "neither ready nor stopped in {limit:?}:\n{}",
+            detail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub async fn start(db: Db) -> TestServer {
     start_with(db, &[]).await
 }

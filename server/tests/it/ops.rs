@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -605,25 +605,15 @@ async fn run_node_logging_to(log: &Path, env: &[(&str, &str)]) -> std::process::
         .env("HERALD_SHUTDOWN_DRAIN_S", "0")
         .envs(env.iter().copied());
     let mut child = cmd.spawn().expect("herald-server starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        let ready = common::api()
-            .get(format!("http://{public}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200);
-        if ready {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not ready:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let ready = common::ready_or_exited(
+        public,
+        || child.try_wait().unwrap(),
+        Duration::from_secs(60),
+        || std::fs::read_to_string(log).unwrap_or_default(),
+    )
+    .await;
+    if let Err(status) = ready {
+        return status;
     }
     let pid = child.id().unwrap().to_string();
     assert!(

@@ -556,25 +556,15 @@ async fn postgres_sslrootcert_adds_to_the_system_cas() {
                 .stderr(stderr)
                 .spawn()
                 .expect("herald-server starts");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let outcome = loop {
-                if child.try_wait().unwrap().is_some() {
-                    break Err(std::fs::read_to_string(dir.path().join("stderr")).unwrap());
-                }
-                let ready = common::api()
-                    .get(format!("http://{public}/readyz"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200);
-                if ready {
-                    break Ok(());
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "neither ready nor stopped in 30 s"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            };
+            let stderr = || std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+            let outcome = common::ready_or_exited(
+                public,
+                || child.try_wait().unwrap(),
+                Duration::from_secs(30),
+                stderr,
+            )
+            .await
+            .map_err(|_| stderr());
             let _ = child.kill();
             let _ = child.wait();
             outcome
