@@ -1910,7 +1910,6 @@ function statusCode(status) {
   return status === 400 ? 'bad_request' : status === 401 ? 'unauthorized' : status === 403 ? 'forbidden' : status === 503 ? 'unavailable' : `http_${status}`;
 }
 
-
 /**
  * @param {string} code
  * @param {number} closeCode

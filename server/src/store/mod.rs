@@ -180,8 +180,9 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// A publish-order lock, with the connection that holds it: inserts made under the
-/// lock go through the guard, and the first one takes it (in the same round trip). `release` unlocks; dropping the guard
-/// without it frees the lock too (the store closes the holding connection).
+/// lock go through the guard, and the first one takes it (in the same round trip).
+/// `release` unlocks; dropping the guard without it frees the lock too (the store
+/// closes the holding connection).
 #[async_trait]
 pub trait OrderGuard: Send {
     /// Stores `items` like [`Store::insert`], under the lock: the first insert

@@ -103,17 +103,18 @@ async fn insert_on(
     let created = now_ms();
     let users: Vec<&str> = items.iter().map(|i| i.user.as_str()).collect();
     let messages: Vec<&str> = items.iter().map(|i| i.message.get()).collect();
-    let query = match lock {
-        None => sqlx::query_scalar(INSERT)
-            .bind(&users)
-            .bind(&messages)
-            .bind(created),
-        Some(keys) => sqlx::query_scalar(LOCK_AND_INSERT)
-            .bind(&users)
-            .bind(&messages)
-            .bind(created)
-            .bind(keys),
+    let sql = if lock.is_some() {
+        LOCK_AND_INSERT
+    } else {
+        INSERT
     };
+    let mut query = sqlx::query_scalar(sql)
+        .bind(&users)
+        .bind(&messages)
+        .bind(created);
+    if let Some(keys) = lock {
+        query = query.bind(keys);
+    }
     let mut ids: Vec<i64> = query.fetch_all(&mut *conn).await?;
     ids.sort_unstable();
     let created_at = format_time(created);

@@ -52,19 +52,10 @@ async fn upgrade_with(
     query: &str,
     header: Option<&str>,
 ) -> Result<Client, u16> {
-    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        s.ws_url(query),
-    )
-    .unwrap();
-    if let Some(t) = header {
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    match Client::connect_request(req).await {
-        Ok(c) => Ok(c),
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
-        Err(e) => panic!("{e}"),
-    }
+    upgrade_offering(s, query, None, header)
+        .await
+        .map(|(c, _)| c)
+        .map_err(|(code, _)| code)
 }
 
 /// Only HS256 is accepted: `alg: none`, HS384 (even signed with the node's secret),
@@ -230,16 +221,19 @@ fn offer(token: &str) -> String {
     format!("herald, bearer.{token}")
 }
 
-/// Upgrades with `query` and `protocols` in `Sec-WebSocket-Protocol` (and `header`
-/// in `Authorization: Bearer`); returns the client and the subprotocol the 101
-/// picked, or the refusal's status and error text.
+/// Upgrades with `query`, `protocols` in `Sec-WebSocket-Protocol` and `header` in
+/// `Authorization: Bearer` (each when given); returns the client and the subprotocol
+/// the 101 picked, or the refusal's status and error text.
 async fn upgrade_offering(
     s: &common::TestServer,
     query: &str,
-    protocols: &str,
+    protocols: Option<&str>,
     header: Option<&str>,
 ) -> Result<(Client, Option<String>), (u16, String)> {
-    let mut headers = vec![("sec-websocket-protocol", protocols.to_owned())];
+    let mut headers = Vec::new();
+    if let Some(p) = protocols {
+        headers.push(("sec-websocket-protocol", p.to_owned()));
+    }
     if let Some(t) = header {
         headers.push(("authorization", format!("Bearer {t}")));
     }
@@ -266,7 +260,7 @@ async fn upgrade_offering(
                 body["error"].as_str().unwrap_or_default().to_owned(),
             ))
         }
-        Err(e) => panic!("{protocols}: {e}"),
+        Err(e) => panic!("{protocols:?}: {e}"),
     }
 }
 
@@ -280,7 +274,7 @@ async fn the_subprotocol_carries_the_token() {
     let s = start(Db::Sqlite).await;
     let token = s.token("42", &[], 60);
     for protocols in [offer(&token), format!("bearer.{token},herald")] {
-        let (mut c, picked) = upgrade_offering(&s, "", &protocols, None)
+        let (mut c, picked) = upgrade_offering(&s, "", Some(&protocols), None)
             .await
             .unwrap_or_else(|e| panic!("{protocols}: {e:?}"));
         assert_eq!(picked.as_deref(), Some("herald"), "{protocols}");
@@ -289,11 +283,11 @@ async fn the_subprotocol_carries_the_token() {
             other => panic!("{other:?}"),
         }
     }
-    let (_, picked) = upgrade_offering(&s, &format!("?token={token}"), "herald", None)
+    let (_, picked) = upgrade_offering(&s, &format!("?token={token}"), Some("herald"), None)
         .await
         .expect("herald alone, token in the query");
     assert_eq!(picked.as_deref(), Some("herald"));
-    let (_, picked) = upgrade_offering(&s, "", "herald", Some(&token))
+    let (_, picked) = upgrade_offering(&s, "", Some("herald"), Some(&token))
         .await
         .expect("herald alone, token in the header");
     assert_eq!(picked.as_deref(), Some("herald"));
@@ -324,7 +318,7 @@ async fn subprotocol_tokens_are_refused_as_query_tokens_are() {
     for token in &bad {
         let (code, error) = upgrade_refusal(&s, token).await;
         assert_eq!(code, 401, "{token}: {error}");
-        let refusal = upgrade_offering(&s, "", &offer(token), None)
+        let refusal = upgrade_offering(&s, "", Some(&offer(token)), None)
             .await
             .err()
             .unwrap_or_else(|| panic!("{token} accepted"));
@@ -348,7 +342,7 @@ async fn subprotocol_tokens_are_refused_as_query_tokens_are() {
 async fn subprotocol_offers_without_one_answer_are_refused() {
     let s = start(Db::Sqlite).await;
     let token = s.token("42", &[], 60);
-    let (code, error) = upgrade_offering(&s, "", &format!("bearer.{token}"), None)
+    let (code, error) = upgrade_offering(&s, "", Some(&format!("bearer.{token}")), None)
         .await
         .err()
         .expect("refused");
@@ -362,7 +356,7 @@ async fn subprotocol_offers_without_one_answer_are_refused() {
     );
     let two = format!("herald, bearer.{token}, bearer.{token}");
     assert_eq!(
-        upgrade_offering(&s, "", &two, None).await.err(),
+        upgrade_offering(&s, "", Some(&two), None).await.err(),
         Some((
             400,
             "Sec-WebSocket-Protocol offers more than one bearer.<jwt>; offer one token".into()
@@ -378,26 +372,31 @@ async fn the_subprotocol_token_comes_first() {
     let s = start(Db::Sqlite).await;
     let good = s.token("42", &[], 60);
     let query_good = format!("?token={good}");
-    upgrade_offering(&s, "?token=not.a.token", &offer(&good), Some("not.a.token"))
-        .await
-        .expect("subprotocol read, query and header ignored");
+    upgrade_offering(
+        &s,
+        "?token=not.a.token",
+        Some(&offer(&good)),
+        Some("not.a.token"),
+    )
+    .await
+    .expect("subprotocol read, query and header ignored");
     assert_eq!(
-        upgrade_offering(&s, &query_good, &offer("not.a.token"), None)
+        upgrade_offering(&s, &query_good, Some(&offer("not.a.token")), None)
             .await
             .err(),
         Some((401, "malformed token".into()))
     );
     assert_eq!(
-        upgrade_offering(&s, "", &offer("not.a.token"), Some(&good))
+        upgrade_offering(&s, "", Some(&offer("not.a.token")), Some(&good))
             .await
             .err(),
         Some((401, "malformed token".into()))
     );
     // An empty `bearer.` is no token, as an empty `token=` is: the next one is read.
-    upgrade_offering(&s, &query_good, "herald, bearer.", None)
+    upgrade_offering(&s, &query_good, Some("herald, bearer."), None)
         .await
         .expect("query read");
-    upgrade_offering(&s, "", "herald, bearer.", Some(&good))
+    upgrade_offering(&s, "", Some("herald, bearer."), Some(&good))
         .await
         .expect("header read");
 }
