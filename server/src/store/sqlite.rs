@@ -9,11 +9,10 @@
 //! does not queue: it gets `SQLITE_BUSY` and sleeps in the busy handler (1, 2, 5, 10
 //! ... 100 ms) before it tries again. With writes spread over the read pool, 16
 //! concurrent publish batches made p99 publish-to-receive latency 700 ms at 5,000
-//! notifications/s (bench/RESULTS.md). So every write goes through `writer`, a pool of
-//! exactly one connection, whose FIFO acquire queue is the write lock: a writer never
-//! meets another writer, and readers never block it. Each write is as few round trips
-//! to sqlx's worker thread as it can be: a batch is one multi-row `INSERT`, the connect
-//! snapshot one `SELECT`.
+//! notifications/s (bench/RESULTS.md). So every write goes through [`Writer`], one
+//! connection behind a FIFO lock: a writer never meets another writer, and readers
+//! never block it. Each write is as few round trips to sqlx's worker thread as it can
+//! be: a batch is one multi-row `INSERT`, the connect snapshot one `SELECT`.
 //!
 //! Checkpoints (copying the WAL back into the database file, with an fsync) run on a
 //! connection of their own, ten times a second, instead of inside whichever commit
@@ -34,11 +33,12 @@ use herald_shared::admin::AuditEntry;
 use herald_shared::api::NewNotification;
 use herald_shared::frames::RawJson;
 use herald_shared::{Notification, UserId};
-use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
+use sqlx::{ConnectOptions, Connection, Row};
+use tokio::sync::{Mutex, MutexGuard};
 
 use super::{
     AfterQuery, ListQuery, NewAudit, Store, StoreError, UnreadSnapshot, format_time, now_ms,
@@ -51,7 +51,82 @@ pub struct SqliteStore {
     /// Reads: connect snapshots, resumes, listings.
     pool: SqlitePool,
     /// Every write, one at a time (see the module doc).
-    writer: SqlitePool,
+    writer: Writer,
+}
+
+/// The one writer connection, behind a FIFO lock, held by the store itself rather
+/// than by a one-connection pool. A pool tests every connection given back to it
+/// with a ping (sqlx's `return_to_pool`, on a task it spawns), and on SQLite a ping
+/// is a round trip to the connection's worker thread: one more sleep and wake-up of
+/// two threads after every write, which doubled the writer thread's context switches
+/// under single POSTs (bench/RESULTS.md). What the pool gave besides is kept: a write
+/// waits at most [`WRITER_WAIT`] for its turn, and a connection in doubt is replaced
+/// by a new one for the next write ([`Turn`]).
+struct Writer {
+    conn: Mutex<Option<SqliteConnection>>,
+    opts: SqliteConnectOptions,
+    wait: Duration,
+}
+
+/// How long a write waits for its turn at the writer before it fails as unavailable
+/// (503: nothing was written), as the pool's acquire timeout did.
+const WRITER_WAIT: Duration = Duration::from_secs(5);
+
+impl Writer {
+    async fn connect(opts: SqliteConnectOptions) -> Result<Self, StoreError> {
+        let conn = opts.connect().await?;
+        Ok(Self {
+            conn: Mutex::new(Some(conn)),
+            opts,
+            wait: WRITER_WAIT,
+        })
+    }
+
+    /// The writer, once it is this caller's turn (connected again if the last turn
+    /// left it in doubt).
+    async fn turn(&self) -> Result<Turn<'_>, StoreError> {
+        let mut slot = tokio::time::timeout(self.wait, self.conn.lock())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "the sqlite writer stayed busy for {:?}",
+                    self.wait
+                ))
+            })?;
+        if slot.is_none() {
+            *slot = Some(self.opts.connect().await?);
+        }
+        Ok(Turn { slot, ended: false })
+    }
+}
+
+/// One write's turn at the writer. Its outcome goes through [`Turn::end`]: a turn
+/// that ends in an unavailable error, or is dropped without an end (a cancelled
+/// request, an early return), leaves the connection in doubt, so it is closed and the
+/// next turn opens a new one.
+struct Turn<'a> {
+    slot: MutexGuard<'a, Option<SqliteConnection>>,
+    ended: bool,
+}
+
+impl Turn<'_> {
+    fn conn(&mut self) -> &mut SqliteConnection {
+        self.slot.as_mut().expect("a turn starts connected")
+    }
+
+    fn end<T>(mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        self.ended = !matches!(result, Err(StoreError::Unavailable(_)));
+        result
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            tracing::warn!("a sqlite write ended in doubt; the writer reconnects for the next");
+            *self.slot = None;
+        }
+    }
 }
 
 /// The writer checkpoints in its own commit only once the WAL holds this many pages
@@ -85,23 +160,28 @@ impl SqliteStore {
         }
         // No test before acquire: a connection to a local file does not go stale,
         // and the test is one more round trip to sqlx's worker thread per query.
-        let writer = SqlitePoolOptions::new()
+        // Migrations first, on a connection of their own: `Migrator::run` takes a pool
+        // (given one connection it would need a lifetime that the node's spawned
+        // start-up future cannot name).
+        let migrations = SqlitePoolOptions::new()
             .max_connections(1)
-            .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(
-                opts.clone()
-                    .pragma(
-                        "wal_autocheckpoint",
-                        WRITER_AUTOCHECKPOINT_PAGES.to_string(),
-                    )
-                    .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string()),
-            )
+            .connect_with(opts.clone())
             .await?;
-        MIGRATOR
-            .run(&writer)
+        let migrated = MIGRATOR
+            .run(&migrations)
             .await
-            .map_err(|e| StoreError::Db(format!("sqlite migrations: {e}")))?;
+            .map_err(|e| StoreError::Db(format!("sqlite migrations: {e}")));
+        migrations.close().await;
+        migrated?;
+        let writer = Writer::connect(
+            opts.clone()
+                .pragma(
+                    "wal_autocheckpoint",
+                    WRITER_AUTOCHECKPOINT_PAGES.to_string(),
+                )
+                .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string()),
+        )
+        .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(pool_size.max(1))
             .test_before_acquire(false)
@@ -164,6 +244,28 @@ fn rows(rs: Vec<SqliteRow>) -> Result<Vec<Notification>, StoreError> {
     rs.iter().map(row_to_notification).collect()
 }
 
+/// Inserts `items` in one transaction on the writer: one statement (in autocommit, so
+/// a group that fits skips `BEGIN` and `COMMIT`, two of its three trips to sqlx's
+/// worker thread), or chunks of [`INSERT_CHUNK`] rows in a transaction.
+async fn insert_on(
+    conn: &mut SqliteConnection,
+    items: &[NewNotification],
+    ms: i64,
+    created_at: &str,
+) -> Result<Vec<Notification>, StoreError> {
+    let mut out = Vec::with_capacity(items.len());
+    if items.len() <= INSERT_CHUNK {
+        insert_chunk(conn, items, ms, created_at, &mut out).await?;
+        return Ok(out);
+    }
+    let mut tx = conn.begin().await?;
+    for chunk in items.chunks(INSERT_CHUNK) {
+        insert_chunk(&mut tx, chunk, ms, created_at, &mut out).await?;
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
 /// Inserts one chunk (at most [`INSERT_CHUNK`] rows) in one multi-row statement on
 /// the writer, appending the stored notifications to `out` in `chunk`'s order.
 async fn insert_chunk(
@@ -195,6 +297,31 @@ async fn insert_chunk(
     Ok(())
 }
 
+/// Marks `ids_json` (a JSON array of ids) of `user` read in one transaction on the
+/// writer: the ids it marked, and the user's unread count after.
+async fn mark_read_on(
+    conn: &mut SqliteConnection,
+    user: &UserId,
+    ids_json: String,
+) -> Result<(Vec<i64>, i64), StoreError> {
+    let mut tx = conn.begin().await?;
+    let marked: Vec<i64> = sqlx::query_scalar(
+        "UPDATE notifications SET read = 1 \
+         WHERE user_id = ? AND id IN (SELECT value FROM json_each(?)) RETURNING id",
+    )
+    .bind(user.as_str())
+    .bind(ids_json)
+    .fetch_all(&mut *tx)
+    .await?;
+    let unread: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM notifications WHERE user_id = ? AND read = 0")
+            .bind(user.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    Ok((marked, unread))
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn kind(&self) -> &'static str {
@@ -224,21 +351,9 @@ impl Store for SqliteStore {
         let created = now_ms();
         let ms = created.timestamp_millis();
         let created_at = format_time(created);
-        let mut out = Vec::with_capacity(items.len());
-        // One statement is a transaction of its own (autocommit): a group that fits
-        // in one skips `BEGIN` and `COMMIT`, two of its three trips to sqlx's
-        // worker thread.
-        if items.len() <= INSERT_CHUNK {
-            let mut writer = self.writer.acquire().await?;
-            insert_chunk(&mut writer, items, ms, &created_at, &mut out).await?;
-            return Ok(out);
-        }
-        let mut tx = self.writer.begin().await?;
-        for chunk in items.chunks(INSERT_CHUNK) {
-            insert_chunk(&mut tx, chunk, ms, &created_at, &mut out).await?;
-        }
-        tx.commit().await?;
-        Ok(out)
+        let mut turn = self.writer.turn().await?;
+        let stored = insert_on(turn.conn(), items, ms, &created_at).await;
+        turn.end(stored)
     }
 
     async fn unread(&self, user: &UserId, limit: i64) -> Result<UnreadSnapshot, StoreError> {
@@ -318,35 +433,27 @@ impl Store for SqliteStore {
 
     async fn mark_read(&self, user: &UserId, ids: &[i64]) -> Result<(Vec<i64>, i64), StoreError> {
         let ids_json = serde_json::to_string(ids).expect("ids serialise");
-        let mut tx = self.writer.begin().await?;
-        let mut marked: Vec<i64> = sqlx::query_scalar(
-            "UPDATE notifications SET read = 1 \
-             WHERE user_id = ? AND id IN (SELECT value FROM json_each(?)) RETURNING id",
-        )
-        .bind(user.as_str())
-        .bind(ids_json)
-        .fetch_all(&mut *tx)
-        .await?;
-        let unread: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM notifications WHERE user_id = ? AND read = 0")
-                .bind(user.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-        tx.commit().await?;
+        let mut turn = self.writer.turn().await?;
+        let marked = mark_read_on(turn.conn(), user, ids_json).await;
+        let (mut marked, unread) = turn.end(marked)?;
         marked.sort_unstable();
         Ok((marked, unread))
     }
 
     async fn mark_all_read(&self, user: &UserId) -> Result<i64, StoreError> {
-        sqlx::query("UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0")
-            .bind(user.as_str())
-            .execute(&self.writer)
-            .await?;
+        let mut turn = self.writer.turn().await?;
+        let marked =
+            sqlx::query("UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0")
+                .bind(user.as_str())
+                .execute(turn.conn())
+                .await;
+        turn.end(marked.map_err(StoreError::from))?;
         Ok(0)
     }
 
     async fn audit(&self, e: &NewAudit) -> Result<(), StoreError> {
-        sqlx::query(
+        let mut turn = self.writer.turn().await?;
+        let written = sqlx::query(
             "INSERT INTO audit_log (at, node, action, args, result, caller) VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(now_ms().timestamp_millis())
@@ -355,9 +462,9 @@ impl Store for SqliteStore {
         .bind(e.args.to_string())
         .bind(e.result.to_string())
         .bind(&e.caller)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        .execute(turn.conn())
+        .await;
+        turn.end(written.map(drop).map_err(StoreError::from))
     }
 
     async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
@@ -383,5 +490,90 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+
+    use super::*;
+
+    async fn store(dir: &tempfile::TempDir) -> SqliteStore {
+        let url = format!("sqlite://{}", dir.path().join("herald.db").display());
+        SqliteStore::connect(&url, 2, &Tasks::new())
+            .await
+            .expect("sqlite store")
+    }
+
+    fn one(user: &str) -> Vec<NewNotification> {
+        vec![NewNotification {
+            user: UserId::parse(user).expect("user id"),
+            message: RawValue::from_string(r#"{"n":1}"#.to_owned()).expect("json"),
+        }]
+    }
+
+    /// The pool's acquire timeout, kept: a write that cannot get its turn fails as
+    /// unavailable (503, nothing written) instead of waiting for ever.
+    #[tokio::test]
+    async fn a_write_waits_for_its_turn_at_most_the_writer_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(&dir).await;
+        store.writer.wait = Duration::from_millis(100);
+        let held = store.writer.conn.lock().await;
+        match store.insert(&one("u1")).await {
+            Err(StoreError::Unavailable(why)) => assert!(why.contains("stayed busy"), "{why}"),
+            other => panic!("expected unavailable, got {other:?}"),
+        }
+        drop(held);
+        let stored = store
+            .insert(&one("u1"))
+            .await
+            .expect("the writer is free again");
+        assert_eq!(stored.len(), 1);
+    }
+
+    /// The pool's replacement of a broken connection, kept: a write that failed as
+    /// unavailable, or was dropped half done, closes the connection, and the next
+    /// write opens a new one.
+    #[tokio::test]
+    async fn a_writer_left_in_doubt_reconnects_for_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let turn = store.writer.turn().await.expect("turn");
+        let failed = turn.end(Err::<(), _>(StoreError::Unavailable("worker gone".into())));
+        assert!(matches!(failed, Err(StoreError::Unavailable(_))));
+        assert!(
+            store.writer.conn.lock().await.is_none(),
+            "a failed connection is not used again"
+        );
+        let turn = store.writer.turn().await.expect("turn");
+        assert!(turn.end(Ok(())).is_ok());
+        assert!(
+            store.writer.conn.lock().await.is_some(),
+            "a turn that ended well keeps its connection"
+        );
+        drop(store.writer.turn().await.expect("turn"));
+        assert!(
+            store.writer.conn.lock().await.is_none(),
+            "a turn dropped without an end (a cancelled write) leaves it in doubt"
+        );
+        let stored = store.insert(&one("u2")).await.expect("a new connection");
+        assert!(store.writer.conn.lock().await.is_some());
+        let listed = store
+            .list(
+                &UserId::parse("u2").unwrap(),
+                ListQuery {
+                    before: None,
+                    limit: 10,
+                    unread_only: false,
+                },
+            )
+            .await
+            .expect("list");
+        assert_eq!(
+            listed.iter().map(|n| n.id).collect::<Vec<_>>(),
+            vec![stored[0].id]
+        );
     }
 }
