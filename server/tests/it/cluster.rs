@@ -485,15 +485,19 @@ async fn presence_is_checked_not_rewritten_and_heals_what_it_finds_wrong() {
         f
     };
     let want = vec![("pa".to_owned(), 1), ("pb".to_owned(), 1)];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while fields(&mut con).await != want {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the hash never held exactly pa and pb: {:?}",
-            fields(&mut con).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Within 15 s the hash holds exactly pa and pb, or the test fails saying `what`.
+    let until_right = async |con: &mut redis::aio::MultiplexedConnection, what: &str| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while fields(con).await != want {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: {:?}",
+                fields(con).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    until_right(&mut con, "the hash never held exactly pa and pb").await;
     // The first check (within 10 s of start) rewrote the hash once; idle, the next
     // ones only look at it.
     tokio::time::sleep(Duration::from_secs(11)).await;
@@ -516,15 +520,7 @@ async fn presence_is_checked_not_rewritten_and_heals_what_it_finds_wrong() {
         .query_async(&mut con)
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while fields(&mut con).await != want {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the hash was never healed: {:?}",
-            fields(&mut con).await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_right(&mut con, "the hash was never healed").await;
 }
 
 /// After Redis restarts empty, presence heals (the node rewrites its counts) and a
