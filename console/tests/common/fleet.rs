@@ -125,10 +125,20 @@ impl NodeDir {
             .collect()
     }
 
+    /// The log's last lines, after the line that says why the node stopped (an
+    /// `Error:` from main, or a panic) when there is one: a backtrace alone would
+    /// fill the tail.
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        match lines
+            .iter()
+            .find(|l| l.starts_with("Error:") || l.contains("panicked at"))
+        {
+            Some(why) => format!("{why}\n...\n{tail}"),
+            None => tail,
+        }
     }
 }
 
