@@ -160,19 +160,19 @@ impl SqliteStore {
         }
         // No test before acquire: a connection to a local file does not go stale,
         // and the test is one more round trip to sqlx's worker thread per query.
-        // Migrations first, on a connection of their own: `Migrator::run` takes a pool
-        // (given one connection it would need a lifetime that the node's spawned
-        // start-up future cannot name).
-        let migrations = SqlitePoolOptions::new()
-            .max_connections(1)
+        let pool = SqlitePoolOptions::new()
+            .max_connections(pool_size.max(1))
+            .test_before_acquire(false)
+            .acquire_timeout(Duration::from_secs(5))
             .connect_with(opts.clone())
             .await?;
-        let migrated = MIGRATOR
-            .run(&migrations)
+        // The migrations run on the read pool, before anything reads: `Migrator::run`
+        // takes a pool (given the writer's one connection it would need a lifetime
+        // that the node's spawned start-up future cannot name).
+        MIGRATOR
+            .run(&pool)
             .await
-            .map_err(|e| StoreError::Db(format!("sqlite migrations: {e}")));
-        migrations.close().await;
-        migrated?;
+            .map_err(|e| StoreError::Db(format!("sqlite migrations: {e}")))?;
         let writer = Writer::connect(
             opts.clone()
                 .pragma(
@@ -182,12 +182,6 @@ impl SqliteStore {
                 .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string()),
         )
         .await?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(pool_size.max(1))
-            .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(opts.clone())
-            .await?;
         let checkpoints = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
