@@ -46,7 +46,8 @@
 # second worker per process only adds wake-ups of idle threads to steal work).
 source "$(dirname "$0")/lib.sh"
 
-export TOKIO_WORKER_THREADS=${WORKERS:-1}
+# The nodes read HERALD_WORKER_THREADS; the generators (herald-bench) are plain tokio.
+export HERALD_WORKER_THREADS=${WORKERS:-1} TOKIO_WORKER_THREADS=${WORKERS:-1}
 
 NODES=${NODES:-52}
 CONNECTIONS=${CONNECTIONS:-1000000}

@@ -14,17 +14,20 @@
 #   STORE=postgres bench/scenarios/single-post.sh         # one node, PostgreSQL + Redis
 #   NODES=3 bench/scenarios/single-post.sh                # three nodes, one PostgreSQL + Redis
 #   CONNECTIONS=19000 RATE=5000 RAMP=0 bench/scenarios/single-post.sh   # a full node, steady only
+#   MODE=event RAMP=0 bench/scenarios/single-post.sh     # one user event per POST: no store
 #
 # With NODES > 1, connections and POSTs are spread over the nodes, so every POST's
 # notification mostly reaches its user through Redis from another node.
 #
-# Settings: CONNECTIONS (5000), STORE (sqlite|postgres; postgres runs with Redis, as
-# a cluster would), NODES (1; more means postgres), RATE (4000), DURATION (10),
-# RAMP (1; 0 skips the ramp), START (2000), FACTOR (1.25), MAX (200000), STEP (5), WARMUP (5), SHARDS (2 bench
-# processes, each publishing half the rate to its own users), CONCURRENCY (POSTs in
-# flight per bench process: 128), SOURCES, BASE_PORT (18030), BASE_ADMIN (19030).
+# Settings: MODE (notify; event posts to each user's personal group instead),
+# CONNECTIONS (5000), STORE (sqlite|postgres; postgres runs with Redis, as a cluster
+# would), NODES (1; more means postgres), RATE (4000), DURATION (10), RAMP (1; 0 skips
+# the ramp), START (2000), FACTOR (1.25), MAX (200000), STEP (5), WARMUP (5), SHARDS (2
+# bench processes, each publishing half the rate to its own users), CONCURRENCY (POSTs
+# in flight per bench process: 128), SOURCES, BASE_PORT (18030), BASE_ADMIN (19030).
 source "$(dirname "$0")/lib.sh"
 
+MODE=${MODE:-notify}
 CONNECTIONS=${CONNECTIONS:-5000}
 STORE=${STORE:-sqlite}
 NODES=${NODES:-1}
@@ -53,7 +56,7 @@ per_node=$(( (CONNECTIONS + NODES - 1) / NODES ))
 start_nodes "$NODES" "$BASE_PORT" "$BASE_ADMIN" HERALD_MAX_CONNECTIONS=$((per_node + 100))
 urls=$(node_urls $(seq 0 $((NODES - 1))))
 common=(--node "$urls" --api-url "$urls" --jwt-secret "$SECRET" --api-key "$API_KEY"
-    -c "$CONNECTIONS" --source "$SOURCES" --mode notify --batch 1
+    -c "$CONNECTIONS" --source "$SOURCES" --mode "$MODE" --batch 1
     --publish-concurrency "$CONCURRENCY" --connect-timeout 60 "${SERVER_PIDS[@]}")
 
 bench_shards steady "$SHARDS" run "${common[@]}" \

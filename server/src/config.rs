@@ -221,6 +221,15 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_pending_connections: Option<u64>,
 
+    /// Threads the `herald-server` binary runs its tokio workers on (default: one per
+    /// core). One worker spends less CPU per request on a node that mostly waits
+    /// between requests (no wake-ups handing work to a second thread), but caps the
+    /// node at one core for connect bursts and broadcasts (bench/RESULTS.md, section
+    /// 4). An embedding host runs its own runtime, and this is not read there.
+    #[arg(long, env = "HERALD_WORKER_THREADS",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
+
     /// How the `herald-server` binary writes its logs to stderr: `text` (coloured
     /// only on a terminal) or `json` (one object per line, for log shippers).
     #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text",

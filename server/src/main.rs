@@ -32,16 +32,26 @@ use herald_server::secrets;
 use herald_shared::{GroupName, UserId};
 use tokio::net::TcpListener;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
     // Chosen here, not by the node, so the first log line already carries it.
     let node = cli.config.resolve_node_id().to_owned();
     logging::init(cli.config.log_format, &node);
     match cli.command {
         Some(Command::Token { user, groups, ttl }) => print_token(&cli.config, &user, &groups, ttl),
-        Some(Command::Serve) | None => serve(cli.config).await,
+        Some(Command::Serve) | None => runtime(&cli.config)?.block_on(serve(cli.config)),
     }
+}
+
+/// The multi-threaded runtime the node runs on: `HERALD_WORKER_THREADS` workers, else
+/// tokio's default (one per core).
+fn runtime(cfg: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = cfg.worker_threads {
+        rt.worker_threads(n.into());
+    }
+    rt.build().context("starting the tokio runtime")
 }
 
 fn print_token(cfg: &Config, user: &str, groups: &[String], ttl: u64) -> anyhow::Result<()> {

@@ -337,6 +337,9 @@ pub struct Metrics {
     pub draining: Gauge,
     pub fd_open: Gauge,
     pub fd_limit: Gauge,
+    /// tokio worker threads the node runs on (`HERALD_WORKER_THREADS`, or the
+    /// embedding host's runtime).
+    pub worker_threads: Gauge,
     /// Connection capacity of this node (configured, or fd limit minus the reserve and
     /// the bound on pending connections).
     pub capacity: Gauge,
@@ -412,6 +415,7 @@ impl Metrics {
             draining: Gauge::default(),
             fd_open: Gauge::default(),
             fd_limit: Gauge::default(),
+            worker_threads: Gauge::default(),
             capacity: Gauge::default(),
             pending_connections: Gauge::default(),
             pending_refused: Counter::default(),
@@ -526,6 +530,11 @@ impl Metrics {
                 "herald_fd_limit",
                 "Soft open-file limit of the process",
                 m.fd_limit.clone(),
+            );
+            r.register(
+                "herald_worker_threads",
+                "tokio worker threads the node runs on",
+                m.worker_threads.clone(),
             );
             r.register(
                 "herald_connection_capacity",

@@ -73,6 +73,8 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
     let fd_limit = limits::fd_limit();
     let capacity = limits::capacity_for(&cfg, fd_limit);
     metrics.fd_limit.set(fd_limit as i64);
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    metrics.worker_threads.set(workers as i64);
     metrics.capacity.set(capacity as i64);
     metrics.queue_capacity.set(cfg.queue_capacity as i64);
     log_tuning(&profile, &host, capacity);
@@ -173,7 +175,7 @@ pub(crate) async fn build(cfg: Config) -> Result<Arc<Node>, ServerError> {
         metrics.clone(),
         issued,
     ));
-    tracing::info!(node = %id, store = store.kind(), broker = broker.kind(), capacity, fd_limit, "node ready");
+    tracing::info!(node = %id, store = store.kind(), broker = broker.kind(), capacity, fd_limit, workers, "node ready");
     let client_writes =
         crate::client_writes::ClientWrites::new(cfg.client_write_rate, store.write_slots());
     let catch_ups = CatchUps::new(store.clone());

@@ -65,6 +65,8 @@ async fn required_metrics_parse_and_move() {
     }
     assert_eq!(before["herald_queue_capacity"], 1500.0);
     assert_eq!(before["herald_draining"], 0.0);
+    // The node reports the runtime it runs on: here the test's, one thread.
+    assert_eq!(before["herald_worker_threads"], 1.0);
     assert!(
         before["herald_fd_open"] > 0.0 && before["herald_fd_limit"] >= before["herald_fd_open"]
     );

@@ -690,6 +690,50 @@ async fn json_logs_are_objects_with_node_level_target_message_and_fields() {
     assert!(!text.contains('\u{1b}'));
 }
 
+/// `HERALD_WORKER_THREADS` sets how many tokio workers the binary runs, and the node
+/// says how many it has; without it, one per core.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_the_worker_threads_it_is_given() {
+    let cores = std::thread::available_parallelism().unwrap().get() as u64;
+    for (env, want) in [(Some("3"), 3), (None, cores)] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stderr.log");
+        let mut vars = vec![("HERALD_LOG_FORMAT", "json")];
+        vars.extend(env.map(|n| ("HERALD_WORKER_THREADS", n)));
+        let st = run_node_logging_to(&log, &vars).await;
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(st.success(), "{st}\n{text}");
+        let ready: Value = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["message"] == "node ready")
+            .unwrap_or_else(|| panic!("node ready in {text}"));
+        assert_eq!(ready["workers"], want, "{env:?}: {ready}");
+    }
+}
+
+/// A worker count of 0 (or past 1024) stops start-up with a message naming the
+/// setting and its range.
+#[test]
+fn a_worker_thread_count_out_of_range_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["0", "1025", "two"] {
+        let o = Command::new(BIN)
+            .current_dir(dir.path())
+            .env("HERALD_WORKER_THREADS", bad)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {err}");
+        assert!(
+            err.contains(&format!(
+                "invalid value '{bad}' for '--worker-threads <WORKER_THREADS>'"
+            )),
+            "{bad}: {err}"
+        );
+    }
+}
+
 /// An unknown `HERALD_LOG_FORMAT` stops start-up with a message naming the setting
 /// and the values it takes.
 #[test]
