@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use herald_shared::config::CLIENT_IDLE_TIMEOUT_S;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -67,6 +68,7 @@ impl Publisher {
         Self {
             client: reqwest::Client::builder()
                 .pool_max_idle_per_host(concurrency)
+                .pool_idle_timeout(Duration::from_secs(CLIENT_IDLE_TIMEOUT_S))
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("HTTP client"),

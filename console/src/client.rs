@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use herald_shared::admin::{AdminStatus, ApplyReport, DrainRequest, TuningReport};
+use herald_shared::config::CLIENT_IDLE_TIMEOUT_S;
 use herald_shared::seconds::Seconds;
 use serde::de::DeserializeOwned;
 
@@ -61,6 +62,7 @@ impl AdminClient {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(CLIENT_IDLE_TIMEOUT_S))
             .build()
             .expect("a plain HTTP client builds");
         Self { http, token }

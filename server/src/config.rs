@@ -209,7 +209,8 @@ pub struct Config {
     /// accept or from the end of its previous response (so it is also the keep-alive
     /// idle timeout); then it is closed. Idle and one-byte-a-minute connections would
     /// otherwise hold their descriptors for ever.
-    #[arg(long, env = "HERALD_HEADER_TIMEOUT_S", default_value_t = 10,
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT_S",
+          default_value_t = herald_shared::config::DEFAULT_HEADER_TIMEOUT_S,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_timeout_s: u64,
 

@@ -23,6 +23,15 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9091";
 /// Where a single node keeps its SQLite file and generated secrets.
 pub const DEFAULT_DATA_DIR: &str = "./herald-data";
+/// Seconds a node waits for a request head (`HERALD_HEADER_TIMEOUT_S`), counted from
+/// the accept or the end of the previous response: so also how long it keeps an idle
+/// keep-alive connection before it closes it, without an answer.
+pub const DEFAULT_HEADER_TIMEOUT_S: u64 = 10;
+/// How long Herald's own HTTP clients (the load generator, the console) keep an idle
+/// pooled connection to a node: well inside [`DEFAULT_HEADER_TIMEOUT_S`], so a request
+/// never goes out on a connection the node is closing at that moment (it would fail
+/// with no answer, and a `POST` cannot be sent again blindly).
+pub const CLIENT_IDLE_TIMEOUT_S: u64 = DEFAULT_HEADER_TIMEOUT_S / 2;
 /// The file in the data dir where a single node keeps the secrets it generated
 /// (read by the console to find the admin token on the node's host).
 pub const SECRETS_FILE: &str = "secrets.json";
