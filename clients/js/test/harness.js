@@ -252,6 +252,42 @@ export function tempDir(scope, prefix = 'herald-js-') {
 }
 
 // ---------------------------------------------------------------------------------
+// Chromium, for the browser tests.
+
+/** Debian's Chromium (`apt-get install chromium`), never a downloaded build. */
+export const CHROMIUM = process.env.HERALD_CHROMIUM || '/usr/bin/chromium';
+const CHROMIUM_ARGS = [
+  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+];
+
+/**
+ * A headless Chromium with a profile of its own, closed (and the profile removed) with
+ * the scope. `options` go to playwright's `launchPersistentContext` (a viewport, say).
+ */
+export async function launchChromium(scope, options = {}) {
+  assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y chromium`);
+  const { chromium } = await import('playwright-core');
+  const context = await chromium.launchPersistentContext(tempDir(scope, 'herald-js-chromium-'), {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: CHROMIUM_ARGS,
+    ...options,
+  });
+  scope.defer(() => context.close());
+  return context;
+}
+
+/** A new tab of `context`, and the uncaught errors on it (shown if the test fails). */
+export async function newPage(scope, context, name = 'page') {
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e.stack || e)));
+  scope.addLog(`${name} errors`, () => errors.join('\n'));
+  return { page, errors };
+}
+
+// ---------------------------------------------------------------------------------
 // herald-server nodes.
 
 export class HeraldNode {

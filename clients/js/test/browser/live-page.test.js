@@ -11,34 +11,19 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
 import {
-  e2e, startCluster, Nginx, mintToken, publish, tempDir, waitFor, sleep, describeDiff, OUTPUT_DIR,
+  e2e, startCluster, Nginx, launchChromium, mintToken, publish, waitFor, sleep, describeDiff, OUTPUT_DIR,
 } from '../harness.js';
-
-const CHROMIUM = process.env.HERALD_CHROMIUM || '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-];
 const TABS = [
   { user: 'w1', fragment: '', transport: 'websocket', shot: 'live-page.png' },
   { user: 'w2', fragment: '&transport=sse', transport: 'sse', shot: 'live-page-sse.png' },
 ];
 
 e2e('live page: a rolling restart of a two-node cluster behind nginx', { timeoutMs: 90000 }, async (scope) => {
-  assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y chromium`);
+  const context = await launchChromium(scope, { viewport: { width: 1100, height: 900 } });
   const { nodes } = await startCluster(scope, 2, { env: { HERALD_DEMO: 'true' } });
   const ng = await Nginx.start(scope, nodes);
   const base = ng.url;
-
-  const context = await chromium.launchPersistentContext(tempDir(scope, 'herald-js-chromium-'), {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: CHROMIUM_ARGS,
-    viewport: { width: 1100, height: 900 },
-  });
-  scope.defer(() => context.close());
 
   for (const tab of TABS) {
     tab.log = [];

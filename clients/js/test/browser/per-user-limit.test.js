@@ -7,14 +7,10 @@
 // connection closes.
 
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import { chromium } from 'playwright-core';
-import { e2e, HeraldNode, mintToken, newClient, tempDir, waitFor, waitState } from '../harness.js';
-
-const CHROMIUM = process.env.HERALD_CHROMIUM || '/usr/bin/chromium';
+import { e2e, HeraldNode, launchChromium, mintToken, newClient, newPage, waitFor, waitState } from '../harness.js';
 
 e2e('live page: a user over the per-user limit is told so, and opens when a place frees', { timeoutMs: 90000 }, async (scope) => {
-  assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y chromium`);
+  const context = await launchChromium(scope);
   const node = await HeraldNode.create(scope, {
     env: { HERALD_DEMO: 'true' },
     args: ['--max-connections-per-user', '1'],
@@ -24,16 +20,7 @@ e2e('live page: a user over the per-user limit is told so, and opens when a plac
   const holder = await newClient(scope, { url: node.url, token, transport: 'websocket' }, `${user}-holder`);
   await waitState(holder.client, 'open');
 
-  const context = await chromium.launchPersistentContext(tempDir(scope, 'herald-js-chromium-'), {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
-  });
-  scope.defer(() => context.close());
-  const page = await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e.stack || e)));
-  scope.addLog('page errors', () => errors.join('\n'));
+  const { page, errors } = await newPage(scope, context);
   const logText = () => page.textContent('#log');
 
   await page.goto(`${node.url}/demo/#token=${encodeURIComponent(token)}`);

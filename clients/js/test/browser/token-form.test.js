@@ -4,25 +4,12 @@
 // fragment or was pasted into the form, and a good token pasted after it connects.
 
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import { chromium } from 'playwright-core';
-import { e2e, HeraldNode, mintToken, tempDir, waitFor } from '../harness.js';
-
-const CHROMIUM = process.env.HERALD_CHROMIUM || '/usr/bin/chromium';
+import { e2e, HeraldNode, launchChromium, mintToken, newPage, waitFor } from '../harness.js';
 
 e2e('live page: a malformed token is refused in the form, not thrown', { timeoutMs: 60000 }, async (scope) => {
-  assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y chromium`);
+  const context = await launchChromium(scope);
   const node = await HeraldNode.create(scope, { env: { HERALD_DEMO: 'true' } });
-  const context = await chromium.launchPersistentContext(tempDir(scope, 'herald-js-chromium-'), {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
-  });
-  scope.defer(() => context.close());
-  const page = await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e.stack || e)));
-  scope.addLog('page errors', () => errors.join('\n'));
+  const { page, errors } = await newPage(scope, context);
 
   const refused = async (how) => {
     await waitFor(async () => page.isVisible('#token-error'), { timeoutMs: 5000, what: `${how}: the reason is shown` });
