@@ -255,7 +255,7 @@ export function tempDir(scope, prefix = 'herald-js-') {
 // Chromium, for the browser tests.
 
 /** Debian's Chromium (`apt-get install chromium`), never a downloaded build. */
-export const CHROMIUM = process.env.HERALD_CHROMIUM || '/usr/bin/chromium';
+const CHROMIUM = process.env.HERALD_CHROMIUM || '/usr/bin/chromium';
 const CHROMIUM_ARGS = [
   '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync',
@@ -279,11 +279,11 @@ export async function launchChromium(scope, options = {}) {
 }
 
 /** A new tab of `context`, and the uncaught errors on it (shown if the test fails). */
-export async function newPage(scope, context, name = 'page') {
+export async function newPage(scope, context) {
   const page = await context.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e.stack || e)));
-  scope.addLog(`${name} errors`, () => errors.join('\n'));
+  scope.addLog('page errors', () => errors.join('\n'));
   return { page, errors };
 }
 
