@@ -11,8 +11,12 @@
 //! concurrent publish batches made p99 publish-to-receive latency 700 ms at 5,000
 //! notifications/s (bench/RESULTS.md). So every write goes through [`Writer`], one
 //! connection behind a FIFO lock: a writer never meets another writer, and readers
-//! never block it. Each write is as few round trips to sqlx's worker thread as it can
-//! be: a batch is one multi-row `INSERT`, the connect snapshot one `SELECT`.
+//! never block it. A batch is one multi-row `INSERT`.
+//!
+//! Reads go through sqlx's pool, where each statement is a round trip to the
+//! connection's worker thread; the connect snapshot is one `SELECT`. Writes do not:
+//! the writer is a rusqlite connection whose statements run on the calling tokio
+//! worker (see [`Writer`]).
 //!
 //! Checkpoints (copying the WAL back into the database file, with an fsync) run on a
 //! connection of their own, ten times a second, instead of inside whichever commit
@@ -33,12 +37,15 @@ use herald_shared::admin::AuditEntry;
 use herald_shared::api::NewNotification;
 use herald_shared::frames::RawJson;
 use herald_shared::{Notification, UserId};
+use std::path::{Path, PathBuf};
+
+use rusqlite::ErrorCode;
+use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection, Row};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::Mutex;
 
 use super::{
     AfterQuery, ListQuery, NewAudit, Store, StoreError, UnreadSnapshot, format_time, now_ms,
@@ -54,37 +61,64 @@ pub struct SqliteStore {
     writer: Writer,
 }
 
-/// The one writer connection, behind a FIFO lock, held by the store itself rather
-/// than by a one-connection pool. A pool tests every connection given back to it
-/// with a ping (sqlx's `return_to_pool`, on a task it spawns), and on SQLite a ping
-/// is a round trip to the connection's worker thread: one more sleep and wake-up of
-/// two threads after every write, which doubled the writer thread's context switches
-/// under single POSTs (bench/RESULTS.md). What the pool gave besides is kept: a write
-/// waits at most [`WRITER_WAIT`] for its turn, and a connection in doubt is replaced
-/// by a new one for the next write ([`Turn`]).
+/// The one writer connection, behind a FIFO lock.
+///
+/// It is rusqlite's, and its statements run on the tokio worker that takes the turn.
+/// sqlx runs each SQLite connection on a thread of its own, so every statement was a
+/// round trip to that thread, two thread wake-ups per write (one each way): under
+/// single POSTs, running the writes here instead cut the node's CPU per notification
+/// by a fifth (bench/RESULTS.md, "SQLite's writer on the tokio worker"). A write here is one append to the WAL with no fsync
+/// (`synchronous=NORMAL`), tens of microseconds, so the worker runs it itself. What
+/// can make it longer: the backstop checkpoint ([`WRITER_AUTOCHECKPOINT_PAGES`]), and
+/// another process holding SQLite's write lock, which the busy timeout bounds.
+///
+/// A write waits at most [`WRITER_WAIT`] for its turn, and a write that fails as
+/// unavailable leaves the connection in doubt, so the next write opens a new one.
 struct Writer {
-    conn: Mutex<Option<SqliteConnection>>,
-    opts: SqliteConnectOptions,
+    conn: Mutex<Option<rusqlite::Connection>>,
+    path: PathBuf,
     wait: Duration,
 }
 
 /// How long a write waits for its turn at the writer before it fails as unavailable
-/// (503: nothing was written), as the pool's acquire timeout did.
+/// (503: nothing was written).
 const WRITER_WAIT: Duration = Duration::from_secs(5);
+/// How long SQLite retries a busy database before a statement fails (on the writer,
+/// only another process writing to the file can make it busy).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Prepared statements the writer keeps: one multi-row `INSERT` per group size up to
+/// [`INSERT_CHUNK`], and the few other writes.
+const WRITER_STATEMENTS: usize = INSERT_CHUNK + 16;
 
 impl Writer {
-    async fn connect(opts: SqliteConnectOptions) -> Result<Self, StoreError> {
-        let conn = opts.connect().await?;
+    fn new(path: PathBuf) -> Result<Self, StoreError> {
+        let conn = Self::open(&path)?;
         Ok(Self {
             conn: Mutex::new(Some(conn)),
-            opts,
+            path,
             wait: WRITER_WAIT,
         })
     }
 
-    /// The writer, once it is this caller's turn (connected again if the last turn
-    /// left it in doubt).
-    async fn turn(&self) -> Result<Turn<'_>, StoreError> {
+    /// The writer's connection. The database is already in WAL mode (a property of
+    /// the file, set by the read pool's connections); the rest is per connection.
+    fn open(path: &Path) -> Result<rusqlite::Connection, StoreError> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+        conn.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
+        Ok(conn)
+    }
+
+    /// Runs `write` on the writer once it is this caller's turn (on a new connection
+    /// if the last write left the old one in doubt).
+    async fn write<T>(
+        &self,
+        write: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut slot = tokio::time::timeout(self.wait, self.conn.lock())
             .await
             .map_err(|_| {
@@ -93,38 +127,28 @@ impl Writer {
                     self.wait
                 ))
             })?;
-        if slot.is_none() {
-            *slot = Some(self.opts.connect().await?);
+        let conn = match &mut *slot {
+            Some(conn) => conn,
+            None => slot.insert(Self::open(&self.path)?),
+        };
+        let result = write(conn);
+        if matches!(result, Err(StoreError::Unavailable(_))) {
+            tracing::warn!(
+                "a sqlite write failed as unavailable; the writer reconnects for the next"
+            );
+            *slot = None;
         }
-        Ok(Turn { slot, ended: false })
-    }
-}
-
-/// One write's turn at the writer. Its outcome goes through [`Turn::end`]: a turn
-/// that ends in an unavailable error, or is dropped without an end (a cancelled
-/// request, an early return), leaves the connection in doubt, so it is closed and the
-/// next turn opens a new one.
-struct Turn<'a> {
-    slot: MutexGuard<'a, Option<SqliteConnection>>,
-    ended: bool,
-}
-
-impl Turn<'_> {
-    fn conn(&mut self) -> &mut SqliteConnection {
-        self.slot.as_mut().expect("a turn starts connected")
-    }
-
-    fn end<T>(mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        self.ended = !matches!(result, Err(StoreError::Unavailable(_)));
         result
     }
 }
 
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        if !self.ended {
-            tracing::warn!("a sqlite write ended in doubt; the writer reconnects for the next");
-            *self.slot = None;
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            _ => StoreError::Db(e.to_string()),
         }
     }
 }
@@ -135,7 +159,7 @@ const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16_384;
 /// How often the checkpointer copies the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// The WAL file is truncated back to this after a checkpoint let it restart.
-const WAL_SIZE_LIMIT: u64 = 64 << 20;
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
 /// Rows per `INSERT` statement: full chunks of a large batch share one prepared
 /// statement, and 100 rows × 3 parameters stay far below SQLite's variable limit.
@@ -173,15 +197,7 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Db(format!("sqlite migrations: {e}")))?;
-        let writer = Writer::connect(
-            opts.clone()
-                .pragma(
-                    "wal_autocheckpoint",
-                    WRITER_AUTOCHECKPOINT_PAGES.to_string(),
-                )
-                .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string()),
-        )
-        .await?;
+        let writer = Writer::new(opts.get_filename().to_owned())?;
         let checkpoints = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
@@ -238,32 +254,33 @@ fn rows(rs: Vec<SqliteRow>) -> Result<Vec<Notification>, StoreError> {
     rs.iter().map(row_to_notification).collect()
 }
 
-/// Inserts `items` in one transaction on the writer: one statement (in autocommit, so
-/// a group that fits skips `BEGIN` and `COMMIT`, two of its three trips to sqlx's
-/// worker thread), or chunks of [`INSERT_CHUNK`] rows in a transaction.
-async fn insert_on(
-    conn: &mut SqliteConnection,
+/// Inserts `items` in one transaction on the writer: one statement in autocommit when
+/// they fit, or chunks of [`INSERT_CHUNK`] rows between `BEGIN` and `COMMIT`. A lone
+/// statement is atomic by itself, and outside a transaction it needs no statement
+/// journal either (one of the costs a profile of single POSTs showed).
+fn insert_on(
+    conn: &mut rusqlite::Connection,
     items: &[NewNotification],
     ms: i64,
     created_at: &str,
 ) -> Result<Vec<Notification>, StoreError> {
     let mut out = Vec::with_capacity(items.len());
     if items.len() <= INSERT_CHUNK {
-        insert_chunk(conn, items, ms, created_at, &mut out).await?;
+        insert_chunk(conn, items, ms, created_at, &mut out)?;
         return Ok(out);
     }
-    let mut tx = conn.begin().await?;
+    let tx = conn.transaction()?;
     for chunk in items.chunks(INSERT_CHUNK) {
-        insert_chunk(&mut tx, chunk, ms, created_at, &mut out).await?;
+        insert_chunk(&tx, chunk, ms, created_at, &mut out)?;
     }
-    tx.commit().await?;
+    tx.commit()?;
     Ok(out)
 }
 
-/// Inserts one chunk (at most [`INSERT_CHUNK`] rows) in one multi-row statement on
-/// the writer, appending the stored notifications to `out` in `chunk`'s order.
-async fn insert_chunk(
-    conn: &mut sqlx::SqliteConnection,
+/// Inserts one chunk (at most [`INSERT_CHUNK`] rows) in one multi-row statement,
+/// appending the stored notifications to `out` in `chunk`'s order.
+fn insert_chunk(
+    conn: &rusqlite::Connection,
     chunk: &[NewNotification],
     ms: i64,
     created_at: &str,
@@ -273,13 +290,20 @@ async fn insert_chunk(
         "INSERT INTO notifications (user_id, message, created_at, read) VALUES {} RETURNING id",
         vec!["(?, ?, ?, 0)"; chunk.len()].join(", ")
     );
-    let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
-    for item in chunk {
-        q = q.bind(item.user.as_str()).bind(item.message.get()).bind(ms);
+    let mut insert = conn.prepare_cached(&sql)?;
+    for (i, item) in chunk.iter().enumerate() {
+        insert.raw_bind_parameter(3 * i + 1, item.user.as_str())?;
+        insert.raw_bind_parameter(3 * i + 2, item.message.get())?;
+        insert.raw_bind_parameter(3 * i + 3, ms)?;
     }
+    let mut ids = Vec::with_capacity(chunk.len());
+    let mut rows = insert.raw_query();
+    while let Some(row) = rows.next()? {
+        ids.push(row.get::<_, i64>(0)?);
+    }
+    assert_eq!(ids.len(), chunk.len(), "an INSERT returns one id per row");
     // RETURNING gives no order guarantee, but one statement on the only writer
     // inserts its rows in VALUES order under increasing ids.
-    let mut ids = q.fetch_all(&mut *conn).await?;
     ids.sort_unstable();
     out.extend(chunk.iter().zip(ids).map(|(item, id)| Notification {
         id,
@@ -293,26 +317,23 @@ async fn insert_chunk(
 
 /// Marks `ids_json` (a JSON array of ids) of `user` read in one transaction on the
 /// writer: the ids it marked, and the user's unread count after.
-async fn mark_read_on(
-    conn: &mut SqliteConnection,
+fn mark_read_on(
+    conn: &mut rusqlite::Connection,
     user: &UserId,
-    ids_json: String,
+    ids_json: &str,
 ) -> Result<(Vec<i64>, i64), StoreError> {
-    let mut tx = conn.begin().await?;
-    let marked: Vec<i64> = sqlx::query_scalar(
-        "UPDATE notifications SET read = 1 \
-         WHERE user_id = ? AND id IN (SELECT value FROM json_each(?)) RETURNING id",
-    )
-    .bind(user.as_str())
-    .bind(ids_json)
-    .fetch_all(&mut *tx)
-    .await?;
-    let unread: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM notifications WHERE user_id = ? AND read = 0")
-            .bind(user.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-    tx.commit().await?;
+    let tx = conn.transaction()?;
+    let marked = tx
+        .prepare_cached(
+            "UPDATE notifications SET read = 1 \
+             WHERE user_id = ? AND id IN (SELECT value FROM json_each(?)) RETURNING id",
+        )?
+        .query_map((user.as_str(), ids_json), |row| row.get::<_, i64>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let unread = tx
+        .prepare_cached("SELECT count(*) FROM notifications WHERE user_id = ? AND read = 0")?
+        .query_row([user.as_str()], |row| row.get::<_, i64>(0))?;
+    tx.commit()?;
     Ok((marked, unread))
 }
 
@@ -345,9 +366,9 @@ impl Store for SqliteStore {
         let created = now_ms();
         let ms = created.timestamp_millis();
         let created_at = format_time(created);
-        let mut turn = self.writer.turn().await?;
-        let stored = insert_on(turn.conn(), items, ms, &created_at).await;
-        turn.end(stored)
+        self.writer
+            .write(|conn| insert_on(conn, items, ms, &created_at))
+            .await
     }
 
     async fn unread(&self, user: &UserId, limit: i64) -> Result<UnreadSnapshot, StoreError> {
@@ -427,38 +448,40 @@ impl Store for SqliteStore {
 
     async fn mark_read(&self, user: &UserId, ids: &[i64]) -> Result<(Vec<i64>, i64), StoreError> {
         let ids_json = serde_json::to_string(ids).expect("ids serialise");
-        let mut turn = self.writer.turn().await?;
-        let marked = mark_read_on(turn.conn(), user, ids_json).await;
-        let (mut marked, unread) = turn.end(marked)?;
+        let (mut marked, unread) = self
+            .writer
+            .write(|conn| mark_read_on(conn, user, &ids_json))
+            .await?;
         marked.sort_unstable();
         Ok((marked, unread))
     }
 
     async fn mark_all_read(&self, user: &UserId) -> Result<i64, StoreError> {
-        let mut turn = self.writer.turn().await?;
-        let marked =
-            sqlx::query("UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0")
-                .bind(user.as_str())
-                .execute(turn.conn())
-                .await;
-        turn.end(marked.map_err(StoreError::from))?;
+        self.writer
+            .write(|conn| {
+                conn.prepare_cached(
+                    "UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0",
+                )?
+                .execute([user.as_str()])?;
+                Ok(())
+            })
+            .await?;
         Ok(0)
     }
 
     async fn audit(&self, e: &NewAudit) -> Result<(), StoreError> {
-        let mut turn = self.writer.turn().await?;
-        let written = sqlx::query(
-            "INSERT INTO audit_log (at, node, action, args, result, caller) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(now_ms().timestamp_millis())
-        .bind(&e.node)
-        .bind(e.action)
-        .bind(e.args.to_string())
-        .bind(e.result.to_string())
-        .bind(&e.caller)
-        .execute(turn.conn())
-        .await;
-        turn.end(written.map(drop).map_err(StoreError::from))
+        let at = now_ms().timestamp_millis();
+        let (args, result) = (e.args.to_string(), e.result.to_string());
+        self.writer
+            .write(|conn| {
+                conn.prepare_cached(
+                    "INSERT INTO audit_log (at, node, action, args, result, caller) \
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                )?
+                .execute((at, &e.node, e.action, &args, &result, &e.caller))?;
+                Ok(())
+            })
+            .await
     }
 
     async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
@@ -528,30 +551,37 @@ mod tests {
     }
 
     /// The pool's replacement of a broken connection, kept: a write that failed as
-    /// unavailable, or was dropped half done, closes the connection, and the next
-    /// write opens a new one.
+    /// unavailable closes the connection, and the next write opens a new one; any
+    /// other outcome keeps it.
     #[tokio::test]
     async fn a_writer_left_in_doubt_reconnects_for_the_next_write() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
-        let turn = store.writer.turn().await.expect("turn");
-        let failed = turn.end(Err::<(), _>(StoreError::Unavailable("worker gone".into())));
+        let failed = store
+            .writer
+            .write(|_| Err::<(), _>(StoreError::Unavailable("disk gone".into())))
+            .await;
         assert!(matches!(failed, Err(StoreError::Unavailable(_))));
         assert!(
             store.writer.conn.lock().await.is_none(),
-            "a failed connection is not used again"
+            "a connection in doubt is not used again"
         );
-        let turn = store.writer.turn().await.expect("turn");
-        assert!(turn.end(Ok(())).is_ok());
+        let refused = store
+            .writer
+            .write(|conn| {
+                conn.execute_batch("INSERT INTO no_such_table VALUES (1)")
+                    .map_err(StoreError::from)
+            })
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::Db(ref why)) if why.contains("no_such_table")),
+            "{refused:?}"
+        );
         assert!(
             store.writer.conn.lock().await.is_some(),
-            "a turn that ended well keeps its connection"
+            "a write the database refused leaves the connection as it was"
         );
-        drop(store.writer.turn().await.expect("turn"));
-        assert!(
-            store.writer.conn.lock().await.is_none(),
-            "a turn dropped without an end (a cancelled write) leaves it in doubt"
-        );
+        *store.writer.conn.lock().await = None;
         let stored = store.insert(&one("u2")).await.expect("a new connection");
         assert!(store.writer.conn.lock().await.is_some());
         let listed = store
@@ -568,6 +598,41 @@ mod tests {
         assert_eq!(
             listed.iter().map(|n| n.id).collect::<Vec<_>>(),
             vec![stored[0].id]
+        );
+    }
+
+    /// Another process holding SQLite's write lock makes the writer's statement busy,
+    /// and a busy database is unavailable (503, nothing written), not an error of the
+    /// request's.
+    #[tokio::test]
+    async fn a_database_another_process_holds_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let other = rusqlite::Connection::open(dir.path().join("herald.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        store
+            .writer
+            .conn
+            .lock()
+            .await
+            .as_ref()
+            .unwrap()
+            .busy_timeout(Duration::from_millis(50))
+            .unwrap();
+        match store.insert(&one("u3")).await {
+            Err(StoreError::Unavailable(why)) => assert!(why.contains("locked"), "{why}"),
+            other => panic!("expected unavailable, got {other:?}"),
+        }
+        other.execute_batch("ROLLBACK").unwrap();
+        let stored = store.insert(&one("u3")).await.expect("the lock is gone");
+        let snapshot = store
+            .unread(&UserId::parse("u3").unwrap(), 50)
+            .await
+            .unwrap();
+        assert_eq!(
+            snapshot.newest.iter().map(|n| n.id).collect::<Vec<_>>(),
+            vec![stored[0].id],
+            "only the second insert was written"
         );
     }
 }
