@@ -287,7 +287,7 @@ fn insert_chunk(
     out: &mut Vec<Notification>,
 ) -> Result<(), StoreError> {
     let sql = format!(
-        "INSERT INTO notifications (user_id, message, created_at, read) VALUES {} RETURNING id",
+        "INSERT INTO notifications (user_id, message, created_at, read) VALUES {}",
         vec!["(?, ?, ?, 0)"; chunk.len()].join(", ")
     );
     let mut insert = conn.prepare_cached(&sql)?;
@@ -296,15 +296,13 @@ fn insert_chunk(
         insert.raw_bind_parameter(3 * i + 2, item.message.get())?;
         insert.raw_bind_parameter(3 * i + 3, ms)?;
     }
-    let mut ids = Vec::with_capacity(chunk.len());
-    let mut rows = insert.raw_query();
-    while let Some(row) = rows.next()? {
-        ids.push(row.get::<_, i64>(0)?);
-    }
-    assert_eq!(ids.len(), chunk.len(), "an INSERT returns one id per row");
-    // RETURNING gives no order guarantee, but one statement on the only writer
-    // inserts its rows in VALUES order under increasing ids.
-    ids.sort_unstable();
+    let inserted = insert.raw_execute()?;
+    assert_eq!(inserted, chunk.len(), "an INSERT inserts every row");
+    // AUTOINCREMENT gives each row one more than the highest id ever issued, so one
+    // statement on the only writer inserts its rows in VALUES order under consecutive
+    // ids, ending at the last one it inserted.
+    let last = conn.last_insert_rowid();
+    let ids = last - chunk.len() as i64 + 1..=last;
     out.extend(chunk.iter().zip(ids).map(|(item, id)| Notification {
         id,
         user: item.user.to_string(),
