@@ -67,10 +67,11 @@ pub struct SqliteStore {
 /// sqlx runs each SQLite connection on a thread of its own, so every statement was a
 /// round trip to that thread, two thread wake-ups per write (one each way): under
 /// single POSTs, running the writes here instead cut the node's CPU per notification
-/// by a fifth (bench/RESULTS.md, "SQLite's writer on the tokio worker"). A write here is one append to the WAL with no fsync
-/// (`synchronous=NORMAL`), tens of microseconds, so the worker runs it itself. What
-/// can make it longer: the backstop checkpoint ([`WRITER_AUTOCHECKPOINT_PAGES`]), and
-/// another process holding SQLite's write lock, which the busy timeout bounds.
+/// by a sixth (bench/RESULTS.md, "SQLite's writer on the tokio worker"). A write here
+/// is one append to the WAL with no fsync (`synchronous=NORMAL`), tens of
+/// microseconds, so the worker runs it itself. What can make it longer: the backstop
+/// checkpoint ([`WRITER_AUTOCHECKPOINT_PAGES`]), and another process holding SQLite's
+/// write lock, which the busy timeout bounds.
 ///
 /// A write waits at most [`WRITER_WAIT`] for its turn, and a write that fails as
 /// unavailable leaves the connection in doubt, so the next write opens a new one.
