@@ -28,6 +28,7 @@
 //! second, p999 was 130 ms). The writer keeps an auto-checkpoint at
 //! [`WRITER_AUTOCHECKPOINT_PAGES`] as a backstop.
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -37,8 +38,6 @@ use herald_shared::admin::AuditEntry;
 use herald_shared::api::NewNotification;
 use herald_shared::frames::RawJson;
 use herald_shared::{Notification, UserId};
-use std::path::{Path, PathBuf};
-
 use rusqlite::ErrorCode;
 use sqlx::Row;
 use sqlx::sqlite::{
