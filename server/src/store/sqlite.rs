@@ -142,6 +142,9 @@ impl Writer {
     }
 }
 
+/// The writer's errors in the store's terms: SQLite's busy and locked are unavailable
+/// (503, nothing written), the rule the read pool's sqlx errors follow by their codes
+/// (5, 6) in `store::is_unavailable_code`.
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         match e.sqlite_error_code() {
